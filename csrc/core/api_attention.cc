@@ -1,0 +1,471 @@
+// C API for fused attention: validate every argument, resolve the layout into a pte::AttnProblem,
+// pick a backend, and dispatch. Kernels below this point trust the problem they are given.
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "common/philox.h"
+#include "core/api_common.h"
+#include "core/kernels.h"
+#include "paddle_te/paddle_te.h"
+
+namespace pte {
+namespace {
+
+const char* format_name(pte_qkv_format_t f) {
+  switch (f) {
+    case PTE_QKV_BSHD: return "bshd";
+    case PTE_QKV_SBHD: return "sbhd";
+    case PTE_QKV_THD: return "thd";
+  }
+  return "unknown";
+}
+
+bool is_causal(pte_mask_type_t m) {
+  return m == PTE_MASK_CAUSAL || m == PTE_MASK_PADDING_CAUSAL ||
+         m == PTE_MASK_CAUSAL_BOTTOM_RIGHT || m == PTE_MASK_PADDING_CAUSAL_BOTTOM_RIGHT;
+}
+bool is_padding(pte_mask_type_t m) {
+  return m == PTE_MASK_PADDING || m == PTE_MASK_PADDING_CAUSAL ||
+         m == PTE_MASK_PADDING_CAUSAL_BOTTOM_RIGHT;
+}
+bool is_bottom_right(pte_mask_type_t m) {
+  return m == PTE_MASK_CAUSAL_BOTTOM_RIGHT || m == PTE_MASK_PADDING_CAUSAL_BOTTOM_RIGHT;
+}
+
+// Dims of a [batch, seq, head, dim] view in the given format: (b, s, h, d) and strides.
+struct View {
+  int64_t b, s, h, d;
+  Strides st;
+};
+
+View view_of(const pte_tensor_t& t, const char* name, pte_qkv_format_t f) {
+  const char* layout = f == PTE_QKV_BSHD ? "[b, s, h, d] (qkv_format='bshd')"
+                       : f == PTE_QKV_SBHD ? "[s, b, h, d] (qkv_format='sbhd')"
+                                           : "[t, h, d] (qkv_format='thd')";
+  check_ndim(t, name, f == PTE_QKV_THD ? 3 : 4, layout);
+  check_inner_contiguous(t, name);
+  check_data(t, name);
+  View v;
+  if (f == PTE_QKV_BSHD) {
+    v = {t.shape[0], t.shape[1], t.shape[2], t.shape[3], {t.strides[0], t.strides[1], t.strides[2]}};
+  } else if (f == PTE_QKV_SBHD) {
+    v = {t.shape[1], t.shape[0], t.shape[2], t.shape[3], {t.strides[1], t.strides[0], t.strides[2]}};
+  } else {
+    v = {0, t.shape[0], t.shape[1], t.shape[2], {0, t.strides[0], t.strides[1]}};
+  }
+  PTE_CHECK(v.h > 0, name, " has shape ", shape_str(t), ": the number of heads must be > 0");
+  PTE_CHECK(v.d > 0, name, " has shape ", shape_str(t), ": the head dimension must be > 0");
+  return v;
+}
+
+// A tensor that must have exactly the dims (b, s, h, d) of `want` in format f.
+Strides check_like(const pte_tensor_t& t, const char* name, pte_qkv_format_t f, const View& want,
+                   pte_dtype_t dtype, const pte_tensor_t& ref, const char* ref_name) {
+  View v = view_of(t, name, f);
+  bool same = v.s == want.s && v.h == want.h && v.d == want.d && (f == PTE_QKV_THD || v.b == want.b);
+  if (!same) {
+    std::vector<int64_t> shape;
+    if (f == PTE_QKV_BSHD) shape = {want.b, want.s, want.h, want.d};
+    else if (f == PTE_QKV_SBHD) shape = {want.s, want.b, want.h, want.d};
+    else shape = {want.s, want.h, want.d};
+    pte_tensor_t tmp = t;
+    for (size_t i = 0; i < shape.size(); ++i) tmp.shape[i] = shape[i];
+    PTE_CHECK(false, name, " has shape ", shape_str(t), ": expected ", shape_str(tmp));
+  }
+  check_dtype(t, name, dtype);
+  check_same_device(t, name, ref, ref_name);
+  return v.st;
+}
+
+// cu_seqlens: int32 [b+1] on q's device. On the CPU the values are checked too: cu[0] == 0,
+// non-decreasing, each length <= bound (padded layouts) and cu[b] <= total (thd). CUDA kernels
+// clamp instead, since reading device values here would need a host sync.
+void check_cu_seqlens(const pte_tensor_t& cu, const char* name, int64_t b, int64_t len_bound,
+                      int64_t total, bool thd, const pte_tensor_t& q) {
+  check_ndim(cu, name, 1, "[b + 1]");
+  check_dtype(cu, name, PTE_INT32);
+  check_same_device(cu, name, q, "q");
+  check_contiguous(cu, name);
+  check_data(cu, name);
+  if (!thd) {
+    PTE_CHECK(cu.shape[0] == b + 1, name, " has shape ", shape_str(cu), ": expected [", b + 1,
+              "] (batch size + 1)");
+  }
+  PTE_CHECK(cu.shape[0] >= 2, name, " has shape ", shape_str(cu),
+            ": must hold at least 2 offsets (batch size + 1)");
+  if (cu.device != PTE_DEVICE_CPU) return;
+  const int32_t* c = static_cast<const int32_t*>(cu.data);
+  PTE_CHECK(c[0] == 0, name, "[0] = ", c[0], ": must be 0");
+  for (int64_t i = 0; i + 1 < cu.shape[0]; ++i) {
+    int64_t len = int64_t(c[i + 1]) - c[i];
+    PTE_CHECK(len >= 0, name, " must be non-decreasing: ", name, "[", i + 1, "] = ", c[i + 1],
+              " < ", name, "[", i, "] = ", c[i]);
+    PTE_CHECK(len <= len_bound, name, ": sequence ", i, " has length ", len,
+              thd ? " > max_seqlen " : " > the padded sequence length ", len_bound);
+  }
+  PTE_CHECK(int64_t(c[cu.shape[0] - 1]) <= total, name, "[-1] = ", c[cu.shape[0] - 1],
+            ": exceeds the number of tokens ", total);
+}
+
+// Validate p and build the problem. `backward` also checks d_out, d_q, d_k, d_v and lse.
+AttnProblem resolve(const pte_attn_params_t& p, bool backward) {
+  PTE_CHECK(p.qkv_format == PTE_QKV_BSHD || p.qkv_format == PTE_QKV_SBHD ||
+                p.qkv_format == PTE_QKV_THD,
+            "qkv_format=", int(p.qkv_format), ": must be one of bshd, sbhd, thd");
+  PTE_CHECK(p.mask_type >= PTE_MASK_NO_MASK && p.mask_type <= PTE_MASK_PADDING_CAUSAL_BOTTOM_RIGHT,
+            "attn_mask_type=", int(p.mask_type),
+            ": must be one of no_mask, padding, causal, padding_causal, causal_bottom_right, "
+            "padding_causal_bottom_right");
+  PTE_CHECK(p.backend >= PTE_BACKEND_AUTO && p.backend < PTE_BACKEND_COUNT, "backend=",
+            int(p.backend), ": must be one of auto, flash, cudnn, cpu");
+  const pte_qkv_format_t f = p.qkv_format;
+  const bool thd = f == PTE_QKV_THD;
+
+  View q = view_of(p.q, "q", f);
+  View k = view_of(p.k, "k", f);
+  View v = view_of(p.v, "v", f);
+  const pte_dtype_t dt = p.q.dtype;
+  PTE_CHECK(dt == PTE_FLOAT32 || dt == PTE_FLOAT64 || dt == PTE_FLOAT16 || dt == PTE_BFLOAT16,
+            "q has dtype ", pte_dtype_name(dt), ": must be float16, bfloat16, float32 or float64");
+  check_dtype(p.k, "k", dt);
+  check_dtype(p.v, "v", dt);
+  check_same_device(p.k, "k", p.q, "q");
+  check_same_device(p.v, "v", p.q, "q");
+  if (!thd) {
+    PTE_CHECK(k.b == q.b, "k has batch ", k.b, ": must equal q's batch ", q.b);
+    PTE_CHECK(v.b == q.b, "v has batch ", v.b, ": must equal q's batch ", q.b);
+  }
+  PTE_CHECK(v.s == k.s, "v has ", v.s, " tokens: must equal k's ", k.s);
+  PTE_CHECK(v.h == k.h, "v has ", v.h, " heads: must equal k's ", k.h);
+  PTE_CHECK(k.d == q.d, "k has head dim ", k.d, ": must equal q's head dim ", q.d);
+  PTE_CHECK(q.h % k.h == 0, "k has ", k.h, " heads: must divide q's ", q.h,
+            " heads (GQA/MQA groups)");
+
+  AttnProblem pr{};
+  pr.dtype = dt;
+  pr.device = p.q.device;
+  pr.device_id = p.q.device_id;
+  pr.thd = thd;
+  pr.h = q.h;
+  pr.h_kv = k.h;
+  pr.d = q.d;
+  pr.d_v = v.d;
+  pr.q = p.q.data;
+  pr.k = p.k.data;
+  pr.v = p.v.data;
+  pr.q_st = q.st;
+  pr.k_st = k.st;
+  pr.v_st = v.st;
+
+  // Sequence lengths.
+  const bool has_cu_q = present(p.cu_seqlens_q), has_cu_kv = present(p.cu_seqlens_kv);
+  PTE_CHECK(has_cu_q == has_cu_kv, has_cu_q ? "cu_seqlens_kv" : "cu_seqlens_q",
+            ": cu_seqlens_q and cu_seqlens_kv must be given together");
+  if (thd) {
+    PTE_CHECK(has_cu_q, "cu_seqlens_q: required for qkv_format='thd'");
+    pr.b = p.cu_seqlens_q.shape[0] - 1;
+    pr.t_q = q.s;
+    pr.t_kv = k.s;
+    // max_seqlen is an upper bound; without one the token count is always safe (no host sync).
+    pr.s_q = p.max_seqlen_q > 0 ? p.max_seqlen_q : q.s;
+    pr.s_kv = p.max_seqlen_kv > 0 ? p.max_seqlen_kv : k.s;
+    check_cu_seqlens(p.cu_seqlens_q, "cu_seqlens_q", pr.b, pr.s_q, pr.t_q, true, p.q);
+    check_cu_seqlens(p.cu_seqlens_kv, "cu_seqlens_kv", pr.b, pr.s_kv, pr.t_kv, true, p.q);
+    PTE_CHECK(p.cu_seqlens_kv.shape[0] == p.cu_seqlens_q.shape[0], "cu_seqlens_kv has shape ",
+              shape_str(p.cu_seqlens_kv), ": must match cu_seqlens_q ",
+              shape_str(p.cu_seqlens_q));
+  } else {
+    pr.b = q.b;
+    pr.s_q = q.s;
+    pr.s_kv = k.s;
+    pr.t_q = q.b * q.s;
+    pr.t_kv = k.b * k.s;
+    if (is_padding(p.mask_type)) {
+      PTE_CHECK(has_cu_q, "cu_seqlens_q: attn_mask_type='padding*' with qkv_format='",
+                format_name(f), "' needs cu_seqlens_q and cu_seqlens_kv");
+    } else {
+      PTE_CHECK(!has_cu_q, "cu_seqlens_q: given with an attn_mask_type that has no padding; use a "
+                "'padding*' mask type to apply sequence lengths");
+    }
+    if (has_cu_q) {
+      check_cu_seqlens(p.cu_seqlens_q, "cu_seqlens_q", pr.b, pr.s_q, pr.t_q, false, p.q);
+      check_cu_seqlens(p.cu_seqlens_kv, "cu_seqlens_kv", pr.b, pr.s_kv, pr.t_kv, false, p.q);
+    }
+  }
+  PTE_CHECK(p.max_seqlen_q >= 0, "max_seqlen_q=", p.max_seqlen_q, ": must be >= 0");
+  PTE_CHECK(p.max_seqlen_kv >= 0, "max_seqlen_kv=", p.max_seqlen_kv, ": must be >= 0");
+  pr.cu_q = has_cu_q ? static_cast<const int32_t*>(p.cu_seqlens_q.data) : nullptr;
+  pr.cu_kv = has_cu_kv ? static_cast<const int32_t*>(p.cu_seqlens_kv.data) : nullptr;
+
+  // Window and alignment.
+  PTE_CHECK(p.window_left >= -1, "window_size=(", p.window_left, ", ", p.window_right,
+            "): left must be >= -1 (-1 = unbounded)");
+  PTE_CHECK(p.window_right >= -1, "window_size=(", p.window_left, ", ", p.window_right,
+            "): right must be >= -1 (-1 = unbounded)");
+  pr.window_left = p.window_left;
+  pr.window_right = is_causal(p.mask_type) ? 0 : p.window_right;
+  pr.bottom_right = is_bottom_right(p.mask_type);
+
+  PTE_CHECK(std::isfinite(p.softmax_scale) && p.softmax_scale > 0, "softmax_scale=",
+            p.softmax_scale, ": must be finite and > 0");
+  pr.scale = float(p.softmax_scale);
+  PTE_CHECK(p.dropout >= 0.f && p.dropout < 1.f, "dropout=", p.dropout, ": must be in [0, 1)");
+  pr.dropout = p.dropout;
+  pr.seed = p.seed;
+  pr.offset = p.offset;
+  pr.seed_offset_device = p.seed_offset_device;
+  PTE_CHECK(p.seed_offset_device == nullptr || p.q.device == PTE_DEVICE_CUDA,
+            "seed_offset_device: only for CUDA tensors; on the CPU pass seed and offset");
+  pr.deterministic = p.deterministic != 0;
+  pr.stream = p.stream;
+  pr.workspace = p.workspace;
+  pr.workspace_size = p.workspace_size;
+
+  // Outputs.
+  View ov{q.b, q.s, q.h, v.d, {}};
+  const bool need_lse = backward || p.dropout > 0.f;
+  if (present(p.lse) || need_lse) {
+    if (thd) check_shape(p.lse, "lse", {pr.h, pr.t_q}, "[h, t_q] (float32)");
+    else check_shape(p.lse, "lse", {pr.b, pr.h, pr.s_q}, "[b, h, s_q] (float32)");
+    check_dtype(p.lse, "lse", PTE_FLOAT32);
+    check_same_device(p.lse, "lse", p.q, "q");
+    check_contiguous(p.lse, "lse");
+    check_data(p.lse, "lse");
+    pr.lse = static_cast<float*>(p.lse.data);
+  }
+  pr.out_st = check_like(p.out, "out", f, ov, dt, p.q, "q");
+  pr.out = p.out.data;
+  if (backward) {
+    pr.grad_out_st = check_like(p.d_out, "d_out", f, ov, dt, p.q, "q");
+    pr.grad_q_st = check_like(p.d_q, "d_q", f, q, dt, p.q, "q");
+    pr.grad_k_st = check_like(p.d_k, "d_k", f, k, dt, p.q, "q");
+    pr.grad_v_st = check_like(p.d_v, "d_v", f, v, dt, p.q, "q");
+    pr.grad_out = p.d_out.data;
+    pr.grad_q = p.d_q.data;
+    pr.grad_k = p.d_k.data;
+    pr.grad_v = p.d_v.data;
+  }
+  return pr;
+}
+
+// "" when `backend` can run pr, else the reason (thread-local storage for dynamic text).
+const char* backend_reason(const AttnProblem& pr, pte_backend_t backend,
+                           [[maybe_unused]] bool backward) {
+  thread_local std::string reason;
+  const bool cuda = pr.device == PTE_DEVICE_CUDA;
+  switch (backend) {
+    case PTE_BACKEND_CPU:
+      if (cuda) return "backend 'cpu' runs on CPU tensors; the tensors are on a CUDA device";
+      return "";
+    case PTE_BACKEND_FLASH:
+      if (!cuda) return "backend 'flash' runs on CUDA devices; the tensors are on the CPU";
+#ifdef PTE_WITH_FLASH
+      return flash::check(pr, backward);
+#else
+      return "backend 'flash' was not built into this paddle_te (no CUDA build or no flash "
+             "kernels)";
+#endif
+    case PTE_BACKEND_CUDNN:
+      if (!cuda) return "backend 'cudnn' runs on CUDA devices; the tensors are on the CPU";
+#ifdef PTE_WITH_CUDNN
+      return cudnn::check(pr, backward);
+#else
+      return "backend 'cudnn' was not built into this paddle_te (no CUDA build or the cuDNN / "
+             "cudnn-frontend headers were not found)";
+#endif
+    default:
+      reason = str("backend=", int(backend), ": not a concrete backend");
+      return reason.c_str();
+  }
+}
+
+// Order in which `auto` tries backends: the CUDA backends by measured speed (docs/backends.md).
+const pte_backend_t kAutoOrderCuda[] = {PTE_BACKEND_CUDNN, PTE_BACKEND_FLASH};
+
+pte_backend_t choose(const AttnProblem& pr, pte_backend_t requested, bool backward) {
+  if (requested != PTE_BACKEND_AUTO) {
+    const char* why = backend_reason(pr, requested, backward);
+    if (*why) PTE_UNSUPPORTED(why);
+    return requested;
+  }
+  if (pr.device == PTE_DEVICE_CPU) return PTE_BACKEND_CPU;
+  std::string reasons;
+  for (pte_backend_t b : kAutoOrderCuda) {
+    const char* why = backend_reason(pr, b, backward);
+    if (!*why) return b;
+    reasons += str(reasons.empty() ? "" : "; ", pte_backend_name(b), ": ", why);
+  }
+  PTE_UNSUPPORTED("no backend can run this call (", reasons, ")");
+}
+
+void run(const pte_attn_params_t* p, bool backward) {
+  PTE_CHECK(p != nullptr, "params: null pointer");
+  AttnProblem pr = resolve(*p, backward);
+  pte_backend_t b = choose(pr, p->backend, backward);
+  switch (b) {
+    case PTE_BACKEND_CPU:
+      PTE_CHECK(pr.dtype == PTE_FLOAT32 || pr.dtype == PTE_FLOAT64, "q has dtype ",
+                pte_dtype_name(pr.dtype),
+                ": the CPU kernels take float32 or float64 (convert float16/bfloat16 first)");
+      backward ? cpu::attn_bwd(pr) : cpu::attn_fwd(pr);
+      return;
+#ifdef PTE_WITH_FLASH
+    case PTE_BACKEND_FLASH: {
+      size_t need = backward ? flash::bwd_workspace_size(pr) : flash::fwd_workspace_size(pr);
+      PTE_CHECK(pr.workspace_size >= need, "workspace_size=", pr.workspace_size, ": the flash ",
+                backward ? "backward" : "forward", " needs ", need, " bytes");
+      backward ? flash::attn_bwd(pr) : flash::attn_fwd(pr);
+      return;
+    }
+#endif
+#ifdef PTE_WITH_CUDNN
+    case PTE_BACKEND_CUDNN: {
+      size_t need = backward ? cudnn::bwd_workspace_size(pr) : cudnn::fwd_workspace_size(pr);
+      PTE_CHECK(pr.workspace_size >= need, "workspace_size=", pr.workspace_size, ": the cudnn ",
+                backward ? "backward" : "forward", " needs ", need, " bytes");
+      backward ? cudnn::attn_bwd(pr) : cudnn::attn_fwd(pr);
+      return;
+    }
+#endif
+    default:
+      PTE_INTERNAL("backend ", pte_backend_name(b), " chosen but not compiled in");
+  }
+}
+
+size_t workspace_size(const pte_attn_params_t* p, bool backward) {
+  PTE_CHECK(p != nullptr, "params: null pointer");
+  AttnProblem pr = resolve(*p, backward);
+  pte_backend_t b = choose(pr, p->backend, backward);
+  (void)b;
+#ifdef PTE_WITH_FLASH
+  if (b == PTE_BACKEND_FLASH)
+    return backward ? flash::bwd_workspace_size(pr) : flash::fwd_workspace_size(pr);
+#endif
+#ifdef PTE_WITH_CUDNN
+  if (b == PTE_BACKEND_CUDNN)
+    return backward ? cudnn::bwd_workspace_size(pr) : cudnn::fwd_workspace_size(pr);
+#endif
+  return 0;
+}
+
+}  // namespace
+}  // namespace pte
+
+extern "C" {
+
+void pte_attn_params_init(pte_attn_params_t* p) {
+  if (p == nullptr) return;
+  *p = pte_attn_params_t{};
+  p->qkv_format = PTE_QKV_BSHD;
+  p->mask_type = PTE_MASK_NO_MASK;
+  p->window_left = -1;
+  p->window_right = -1;
+  p->softmax_scale = 0.0;
+  p->backend = PTE_BACKEND_AUTO;
+}
+
+pte_status_t pte_attn_select_backend(const pte_attn_params_t* p, int backward,
+                                     pte_backend_t* chosen) {
+  return pte::api_guard([&] {
+    PTE_CHECK(p != nullptr && chosen != nullptr, "params/chosen: null pointer");
+    pte::AttnProblem pr = pte::resolve(*p, backward != 0);
+    *chosen = pte::choose(pr, p->backend, backward != 0);
+  });
+}
+
+pte_status_t pte_attn_check(const pte_attn_params_t* p, pte_backend_t backend, int backward) {
+  return pte::api_guard([&] {
+    PTE_CHECK(p != nullptr, "params: null pointer");
+    pte::AttnProblem pr = pte::resolve(*p, backward != 0);
+    pte::choose(pr, backend, backward != 0);
+  });
+}
+
+pte_status_t pte_attn_fwd_workspace_size(const pte_attn_params_t* p, size_t* bytes) {
+  return pte::api_guard([&] {
+    PTE_CHECK(bytes != nullptr, "bytes: null pointer");
+    *bytes = pte::workspace_size(p, false);
+  });
+}
+
+pte_status_t pte_attn_bwd_workspace_size(const pte_attn_params_t* p, size_t* bytes) {
+  return pte::api_guard([&] {
+    PTE_CHECK(bytes != nullptr, "bytes: null pointer");
+    *bytes = pte::workspace_size(p, true);
+  });
+}
+
+pte_status_t pte_attn_fwd(const pte_attn_params_t* p) {
+  return pte::api_guard([&] { pte::run(p, false); });
+}
+
+pte_status_t pte_attn_bwd(const pte_attn_params_t* p) {
+  return pte::api_guard([&] { pte::run(p, true); });
+}
+
+const char* pte_backend_name(pte_backend_t backend) {
+  switch (backend) {
+    case PTE_BACKEND_AUTO: return "auto";
+    case PTE_BACKEND_FLASH: return "flash";
+    case PTE_BACKEND_CUDNN: return "cudnn";
+    case PTE_BACKEND_CPU: return "cpu";
+    default: return "unknown";
+  }
+}
+
+int pte_backend_available(pte_backend_t backend, const char** reason) {
+  thread_local std::string why;
+  why.clear();
+  switch (backend) {
+    case PTE_BACKEND_CPU:
+    case PTE_BACKEND_AUTO:
+      break;
+    case PTE_BACKEND_FLASH:
+    case PTE_BACKEND_CUDNN: {
+#ifdef PTE_WITH_CUDA
+      const bool built =
+#if defined(PTE_WITH_FLASH)
+          backend == PTE_BACKEND_FLASH ||
+#endif
+#if defined(PTE_WITH_CUDNN)
+          backend == PTE_BACKEND_CUDNN ||
+#endif
+          false;
+      if (!built) {
+        why = backend == PTE_BACKEND_FLASH
+                  ? "not built: this paddle_te was compiled without the flash kernels"
+                  : "not built: the cuDNN / cudnn-frontend headers were not found at build time";
+        break;
+      }
+      try {
+        int arch = pte::cuda::device_arch(-1);
+        if (arch < 80) why = pte::str("needs an sm_80 or newer GPU; this one is sm_", arch);
+#ifdef PTE_WITH_CUDNN
+        if (why.empty() && backend == PTE_BACKEND_CUDNN && pte::cudnn::runtime_version() == 0)
+          why = "the cuDNN library (libcudnn.so.9) could not be loaded";
+#endif
+      } catch (const std::exception& e) {
+        why = pte::str("no usable CUDA device: ", e.what());
+      }
+#else
+      why = "not built: this paddle_te was compiled without CUDA";
+#endif
+      break;
+    }
+    default:
+      why = pte::str("backend=", int(backend), ": unknown");
+  }
+  if (reason) *reason = why.c_str();
+  return why.empty() ? 1 : 0;
+}
+
+int pte_dropout_keep(uint64_t seed, uint64_t offset, float p, int64_t batch, int64_t head,
+                     int64_t num_heads, int64_t query, int64_t key) {
+  return pte::dropout_keep(seed, offset, pte::dropout_threshold(p), batch, head, num_heads, query,
+                           key)
+             ? 1
+             : 0;
+}
+
+}  // extern "C"
