@@ -209,7 +209,7 @@ AttnProblem resolve(const pte_attn_params_t& p, bool backward) {
 
   PTE_CHECK(std::isfinite(p.softmax_scale) && p.softmax_scale > 0, "softmax_scale=",
             p.softmax_scale, ": must be finite and > 0");
-  pr.scale = float(p.softmax_scale);
+  pr.scale = p.softmax_scale;
   PTE_CHECK(p.dropout >= 0.f && p.dropout < 1.f, "dropout=", p.dropout, ": must be in [0, 1)");
   pr.dropout = p.dropout;
   pr.seed = p.seed;

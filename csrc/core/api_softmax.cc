@@ -32,7 +32,7 @@ SoftmaxProblem resolve(const pte_softmax_params_t& p, bool backward) {
   sp.h = shape[1];
   sp.s_q = shape[2];
   sp.s_kv = shape[3];
-  sp.scale = float(p.scale);
+  sp.scale = p.scale;
   sp.causal = p.causal;
   sp.stream = p.stream;
   auto check_like_x = [&](const pte_tensor_t& t, const char* name) {

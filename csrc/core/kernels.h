@@ -21,7 +21,7 @@ struct SoftmaxProblem {
   void* d_x;
   const uint8_t* mask;   // bool [mask_b, 1, s_q, s_kv] (contiguous) or null
   int64_t mask_batch;    // 1 (broadcast over batch) or b
-  float scale;
+  double scale;  // double so float64 inputs keep full precision
   pte_softmax_causal_t causal;
   void* stream;
 };

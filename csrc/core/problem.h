@@ -65,8 +65,9 @@ struct AttnProblem {
   int64_t window_right;
   bool bottom_right;
 
-  float scale;
-  float dropout;  // 0 = none
+  // Double so float64 inputs keep full precision; float kernels convert once at launch.
+  double scale;
+  double dropout;  // 0 = none; the keep threshold uses the float value (attention.h)
   uint64_t seed;
   uint64_t offset;
   const int64_t* seed_offset_device;  // CUDA: read {seed, offset} here when non-null

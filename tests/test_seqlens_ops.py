@@ -1,0 +1,107 @@
+"""paddle_te.ops.mask_to_cu_seqlens (SPEC §3) against tests/reference.py: the three mask forms,
+batch sizes 1..many, lengths 0 and full, and the ValueError for masks that are not right padding
+(it must name attn_mask_type="arbitrary" as the way to use them)."""
+
+import numpy as np
+import paddle
+import pytest
+
+import paddle_te
+import reference as R
+
+paddle.set_device("cpu")
+
+ARBITRARY = r"attn_mask_type=[\"']arbitrary[\"']"
+
+
+def op(mask, mask_kv=None):
+    cq, ck = paddle_te.ops.mask_to_cu_seqlens(
+        paddle.to_tensor(mask), None if mask_kv is None else paddle.to_tensor(mask_kv))
+    return cq.numpy(), ck.numpy()
+
+
+def assert_cu(got, want):
+    assert got.dtype == np.int32, got.dtype
+    np.testing.assert_array_equal(got, want)
+
+
+def lengths(rng, b, s):
+    """Random lengths in [0, s] with 0 and s always present (when b allows)."""
+    lens = rng.integers(0, s + 1, size=b)
+    lens[0] = s
+    if b > 1:
+        lens[1] = 0
+    return lens
+
+
+@pytest.mark.parametrize("b", [1, 2, 5, 64, 300])
+def test_self_attention_form(rng, b):
+    s = 13
+    lens = lengths(rng, b, s)
+    mask = R.padding_mask(lens, s)
+    cq, ck = op(mask)
+    want_q, want_kv = R.mask_to_cu_seqlens(mask)
+    assert_cu(cq, want_q)
+    assert_cu(ck, want_kv)
+    assert_cu(cq, R.cu_seqlens(lens))
+
+
+@pytest.mark.parametrize("b", [1, 3, 64])
+def test_cross_attention_form(rng, b):
+    s_q, s_kv = 7, 19
+    lq, lk = lengths(rng, b, s_q), lengths(rng, b, s_kv)[::-1].copy()
+    mask, mask_kv = R.padding_mask(lq, s_q), R.padding_mask(lk, s_kv)
+    cq, ck = op(mask, mask_kv)
+    assert_cu(cq, R.cu_seqlens(lq))
+    assert_cu(ck, R.cu_seqlens(lk))
+
+
+@pytest.mark.parametrize("b", [1, 4, 40])
+def test_full_form(rng, b):
+    s_q, s_kv = 6, 11
+    lq, lk = lengths(rng, b, s_q), lengths(rng, b, s_kv)
+    lq[-1], lk[-1] = s_q, s_kv  # at least one batch fully valid
+    mask = R.full_padding_mask(lq, lk, s_q, s_kv)
+    cq, ck = op(mask)
+    want_q, want_kv = R.mask_to_cu_seqlens(mask)
+    assert_cu(cq, want_q)
+    assert_cu(ck, want_kv)
+
+
+def test_all_empty_and_all_full():
+    s = 8
+    assert_cu(op(np.ones((3, 1, 1, s), dtype=bool))[0], [0, 0, 0, 0])
+    assert_cu(op(np.zeros((3, 1, 1, s), dtype=bool))[0], [0, 8, 16, 24])
+    cq, ck = op(np.zeros((2, 1, 4, s), dtype=bool))
+    assert_cu(cq, [0, 4, 8])
+    assert_cu(ck, [0, 8, 16])
+
+
+def _left_padding(b, s):
+    return R.padding_mask([s // 2] * b, s)[..., ::-1].copy()
+
+
+def _hole(b, s):
+    m = R.padding_mask([s] * b, s).copy()
+    m[-1, 0, 0, 1] = True
+    return m
+
+
+NOT_RIGHT_PADDING = {
+    "left_padding": lambda: (_left_padding(2, 6), None),
+    "hole": lambda: (_hole(3, 6), None),
+    "kv_hole": lambda: (R.padding_mask([2, 3], 4), _hole(2, 5)),
+    "full_causal": lambda: ((~R.visibility_mask(4, 4, mask_type="causal"))[None, None]
+                            .repeat(2, axis=0), None),
+    "full_not_outer": lambda: (np.array([[[[False, True], [True, False]]]]), None),
+    "full_left_padding": lambda: (R.full_padding_mask([2], [3], 4, 5)[..., ::-1, ::-1].copy(),
+                                  None),
+}
+
+
+@pytest.mark.parametrize("name", list(NOT_RIGHT_PADDING))
+def test_rejects_masks_that_are_not_right_padding(name):
+    mask, mask_kv = NOT_RIGHT_PADDING[name]()
+    assert not R.is_right_padding(mask, mask_kv)
+    with pytest.raises(ValueError, match=ARBITRARY):
+        op(mask, mask_kv)
