@@ -374,7 +374,7 @@ void fwd_block(const AttnProblem& p, int64_t bi, int64_t hq, int64_t i0, Work<T>
 // Runs fwd_block over every (bi, hq, query block); lse_stats as in fwd_block.
 template <class T>
 void fwd_all_blocks(const AttnProblem& p, T* lse_stats) {
-  const int nt = max_threads();
+  const int nt = threads_for(double(p.b) * p.h * p.s_q * p.s_kv * double(p.d + p.d_v));
   std::vector<Work<T>> work(nt, Work<T>(p, /*backward=*/false));
   const int64_t nqb = ceil_div(p.s_q, kBlockM);
   const int64_t tasks = p.b * p.h * nqb;
@@ -534,7 +534,7 @@ void dq_block(const AttnProblem& p, int64_t bi, int64_t hq, int64_t i0, const T*
 
 template <class T>
 void attn_bwd_impl(const AttnProblem& p) {
-  const int nt = max_threads();
+  const int nt = threads_for(double(p.b) * p.h * p.s_q * p.s_kv * double(p.d + p.d_v));
   const int64_t lse_space = p.thd ? p.h * p.t_q : p.b * p.h * p.s_q;
 
   // Row statistics in T. float32 uses the forward's lse as is; float64 recomputes it in double,

@@ -125,6 +125,16 @@ inline int max_threads() {
 #endif
 }
 
+// Threads worth using for `work` scalar operations. Waking a thread team costs microseconds on an
+// idle machine and milliseconds on a busy one, so calls below kMinParallelWork run on the calling
+// thread alone (layers make many such small calls). The result never changes the numbers: every
+// kernel's output is independent of the thread count.
+constexpr double kMinParallelWork = 1 << 18;
+inline int threads_for(double work) {
+  if (work < kMinParallelWork) return 1;
+  return max_threads();
+}
+
 inline int thread_id() {
 #ifdef _OPENMP
   return omp_get_thread_num();

@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "core/kernels.h"
+#include "cpu/cpu_common.h"
 
 namespace pte {
 namespace cpu {
@@ -73,7 +74,8 @@ void mask_to_cu_seqlens(const SeqlensProblem& p) {
   // Scratch allocated here, not inside the parallel loop, so a failure throws to the caller.
   std::vector<uint8_t> col_any(p.full ? p.b * p.s_kv : 0, 0);
   // Batch entries are independent; the prefix sums below are serial (b is small).
-#pragma omp parallel for schedule(dynamic, 1)
+  const int nt = threads_for(double(p.b) * (p.full ? p.s_q * p.s_kv : p.s_q + p.s_kv));
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
   for (int64_t bi = 0; bi < p.b; ++bi) {
     bool good = true;
     if (p.full) {

@@ -78,7 +78,8 @@ void softmax_fwd_impl(const SoftmaxProblem& p) {
   T* y = static_cast<T*>(p.y);
   const int64_t rows = p.b * p.h * p.s_q;
   const T scale = T(p.scale);
-#pragma omp parallel for schedule(static)
+  const int nt = threads_for(double(rows) * p.s_kv);
+#pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t i = r % p.s_q;
     const int64_t bi = r / (p.h * p.s_q);
@@ -100,7 +101,8 @@ void softmax_bwd_impl(const SoftmaxProblem& p) {
   const int64_t rows = p.b * p.h * p.s_q;
   const T scale = T(p.scale);
   // Masked elements have y == 0, so they get d_x == 0 without looking at the mask.
-#pragma omp parallel for schedule(static)
+  const int nt = threads_for(double(rows) * p.s_kv);
+#pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
     softmax_row_bwd<T>(y + r * p.s_kv, dy + r * p.s_kv, dx + r * p.s_kv, p.s_kv, scale);
   }
