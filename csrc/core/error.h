@@ -2,9 +2,11 @@
 // them and turn them into a status code plus thread-local text (api_guard in api.cc).
 #pragma once
 
-#include <sstream>
+#include <cstdio>
 #include <stdexcept>
 #include <string>
+#include <string_view>
+#include <type_traits>
 
 #include "paddle_te/common.h"
 
@@ -20,20 +22,40 @@ class Error : public std::runtime_error {
 };
 
 namespace detail {
-inline void append(std::ostringstream&) {}
-template <typename T, typename... Rest>
-void append(std::ostringstream& os, const T& first, const Rest&... rest) {
-  os << first;
-  append(os, rest...);
+// Messages are built without iostreams: on the GPU test machine the module is compiled by
+// /opt/gcc (GCC 13) and runs in a process whose libstdc++ formats numbers through `ostream <<`
+// only by crashing (SIGSEGV in ostream::_M_insert<long>, seen 2026-11-25 on the H100 machine,
+// torch 2.11). std::to_string / snprintf do not touch locale facets.
+inline void append_one(std::string& s, const std::string& v) { s += v; }
+inline void append_one(std::string& s, const char* v) { s += v != nullptr ? v : "(null)"; }
+inline void append_one(std::string& s, char v) { s += v; }
+inline void append_one(std::string& s, bool v) { s += v ? "1" : "0"; }  // as ostream prints it
+template <typename T>
+void append_one(std::string& s, const T& v) {
+  if constexpr (std::is_enum_v<T>) {
+    s += std::to_string(static_cast<std::underlying_type_t<T>>(v));
+  } else if constexpr (std::is_integral_v<T>) {
+    s += std::to_string(v);
+  } else if constexpr (std::is_floating_point_v<T>) {
+    char buf[32];
+    std::snprintf(buf, sizeof(buf), "%g", double(v));  // ostream's default format
+    s += buf;
+  } else if constexpr (std::is_pointer_v<T>) {
+    char buf[32];
+    std::snprintf(buf, sizeof(buf), "%p", static_cast<const void*>(v));
+    s += buf;
+  } else {
+    s += std::string(std::string_view(v));
+  }
 }
 }  // namespace detail
 
 // Build a message from pieces: pte::str("head_dim=", d, ": must be <= 256").
 template <typename... Args>
 std::string str(const Args&... args) {
-  std::ostringstream os;
-  detail::append(os, args...);
-  return os.str();
+  std::string s;
+  (detail::append_one(s, args), ...);
+  return s;
 }
 
 }  // namespace pte

@@ -1,0 +1,152 @@
+// Helpers shared by the Paddle custom ops: paddle::Tensor -> pte_tensor_t, status -> exception,
+// workspace allocation. This directory is the only code in paddle_te that sees Paddle types;
+// everything below it talks through the C API in csrc/include/paddle_te/.
+#pragma once
+
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "paddle/extension.h"
+#include "paddle_te/paddle_te.h"
+
+namespace pte_paddle {
+
+// Prefix of every error message raised by the ops. The Python wrappers (paddle_te/ops.py)
+// recognise it and re-raise the text as ValueError for the two "caller's fault" statuses.
+inline const char* status_tag(pte_status_t s) {
+  switch (s) {
+    case PTE_ERROR_INVALID_ARGUMENT:
+      return "[paddle_te:invalid_argument] ";
+    case PTE_ERROR_NOT_SUPPORTED:
+      return "[paddle_te:not_supported] ";
+    case PTE_ERROR_CUDA:
+      return "[paddle_te:cuda_error] ";
+    case PTE_SUCCESS:
+      return "";
+    default:
+      return "[paddle_te:internal_error] ";
+  }
+}
+
+// Throw (PD_THROW -> Python exception) when a C API call failed. `what` names the op.
+inline void check_status(pte_status_t s, const char* what) {
+  if (s == PTE_SUCCESS) return;
+  const char* msg = pte_last_error();
+  PD_THROW(std::string(status_tag(s)) + what + ": " + (msg && *msg ? msg : "unknown error"));
+}
+
+inline pte_dtype_t to_pte_dtype(paddle::DataType t) {
+  switch (t) {
+    case paddle::DataType::FLOAT32:
+      return PTE_FLOAT32;
+    case paddle::DataType::FLOAT64:
+      return PTE_FLOAT64;
+    case paddle::DataType::FLOAT16:
+      return PTE_FLOAT16;
+    case paddle::DataType::BFLOAT16:
+      return PTE_BFLOAT16;
+    case paddle::DataType::INT32:
+      return PTE_INT32;
+    case paddle::DataType::INT64:
+      return PTE_INT64;
+    case paddle::DataType::BOOL:
+      return PTE_BOOL;
+    default:
+      PD_THROW("[paddle_te:invalid_argument] unsupported tensor dtype ",
+               phi::DataTypeToString(t),
+               ": allowed float32, float64, float16, bfloat16, int32, int64, bool");
+  }
+}
+
+// A view of a (contiguous) Paddle tensor. Paddle makes custom-op inputs contiguous before the
+// kernel runs, so the strides follow from the dims (row-major, in elements).
+inline pte_tensor_t to_pte(const paddle::Tensor& x) {
+  pte_tensor_t t;
+  t.data = nullptr;
+  t.dtype = PTE_FLOAT32;
+  t.ndim = 0;
+  for (int i = 0; i < PTE_MAX_DIMS; ++i) {
+    t.shape[i] = 0;
+    t.strides[i] = 0;
+  }
+  t.device = PTE_DEVICE_CPU;
+  t.device_id = 0;
+  if (!x.initialized()) return t;  // absent: data == NULL, ndim == 0
+
+  const auto dims = x.shape();
+  PD_CHECK(static_cast<int>(dims.size()) <= PTE_MAX_DIMS,
+           "[paddle_te:invalid_argument] tensor rank ", dims.size(), " exceeds ", PTE_MAX_DIMS);
+  t.dtype = to_pte_dtype(x.dtype());
+  t.ndim = static_cast<int32_t>(dims.size());
+  int64_t stride = 1;
+  for (int i = t.ndim - 1; i >= 0; --i) {
+    t.shape[i] = dims[i];
+    t.strides[i] = stride;
+    stride *= dims[i] > 0 ? dims[i] : 1;
+  }
+  // data() of a tensor with zero elements may be null; the core checks sizes before pointers.
+  t.data = const_cast<void*>(x.data());
+#ifdef PADDLE_WITH_CUDA
+  if (x.is_gpu()) {
+    t.device = PTE_DEVICE_CUDA;
+    t.device_id = x.place().GetDeviceId();
+  }
+#endif
+  return t;
+}
+
+inline pte_tensor_t to_pte(const paddle::optional<paddle::Tensor>& x) {
+  if (x) return to_pte(*x);
+  return to_pte(paddle::Tensor());
+}
+
+// The stream the op must run on (the tensor's stream); NULL on the CPU.
+inline void* stream_of(const paddle::Tensor& x) {
+#ifdef PADDLE_WITH_CUDA
+  if (x.is_gpu()) return reinterpret_cast<void*>(x.stream());
+#endif
+  (void)x;
+  return nullptr;
+}
+
+inline bool on_gpu(const paddle::Tensor& x) {
+#ifdef PADDLE_WITH_CUDA
+  return x.is_gpu();
+#else
+  (void)x;
+  return false;
+#endif
+}
+
+// SPEC §3: on the CPU, float16 and bfloat16 are computed in float32. The ops cast around the
+// CPU kernels (the kernels themselves take float32/float64).
+inline bool needs_fp32_on_cpu(const paddle::Tensor& x) {
+  return !on_gpu(x) &&
+         (x.dtype() == paddle::DataType::FLOAT16 || x.dtype() == paddle::DataType::BFLOAT16);
+}
+
+inline paddle::Tensor to_compute(const paddle::Tensor& x, bool cast) {
+  return cast ? x.cast(paddle::DataType::FLOAT32) : x;
+}
+
+// Scales travel as decimal strings: PIR custom ops have no double attribute, and a float
+// attribute would round float64 problems' scale to float32. The Python side writes repr(float),
+// which round-trips exactly through strtod.
+inline double parse_scale(const std::string& s, const char* name) {
+  const char* begin = s.c_str();
+  char* end = nullptr;
+  const double v = std::strtod(begin, &end);
+  PD_CHECK(!s.empty() && end == begin + s.size(),
+           "[paddle_te:invalid_argument] ", name, "=\"", s, "\": not a number");
+  return v;  // finiteness and sign are checked by the core, which names the argument
+}
+
+// Caller-allocated workspace on the tensors' place; an empty (undefined) tensor when none.
+inline paddle::Tensor workspace(size_t bytes, const paddle::Place& place) {
+  if (bytes == 0) return paddle::Tensor();
+  return paddle::empty({static_cast<int64_t>(bytes)}, paddle::DataType::UINT8, place);
+}
+
+}  // namespace pte_paddle

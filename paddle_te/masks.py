@@ -1,0 +1,141 @@
+"""Mask types and the window policy (SPEC §1, §2).
+
+Every mask in paddle_te is a ``(left, right)`` window plus per-sequence lengths: for a sequence
+with ``L_q`` queries and ``L_k`` keys, query ``i`` sees key ``j`` iff
+``i + delta - left <= j <= i + delta + right`` (``-1`` = unbounded), with ``delta = 0`` (top-left)
+or ``L_k - L_q`` (bottom-right, the ``*_bottom_right`` types). Causal types have ``right = 0``.
+Boolean masks follow the canonical convention: ``True`` = masked out.
+"""
+
+import numbers
+import warnings
+
+__all__ = [
+    "MASK_TYPES",
+    "CAUSAL_MASK_TYPES",
+    "PADDING_MASK_TYPES",
+    "check_mask_type",
+    "check_set_window_size",
+    "is_causal",
+    "is_padding",
+    "is_bottom_right",
+    "with_padding",
+    "without_padding",
+]
+
+#: Every attention mask type, in the order of SPEC §2.
+MASK_TYPES = (
+    "no_mask",
+    "padding",
+    "causal",
+    "padding_causal",
+    "causal_bottom_right",
+    "padding_causal_bottom_right",
+    "arbitrary",
+)
+
+#: Types whose window has ``right = 0``.
+CAUSAL_MASK_TYPES = (
+    "causal",
+    "padding_causal",
+    "causal_bottom_right",
+    "padding_causal_bottom_right",
+)
+
+#: Types that take per-sequence lengths (cu_seqlens, or a padding mask in the layers).
+PADDING_MASK_TYPES = ("padding", "padding_causal", "padding_causal_bottom_right")
+
+# padding counterpart <-> plain type
+_WITH_PADDING = {
+    "no_mask": "padding",
+    "padding": "padding",
+    "causal": "padding_causal",
+    "padding_causal": "padding_causal",
+    "causal_bottom_right": "padding_causal_bottom_right",
+    "padding_causal_bottom_right": "padding_causal_bottom_right",
+    "arbitrary": "arbitrary",
+}
+_WITHOUT_PADDING = {
+    "no_mask": "no_mask",
+    "padding": "no_mask",
+    "causal": "causal",
+    "padding_causal": "causal",
+    "causal_bottom_right": "causal_bottom_right",
+    "padding_causal_bottom_right": "causal_bottom_right",
+    "arbitrary": "arbitrary",
+}
+
+
+def check_mask_type(attn_mask_type, name="attn_mask_type"):
+    """Return ``attn_mask_type`` if it is one of :data:`MASK_TYPES`, else raise ``ValueError``."""
+    if not isinstance(attn_mask_type, str) or attn_mask_type not in MASK_TYPES:
+        raise ValueError(f"{name}={attn_mask_type!r}: must be one of {', '.join(map(repr, MASK_TYPES))}")
+    return attn_mask_type
+
+
+def is_causal(attn_mask_type):
+    """True for the four causal types (window ``right == 0``)."""
+    return check_mask_type(attn_mask_type) in CAUSAL_MASK_TYPES
+
+
+def is_padding(attn_mask_type):
+    """True for the types that take sequence lengths (``padding*``)."""
+    return check_mask_type(attn_mask_type) in PADDING_MASK_TYPES
+
+
+def is_bottom_right(attn_mask_type):
+    """True when the window is aligned to the bottom-right corner (``delta = L_k - L_q``)."""
+    return check_mask_type(attn_mask_type).endswith("bottom_right")
+
+
+def with_padding(attn_mask_type):
+    """The ``padding`` counterpart: ``no_mask`` -> ``padding``, ``causal`` -> ``padding_causal``,
+    ``causal_bottom_right`` -> ``padding_causal_bottom_right``; padding types and ``arbitrary``
+    map to themselves. (thd reads every type this way, SPEC §8.)"""
+    return _WITH_PADDING[check_mask_type(attn_mask_type)]
+
+
+def without_padding(attn_mask_type):
+    """The inverse of :func:`with_padding`: ``padding`` -> ``no_mask`` and so on."""
+    return _WITHOUT_PADDING[check_mask_type(attn_mask_type)]
+
+
+def _is_int(x):
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def check_set_window_size(attn_mask_type, window_size):
+    """Validate ``window_size`` for ``attn_mask_type`` and return the ``(left, right)`` to use.
+
+    * causal types: ``None`` or ``(-1, -1)`` -> ``(-1, 0)``; ``(l, r)`` with ``r != 0`` -> a
+      ``UserWarning`` and ``(l, 0)``;
+    * other types: ``None`` -> ``(-1, -1)``; any ``(l, r)`` with ``l, r >= -1`` is kept;
+    * anything else (``l`` or ``r`` < -1, not a pair of ints, unknown mask type) ->
+      ``ValueError``.
+    """
+    check_mask_type(attn_mask_type)
+    if window_size is None:
+        return (-1, 0) if attn_mask_type in CAUSAL_MASK_TYPES else (-1, -1)
+    if (
+        not isinstance(window_size, (tuple, list))
+        or len(window_size) != 2
+        or not all(_is_int(w) for w in window_size)
+    ):
+        raise ValueError(f"window_size={window_size!r}: must be None or a pair of ints (left, right), each >= -1")
+    left, right = int(window_size[0]), int(window_size[1])
+    if left < -1 or right < -1:
+        raise ValueError(
+            f"window_size={window_size!r}: left and right must be >= -1 (-1 = unbounded on that side)"
+        )
+    if attn_mask_type in CAUSAL_MASK_TYPES:
+        if (left, right) == (-1, -1):
+            return (-1, 0)
+        if right != 0:
+            warnings.warn(
+                f"window_size={window_size!r} with attn_mask_type={attn_mask_type!r}: causal masks "
+                f"have right = 0; using window_size=({left}, 0)",
+                UserWarning,
+                stacklevel=2,
+            )
+        return (left, 0)
+    return (left, right)

@@ -1,0 +1,328 @@
+"""DotProductAttention: the attention core as a layer (SPEC §4)."""
+
+import math
+
+import paddle
+from paddle import nn
+
+from .. import ops
+from ..masks import check_set_window_size
+from . import _core
+from ._core import BOTTOM_RIGHT_TYPES, PADDING_TYPES, QKV_FORMATS, given
+
+
+class DotProductAttention(nn.Layer):
+    """Scaled dot-product attention over per-head tensors, fused wherever the mask allows.
+
+    Args:
+        num_attention_heads: query heads `h`.
+        kv_channels: head dim `d`; the default softmax scale is `1/sqrt(kv_channels)`.
+        num_gqa_groups: kv heads `h_kv` (None = `h`); must divide `h` (GQA/MQA).
+        attention_dropout: dropout probability on the attention probabilities, applied while
+            `self.training`.
+        attn_mask_type: one of SPEC §2's types.
+        window_size: `(left, right)`, normalised by `check_set_window_size`.
+        attention_type: "self" or "cross" (informational; masks are taken per SPEC §4).
+        qkv_format: "bshd" `[b, s, h, d]`, "sbhd" `[s, b, h, d]` or "thd" `[t, h, d]`.
+        softmax_scale: None = `1/sqrt(kv_channels)`.
+        deterministic: bitwise-repeatable backward.
+        backend: passed to `paddle_te.ops.fused_attn` ("auto", "flash", "cudnn", "unfused", "cpu").
+
+    Masks are in the canonical convention: True = masked out.
+    """
+
+    def __init__(
+        self,
+        num_attention_heads,
+        kv_channels,
+        num_gqa_groups=None,
+        attention_dropout=0.0,
+        attn_mask_type="causal",
+        window_size=None,
+        attention_type="self",
+        qkv_format="bshd",
+        softmax_scale=None,
+        deterministic=False,
+        backend="auto",
+    ):
+        super().__init__()
+        if not isinstance(num_attention_heads, int) or num_attention_heads <= 0:
+            raise ValueError(
+                f"num_attention_heads={num_attention_heads!r}: must be a positive int"
+            )
+        if not isinstance(kv_channels, int) or kv_channels <= 0:
+            raise ValueError(f"kv_channels={kv_channels!r}: must be a positive int")
+        if num_gqa_groups is None:
+            num_gqa_groups = num_attention_heads
+        if (
+            not isinstance(num_gqa_groups, int)
+            or num_gqa_groups <= 0
+            or num_attention_heads % num_gqa_groups != 0
+        ):
+            raise ValueError(
+                f"num_gqa_groups={num_gqa_groups!r}: must be a positive int that divides "
+                f"num_attention_heads={num_attention_heads}"
+            )
+        if not (0.0 <= float(attention_dropout) < 1.0):
+            raise ValueError(f"attention_dropout={attention_dropout!r}: must be in [0, 1)")
+        if attention_type not in ("self", "cross"):
+            raise ValueError(f"attention_type={attention_type!r}: must be 'self' or 'cross'")
+        if qkv_format not in QKV_FORMATS:
+            raise ValueError(f"qkv_format={qkv_format!r}: must be one of {QKV_FORMATS}")
+        if softmax_scale is not None and not (
+            isinstance(softmax_scale, (int, float))
+            and math.isfinite(softmax_scale)
+            and softmax_scale > 0
+        ):
+            raise ValueError(f"softmax_scale={softmax_scale!r}: must be a finite number > 0")
+        # Validates the mask type too (unknown type -> ValueError); warns for a causal type
+        # given a right window, once, here.
+        self.window_size = check_set_window_size(attn_mask_type, window_size)
+        self.num_attention_heads = num_attention_heads
+        self.kv_channels = kv_channels
+        self.num_gqa_groups = num_gqa_groups
+        self.attention_dropout = float(attention_dropout)
+        self.attn_mask_type = attn_mask_type
+        self.attention_type = attention_type
+        self.qkv_format = qkv_format
+        self.softmax_scale = (
+            float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(kv_channels)
+        )
+        self.deterministic = deterministic
+        self.backend = backend
+
+    def extra_repr(self):
+        return (
+            f"heads={self.num_attention_heads}, kv_heads={self.num_gqa_groups}, "
+            f"kv_channels={self.kv_channels}, attn_mask_type={self.attn_mask_type}, "
+            f"window_size={self.window_size}, qkv_format={self.qkv_format}"
+        )
+
+    def forward(
+        self,
+        query,
+        key,
+        value,
+        attention_mask=None,
+        *,
+        cu_seqlens_q=None,
+        cu_seqlens_kv=None,
+        max_seqlen_q=None,
+        max_seqlen_kv=None,
+        core_attention_bias=None,
+    ):
+        """query `[b, s_q, h, d]` / `[s_q, b, h, d]` / `[t_q, h, d]` per `qkv_format`; key and value
+        the same with `h_kv` heads. Returns the output in query's layout with `d_v` channels."""
+        fmt = self.qkv_format
+        mask_type = self.attn_mask_type
+        self._check_qkv(query, key, value)
+        # Keyword-only parameters are never reassigned: paddle.jit.to_static (AST mode) does not
+        # see them as arguments and would reset them to undefined in front of a branch that
+        # assigns them. Locals carry the values instead.
+        cu_q, cu_kv = cu_seqlens_q, cu_seqlens_kv
+        max_q, max_kv = max_seqlen_q, max_seqlen_kv
+        if not given(cu_kv) and given(cu_q) and self.attention_type == "self":
+            cu_kv = cu_q
+        has_cu = given(cu_q) or given(cu_kv)
+
+        mask_q = mask_kv = arbitrary_mask = None
+        if given(attention_mask):
+            if has_cu:
+                raise ValueError(
+                    "attention_mask and cu_seqlens_q/cu_seqlens_kv were both given: pass one "
+                    "(a padding mask is converted to cu_seqlens)"
+                )
+            if fmt == "thd":
+                raise ValueError(
+                    "attention_mask with qkv_format='thd': thd takes cu_seqlens_q/cu_seqlens_kv"
+                )
+            if mask_type in PADDING_TYPES:
+                mask_q, mask_kv = self._check_padding_mask(attention_mask)
+            elif mask_type == "arbitrary":
+                arbitrary_mask = self._check_arbitrary_mask(attention_mask)
+            else:
+                raise ValueError(
+                    f"attention_mask was given but attn_mask_type={mask_type!r} takes no mask: "
+                    f"use a 'padding*' type for a padding mask or 'arbitrary' for any other "
+                    f"(True = masked out)"
+                )
+        if mask_type == "arbitrary" and has_cu:
+            raise ValueError(
+                "cu_seqlens_q/cu_seqlens_kv with attn_mask_type='arbitrary': the arbitrary mask "
+                "is passed as attention_mask"
+            )
+
+        bias = core_attention_bias
+        if given(bias):
+            if not _core.is_float(bias):
+                raise TypeError(
+                    f"core_attention_bias has dtype {bias.dtype}: must be a float tensor"
+                )
+            if bias.ndim > 4:
+                raise ValueError(
+                    f"core_attention_bias has shape {list(bias.shape)}: must be broadcastable "
+                    f"to [b, h, s_q, s_kv]"
+                )
+            if fmt == "thd":
+                raise ValueError(
+                    "core_attention_bias with qkv_format='thd' is not supported: use bshd/sbhd"
+                )
+
+        query, key, value, bias = _core.amp_cast(query, key, value, bias)
+
+        if given(mask_q):
+            # Padding mask -> cu_seqlens; the padded sizes are exact upper bounds (no sync).
+            cu_q, cu_kv = _mask_to_cu_seqlens(mask_q, mask_kv)
+            seq_axis = 1 if fmt == "bshd" else 0
+            if not given(max_q):
+                max_q = _core.static_dim(query, seq_axis)
+            if not given(max_kv):
+                max_kv = _core.static_dim(key, seq_axis)
+
+        if not given(arbitrary_mask) and not given(bias):
+            fused_type = "no_mask" if mask_type == "arbitrary" else mask_type
+            return ops.fused_attn(
+                query,
+                key,
+                value,
+                cu_seqlens_q=cu_q,
+                cu_seqlens_kv=cu_kv,
+                max_seqlen_q=max_q,
+                max_seqlen_kv=max_kv,
+                qkv_format=fmt,
+                attn_mask_type=fused_type,
+                window_size=self.window_size,
+                softmax_scale=self.softmax_scale,
+                dropout=self.attention_dropout,
+                training=self.training,
+                deterministic=self.deterministic,
+                backend=self.backend,
+            )
+
+        # Unfused path: arbitrary mask and/or bias (bshd/sbhd only).
+        if mask_type in PADDING_TYPES and not given(cu_q):
+            raise ValueError(
+                f"attn_mask_type={mask_type!r} needs a padding attention_mask or cu_seqlens_q/"
+                f"cu_seqlens_kv"
+            )
+        if mask_type not in PADDING_TYPES and has_cu:
+            raise ValueError(
+                f"cu_seqlens_q/cu_seqlens_kv with attn_mask_type={mask_type!r}: only 'padding*' "
+                f"types take sequence lengths"
+            )
+        seq_axis = 1 if fmt == "bshd" else 0
+        s_q, s_kv = _core.dim(query, seq_axis), _core.dim(key, seq_axis)
+        len_q = len_kv = None
+        if given(cu_q):
+            len_q = _core.seqlens_from_cu(cu_q)
+            len_kv = _core.seqlens_from_cu(cu_kv)
+        masked, causal = _core.type_rule(s_q, s_kv, self.window_size, mask_type, len_q, len_kv)
+        if given(arbitrary_mask):
+            masked = _core.or_masks(
+                _core.window_mask(s_q, s_kv, self.window_size, mask_type in BOTTOM_RIGHT_TYPES),
+                arbitrary_mask,
+            )
+            causal = None
+        q = _core.to_bhsd(query, fmt)
+        k = _core.to_bhsd(key, fmt)
+        v = _core.to_bhsd(value, fmt)
+        out, _ = _core.unfused_attention_bhsd(
+            q,
+            k,
+            v,
+            masked=masked,
+            bias=bias,
+            scale=self.softmax_scale,
+            dropout=self.attention_dropout,
+            training=self.training,
+            causal=causal,
+        )
+        return _core.from_bhsd(out, fmt)
+
+    # ---- validation helpers -------------------------------------------------------------
+    def _check_qkv(self, query, key, value):
+        nd = 3 if self.qkv_format == "thd" else 4
+        for name, t in (("query", query), ("key", key), ("value", value)):
+            if not _is_tensor(t):
+                raise TypeError(f"{name} is a {type(t).__name__}: must be a paddle.Tensor")
+            if t.ndim != nd:
+                raise ValueError(
+                    f"{name} has shape {list(t.shape)}: qkv_format={self.qkv_format!r} takes "
+                    f"rank {nd}"
+                )
+        h_axis = nd - 2
+        hq = _core.static_dim(query, h_axis)
+        hk = _core.static_dim(key, h_axis)
+        hv = _core.static_dim(value, h_axis)
+        if hq is not None and hq != self.num_attention_heads:
+            raise ValueError(
+                f"query has {hq} heads: num_attention_heads={self.num_attention_heads}"
+            )
+        for name, hh in (("key", hk), ("value", hv)):
+            if hh is not None and hh != self.num_gqa_groups:
+                raise ValueError(f"{name} has {hh} heads: num_gqa_groups={self.num_gqa_groups}")
+
+    def _check_padding_mask(self, mask):
+        """A padding mask: a bool [b, 1, 1, s] / [b, 1, s_q, s_kv] tensor or a (mask_q, mask_kv)
+        tuple of [b, 1, 1, s_q] and [b, 1, 1, s_kv]. Returns (mask_q_or_full, mask_kv_or_None)."""
+        if isinstance(mask, (tuple, list)):
+            if len(mask) != 2:
+                raise ValueError(
+                    f"attention_mask is a sequence of {len(mask)}: a padding mask tuple is "
+                    f"(mask_q, mask_kv)"
+                )
+            _check_bool_4d(mask[0], "attention_mask[0] (mask_q)")
+            _check_bool_4d(mask[1], "attention_mask[1] (mask_kv)")
+            return mask[0], mask[1]
+        _check_bool_4d(mask, "attention_mask")
+        return mask, None
+
+    def _check_arbitrary_mask(self, mask):
+        if isinstance(mask, (tuple, list)):
+            raise TypeError(
+                "attention_mask is a tuple: attn_mask_type='arbitrary' takes one bool tensor "
+                "broadcastable to [b, h, s_q, s_kv]"
+            )
+        if mask.dtype != paddle.bool:
+            raise TypeError(
+                f"attention_mask has dtype {mask.dtype}: attn_mask_type='arbitrary' takes a bool "
+                f"mask (True = masked out); pass additive values as core_attention_bias"
+            )
+        if mask.ndim > 4 or mask.ndim < 2:
+            raise ValueError(
+                f"attention_mask has shape {list(mask.shape)}: must be broadcastable to "
+                f"[b, h, s_q, s_kv]"
+            )
+        return mask
+
+
+def _mask_to_cu_seqlens(mask_q, mask_kv):
+    """ops.mask_to_cu_seqlens in a function of its own. In dygraph the op checks the mask on the
+    host, which under paddle.jit.to_static's default (SOT) mode breaks the graph; a break in the
+    middle of forward() made the resumed forward fail inside SOT (UnboundLocalError
+    '___graph_fn_saved_orig_1', Paddle 3.3.1), a break inside a helper does not."""
+    if not given(mask_kv):
+        return ops.mask_to_cu_seqlens(mask_q)
+    return ops.mask_to_cu_seqlens(mask_q, mask_kv)
+
+
+def _is_tensor(x):
+    """A dygraph tensor or a static-graph value (duck-typed: both have dtype and shape)."""
+    return hasattr(x, "dtype") and hasattr(x, "shape") and hasattr(x, "ndim")
+
+
+def _check_bool_4d(m, name):
+    if not _is_tensor(m):
+        raise TypeError(f"{name} is a {type(m).__name__}: must be a bool paddle.Tensor")
+    if m.dtype != paddle.bool:
+        raise TypeError(
+            f"{name} has dtype {m.dtype}: padding masks are bool (True = padding)"
+        )
+    if m.ndim != 4:
+        raise ValueError(
+            f"{name} has shape {list(m.shape)}: padding masks are [b, 1, 1, s] or "
+            f"[b, 1, s_q, s_kv]"
+        )
+
+
+__all__ = ["DotProductAttention"]

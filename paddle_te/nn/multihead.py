@@ -1,0 +1,269 @@
+"""MultiHeadAttention: a drop-in for `paddle.nn.MultiHeadAttention` (SPEC §4).
+
+It subclasses Paddle's layer so that the constructor, the sublayers (`q_proj`, `k_proj`,
+`v_proj`, `out_proj`), the parameter names, `Cache`/`StaticCache` and `isinstance` checks are
+Paddle's own; `forward`, `compute_kv` and `gen_cache` are ours. Masks follow Paddle's convention
+(bool True = keep, int 1 = keep, float added to the scores) and are converted to the canonical
+one (True = masked out) here, at the boundary.
+"""
+
+import paddle
+
+from .. import ops
+from ..masks import check_set_window_size
+from . import _core
+from ._core import BOTTOM_RIGHT_TYPES, MASK_TYPES, PADDING_TYPES, given
+
+# A float mask element at or below this counts as masked out: it covers -inf and the -1e9 that
+# Paddle's own bool/int -> float conversion (used by paddle.nn.Transformer*) writes. Any such
+# element contributes exp(<= -1e9) == 0 to the softmax in every float dtype, so the only visible
+# effect of the threshold is on rows whose keys are all masked (0 here, SPEC §8).
+MASKED_FLOAT_THRESHOLD = -1e9
+
+# With a Cache the queries are the last s_q of the s_kv positions, so "causal" means bottom-right.
+_WITH_CACHE = {"causal": "causal_bottom_right", "padding_causal": "padding_causal_bottom_right"}
+
+
+def paddle_mask_to_canonical(attn_mask, name="attn_mask"):
+    """Paddle's mask convention -> (masked bool tensor, additive float bias or None).
+
+    bool: True = keep; int: 0 = masked, non-zero = keep; float: <= -1e9 (incl. -inf) = masked,
+    other values added to the scores.
+    """
+    if attn_mask.ndim > 4:
+        raise ValueError(
+            f"{name} has shape {list(attn_mask.shape)}: must be broadcastable to "
+            f"[batch_size, num_heads, query_length, key_length]"
+        )
+    if attn_mask.dtype == paddle.bool:
+        return paddle.logical_not(attn_mask), None
+    if _core.is_int(attn_mask):
+        return attn_mask == 0, None
+    if _core.is_float(attn_mask):
+        masked = attn_mask <= MASKED_FLOAT_THRESHOLD
+        bias = paddle.where(masked, paddle.zeros_like(attn_mask), attn_mask)
+        return masked, bias
+    raise TypeError(
+        f"{name} has dtype {attn_mask.dtype}: must be bool (True = keep), an int type "
+        f"(1 = keep) or a float type (added to the scores)"
+    )
+
+
+class MultiHeadAttention(paddle.nn.MultiHeadAttention):
+    """`paddle.nn.MultiHeadAttention` with paddle_te's attention core.
+
+    Same constructor, sublayers, parameters, forward, return values, caches and mask semantics as
+    Paddle's layer. Keyword-only hints:
+
+    * `attn_mask_type`: a SPEC §2 type describing the mask. `"causal"` / `"padding"` (and their
+      combinations) let the fused kernels run without looking at the mask's values: a causal hint
+      replaces the mask by the causal rule (bottom-right when decoding with a `Cache`), a padding
+      hint reads sequence lengths from a `[b, 1, 1, s_kv]` key-padding mask or a full
+      `[b, 1, s_q, s_kv]` padding mask. `None` (default): with no mask the fused path runs; with a
+      mask the unfused path honours any mask exactly.
+    * `window_size`: `(left, right)` sliding window on top of the mask.
+    * `backend`: passed to `paddle_te.ops.fused_attn`.
+    """
+
+    def __init__(
+        self,
+        embed_dim,
+        num_heads,
+        dropout=0.0,
+        kdim=None,
+        vdim=None,
+        need_weights=False,
+        weight_attr=None,
+        bias_attr=None,
+        *,
+        attn_mask_type=None,
+        window_size=None,
+        backend="auto",
+    ):
+        super().__init__(
+            embed_dim,
+            num_heads,
+            dropout=dropout,
+            kdim=kdim,
+            vdim=vdim,
+            need_weights=need_weights,
+            weight_attr=weight_attr,
+            bias_attr=bias_attr,
+        )
+        if attn_mask_type is not None and attn_mask_type not in MASK_TYPES:
+            raise ValueError(
+                f"attn_mask_type={attn_mask_type!r}: must be None or one of {MASK_TYPES}"
+            )
+        if not (0.0 <= float(dropout) < 1.0):
+            raise ValueError(f"dropout={dropout!r}: must be in [0, 1)")
+        self.attn_mask_type = attn_mask_type
+        # Warns here, once, for a causal hint with a right window.
+        self.window_size = check_set_window_size(attn_mask_type or "no_mask", window_size)
+        self.backend = backend
+
+    def extra_repr(self):
+        return (
+            f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, "
+            f"attn_mask_type={self.attn_mask_type}, window_size={self.window_size}"
+        )
+
+    def compute_kv(self, key, value):
+        """key [b, s, kdim], value [b, s, vdim] -> k, v [b, num_heads, s, head_dim] (Paddle's
+        layout, which is also the layout of the caches)."""
+        k = self.k_proj(key).reshape([0, 0, self.num_heads, self.head_dim])
+        v = self.v_proj(value).reshape([0, 0, self.num_heads, self.head_dim])
+        return k.transpose([0, 2, 1, 3]), v.transpose([0, 2, 1, 3])
+
+    def gen_cache(self, key, value=None, type=paddle.nn.MultiHeadAttention.Cache):
+        """Same contract as Paddle: `StaticCache` of `compute_kv(key, value)`; an empty `Cache`
+        `[b, num_heads, 0, head_dim]` when `value` is None; else `Cache(key, value)`."""
+        if type == self.StaticCache:
+            return self.StaticCache(*self.compute_kv(key, value))
+        if not given(value):
+            b = _core.dim(key, 0)
+            empty = paddle.zeros([b, self.num_heads, 0, self.head_dim], dtype=key.dtype)
+            return self.Cache(empty, empty)
+        return self.Cache(key, value)
+
+    def forward(self, query, key=None, value=None, attn_mask=None, cache=None):
+        """query [b, s_q, embed_dim]; key [b, s_kv, kdim]; value [b, s_kv, vdim]. Returns `out`,
+        or a tuple `(out[, weights][, cache])` exactly as Paddle's layer does."""
+        if not given(key):
+            key = query
+        if not given(value):
+            value = query
+        has_mask = given(attn_mask)
+        hint = self.attn_mask_type
+        if hint in _WITH_CACHE and isinstance(cache, self.Cache):
+            hint = _WITH_CACHE[hint]
+        if hint == "no_mask" and has_mask:
+            raise ValueError(
+                "attn_mask was given but the layer's attn_mask_type hint is 'no_mask': drop the "
+                "mask or the hint"
+            )
+
+        # q: [b, s_q, h, d]; the caches hold k, v as [b, h, s, d].
+        q = self.q_proj(query).reshape([0, 0, self.num_heads, self.head_dim])
+        if isinstance(cache, self.StaticCache):
+            k, v = cache.k, cache.v
+            kv_layout = "bhsd"
+        elif isinstance(cache, self.Cache):
+            k, v = self.compute_kv(key, value)
+            k = paddle.concat([cache.k, k], axis=2)
+            v = paddle.concat([cache.v, v], axis=2)
+            cache = self.Cache(k, v)
+            kv_layout = "bhsd"
+        elif given(cache):
+            raise TypeError(
+                f"cache is a {type(cache).__name__}: must be None, MultiHeadAttention.Cache or "
+                f"MultiHeadAttention.StaticCache"
+            )
+        else:
+            k = self.k_proj(key).reshape([0, 0, self.num_heads, self.head_dim])
+            v = self.v_proj(value).reshape([0, 0, self.num_heads, self.head_dim])
+            kv_layout = "bshd"
+
+        use_fused = not self.need_weights and (
+            not has_mask or hint not in (None, "arbitrary")
+        )
+        if use_fused:
+            out = self._fused(q, k, v, kv_layout, attn_mask, hint)
+            weights = None
+        else:
+            out, weights = self._unfused(q, k, v, kv_layout, attn_mask, hint)
+
+        out = self.out_proj(out.reshape([0, 0, self.embed_dim]))
+        outs = [out]
+        if self.need_weights:
+            outs.append(weights)
+        if given(cache):
+            outs.append(cache)
+        return out if len(outs) == 1 else tuple(outs)
+
+    def _fused(self, q, k, v, kv_layout, attn_mask, hint):
+        if kv_layout == "bhsd":
+            k, v = k.transpose([0, 2, 1, 3]), v.transpose([0, 2, 1, 3])
+        q, k, v = _core.amp_cast(q, k, v)
+        mask_type = "no_mask" if hint in (None, "arbitrary") else hint
+        cu_q = cu_kv = None
+        max_q = max_kv = None
+        if mask_type in PADDING_TYPES:
+            if not given(attn_mask):
+                # No mask: nothing is padded.
+                mask_type = {
+                    "padding": "no_mask",
+                    "padding_causal": "causal",
+                    "padding_causal_bottom_right": "causal_bottom_right",
+                }[mask_type]
+            else:
+                cu_q, cu_kv = self._padding_cu_seqlens(attn_mask, q, k)
+                max_q, max_kv = _core.static_dim(q, 1), _core.static_dim(k, 1)
+        return ops.fused_attn(
+            q,
+            k,
+            v,
+            cu_seqlens_q=cu_q,
+            cu_seqlens_kv=cu_kv,
+            max_seqlen_q=max_q,
+            max_seqlen_kv=max_kv,
+            qkv_format="bshd",
+            attn_mask_type=mask_type,
+            window_size=self.window_size,
+            softmax_scale=self.head_dim**-0.5,
+            dropout=float(self.dropout),
+            training=self.training,
+            backend=self.backend,
+        )  # [b, s_q, h, d]
+
+    def _padding_cu_seqlens(self, attn_mask, q, k):
+        """A Paddle-convention padding mask -> (cu_seqlens_q, cu_seqlens_kv).
+
+        A mask with a single query row ([.., 1, s_kv]) masks keys only, so every query row is kept
+        (as in Paddle, padded queries still attend to the valid keys); a full [.., s_q, s_kv] mask
+        gives query lengths too.
+        """
+        masked, _ = paddle_mask_to_canonical(attn_mask)
+        masked = _core.as4d(masked)
+        if _core.static_dim(masked, 1) not in (1, None):
+            raise ValueError(
+                f"attn_mask has shape {list(attn_mask.shape)}: with attn_mask_type="
+                f"{self.attn_mask_type!r} the mask must be the same for every head "
+                f"([b, 1, 1, s_kv] or [b, 1, s_q, s_kv])"
+            )
+        b, s_q, s_kv = _core.dim(q, 0), _core.dim(q, 1), _core.dim(k, 1)
+        if _core.static_dim(masked, 2) == 1:
+            mask_kv = _core.expand_bool(masked, [b, 1, 1, s_kv])
+            mask_q = paddle.zeros([b, 1, 1, s_q], dtype="bool")
+            return ops.mask_to_cu_seqlens(mask_q, mask_kv)
+        return ops.mask_to_cu_seqlens(_core.expand_bool(masked, [b, 1, s_q, s_kv]))
+
+    def _unfused(self, q, k, v, kv_layout, attn_mask, hint):
+        q = q.transpose([0, 2, 1, 3])  # [b, h, s_q, d]
+        if kv_layout == "bshd":
+            k, v = k.transpose([0, 2, 1, 3]), v.transpose([0, 2, 1, 3])
+        masked = bias = None
+        if given(attn_mask):
+            masked, bias = paddle_mask_to_canonical(attn_mask)
+        q, k, v, bias = _core.amp_cast(q, k, v, bias)
+        mask_type = "no_mask" if hint is None else hint
+        # The hint's rule (causal, window) on top of the mask; padding comes from the mask itself.
+        rule, causal = _core.type_rule(_core.dim(q, 2), _core.dim(k, 2), self.window_size,
+                                       mask_type)
+        if given(masked):
+            rule = _core.window_mask(_core.dim(q, 2), _core.dim(k, 2), self.window_size,
+                                     mask_type in BOTTOM_RIGHT_TYPES)
+            causal = None
+        masked = _core.or_masks(masked, rule)
+        out, probs = _core.unfused_attention_bhsd(
+            q,
+            k,
+            v,
+            masked=masked,
+            bias=bias,
+            scale=self.head_dim**-0.5,
+            dropout=float(self.dropout),
+            training=self.training,
+            causal=causal,
+        )
+        return out.transpose([0, 2, 1, 3]), probs  # [b, s_q, h, d], [b, h, s_q, s_kv]
+

@@ -1,0 +1,157 @@
+"""TransformerLayer: a pre-LayerNorm encoder or decoder layer on DotProductAttention (SPEC §4)."""
+
+import paddle
+import paddle.nn.functional as F
+from paddle import nn
+
+from ..masks import check_set_window_size
+from ._core import given
+from .attention import DotProductAttention
+
+_ACTIVATIONS = {
+    "gelu": F.gelu,
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+    "tanh": paddle.tanh,
+}
+
+
+class _Attention(nn.Layer):
+    """Projections around a DotProductAttention core: q (and k, v from `kv_input`), core, out."""
+
+    def __init__(self, hidden_size, num_heads, num_kv_heads, mask_type, window_size, dropout,
+                 attention_type, backend):
+        super().__init__()
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = hidden_size // num_heads
+        kv_size = num_kv_heads * self.head_dim
+        self.q_proj = nn.Linear(hidden_size, hidden_size)
+        self.k_proj = nn.Linear(hidden_size, kv_size)
+        self.v_proj = nn.Linear(hidden_size, kv_size)
+        self.out_proj = nn.Linear(hidden_size, hidden_size)
+        self.core_attention = DotProductAttention(
+            num_heads,
+            self.head_dim,
+            num_gqa_groups=num_kv_heads,
+            attention_dropout=dropout,
+            attn_mask_type=mask_type,
+            window_size=window_size,
+            attention_type=attention_type,
+            qkv_format="bshd",
+            backend=backend,
+        )
+
+    def forward(self, x, kv_input, attention_mask):
+        # x: [b, s_q, hidden]; kv_input: [b, s_kv, hidden]
+        q = self.q_proj(x).reshape([0, 0, self.num_heads, self.head_dim])
+        k = self.k_proj(kv_input).reshape([0, 0, self.num_kv_heads, self.head_dim])
+        v = self.v_proj(kv_input).reshape([0, 0, self.num_kv_heads, self.head_dim])
+        out = self.core_attention(q, k, v, attention_mask)  # [b, s_q, h, d]
+        return self.out_proj(out.reshape([0, 0, self.num_heads * self.head_dim]))
+
+
+class TransformerLayer(nn.Layer):
+    """One pre-LayerNorm transformer layer, `[b, s, hidden]` in and out.
+
+    encoder: x + SelfAttn(LN(x)), then + MLP(LN(.)). The self-attention uses
+    `self_attn_mask_type` and `window_size`.
+
+    decoder: as the encoder, plus cross-attention on `encoder_output` between self-attention and
+    the MLP. The cross-attention uses `enc_dec_attn_mask_type` and `enc_dec_window_size` -- never
+    `window_size` (a decoder's sliding window is a property of its self-attention; leaking it into
+    cross-attention was TransformerEngine issue #629).
+
+    Masks use the canonical convention (True = masked out). `attention_mask` goes to the
+    self-attention (padding forms or an arbitrary mask, per its type); `enc_dec_attn_mask` takes
+    the padding forms of DotProductAttention: a `(mask_q, mask_kv)` tuple or a full
+    `[b, 1, s_dec, s_enc]` mask.
+    """
+
+    def __init__(
+        self,
+        hidden_size,
+        ffn_hidden_size,
+        num_attention_heads,
+        num_gqa_groups=None,
+        layer_type="encoder",
+        self_attn_mask_type="causal",
+        window_size=None,
+        enc_dec_attn_mask_type="padding",
+        enc_dec_window_size=None,
+        hidden_dropout=0.1,
+        attention_dropout=0.1,
+        layernorm_epsilon=1e-5,
+        activation="gelu",
+        backend="auto",
+    ):
+        super().__init__()
+        if layer_type not in ("encoder", "decoder"):
+            raise ValueError(f"layer_type={layer_type!r}: must be 'encoder' or 'decoder'")
+        if not isinstance(num_attention_heads, int) or num_attention_heads <= 0:
+            raise ValueError(
+                f"num_attention_heads={num_attention_heads!r}: must be a positive int"
+            )
+        if hidden_size % num_attention_heads != 0:
+            raise ValueError(
+                f"hidden_size={hidden_size} is not divisible by "
+                f"num_attention_heads={num_attention_heads}"
+            )
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"activation={activation!r}: must be one of {sorted(_ACTIVATIONS)}")
+        if not (0.0 <= float(hidden_dropout) < 1.0):
+            raise ValueError(f"hidden_dropout={hidden_dropout!r}: must be in [0, 1)")
+        num_kv = num_attention_heads if num_gqa_groups is None else num_gqa_groups
+        self.layer_type = layer_type
+        self.hidden_size = hidden_size
+        self.self_attn_mask_type = self_attn_mask_type
+        self.window_size = check_set_window_size(self_attn_mask_type, window_size)
+        self.activation = activation
+
+        self.input_layernorm = nn.LayerNorm(hidden_size, epsilon=layernorm_epsilon)
+        self.self_attention = _Attention(
+            hidden_size, num_attention_heads, num_kv, self_attn_mask_type, self.window_size,
+            attention_dropout, "self", backend,
+        )
+        if layer_type == "decoder":
+            self.enc_dec_attn_mask_type = enc_dec_attn_mask_type
+            # Its own window, normalised for its own type: the self-attention window is not used.
+            self.enc_dec_window_size = check_set_window_size(
+                enc_dec_attn_mask_type, enc_dec_window_size
+            )
+            self.inter_layernorm = nn.LayerNorm(hidden_size, epsilon=layernorm_epsilon)
+            self.inter_attention = _Attention(
+                hidden_size, num_attention_heads, num_kv, enc_dec_attn_mask_type,
+                self.enc_dec_window_size, attention_dropout, "cross", backend,
+            )
+        self.mlp_layernorm = nn.LayerNorm(hidden_size, epsilon=layernorm_epsilon)
+        self.fc1 = nn.Linear(hidden_size, ffn_hidden_size)
+        self.fc2 = nn.Linear(ffn_hidden_size, hidden_size)
+        self.hidden_dropout = nn.Dropout(hidden_dropout)
+
+    def forward(self, hidden_states, attention_mask=None, encoder_output=None,
+                enc_dec_attn_mask=None):
+        """hidden_states [b, s, hidden]; encoder_output [b, s_enc, hidden] (decoder only)."""
+        if hidden_states.ndim != 3:
+            raise ValueError(
+                f"hidden_states has shape {list(hidden_states.shape)}: must be [b, s, hidden]"
+            )
+        x = hidden_states
+        y = self.input_layernorm(x)
+        x = x + self.hidden_dropout(self.self_attention(y, y, attention_mask))
+        if self.layer_type == "decoder":
+            if not given(encoder_output):
+                raise ValueError("encoder_output is None: a decoder layer needs it")
+            y = self.inter_layernorm(x)
+            x = x + self.hidden_dropout(
+                self.inter_attention(y, encoder_output, enc_dec_attn_mask)
+            )
+        elif given(encoder_output) or given(enc_dec_attn_mask):
+            raise ValueError(
+                "encoder_output/enc_dec_attn_mask given to an encoder layer: use "
+                "layer_type='decoder'"
+            )
+        y = self.mlp_layernorm(x)
+        y = self.fc2(_ACTIVATIONS[self.activation](self.fc1(y)))
+        return x + self.hidden_dropout(y)

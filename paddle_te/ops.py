@@ -1,0 +1,582 @@
+"""paddle_te.ops: the functional API (SPEC §3).
+
+Each function validates its arguments in Python first (``ValueError`` / ``TypeError`` naming the
+argument, its value and what is allowed), applies the defaults and policies (softmax scale,
+window policy, dropout on/off, ``paddle.no_grad``, AMP), then runs a ``pte_*`` custom op. The ops
+have grad ops, so everything here works in dygraph, in static mode (PIR), under
+``paddle.jit.to_static`` and in saved models. docs/api.md describes every function.
+
+The public functions are marked ``paddle.jit.marker.unified``: ``paddle.jit.to_static`` (AST and
+SOT) calls them as they are instead of transforming them, and they build static-graph ops when
+called in static mode. In static mode tensor values cannot be read while the program is built: checks that need
+values (cu_seqlens contents, ``mask_to_cu_seqlens``' right-padding verdict) run in dygraph only;
+shape checks skip dimensions that are unknown (-1).
+"""
+
+import math
+import numbers
+
+import numpy as np
+import paddle
+from paddle.jit.marker import unified
+
+from . import _ops_lib
+from .masks import (
+    check_mask_type,
+    check_set_window_size,
+    is_bottom_right,
+    is_padding,
+    with_padding,
+)
+
+__all__ = [
+    "fused_attn",
+    "mask_to_cu_seqlens",
+    "scaled_softmax",
+    "scaled_masked_softmax",
+    "scaled_upper_triang_masked_softmax",
+    "scaled_aligned_causal_masked_softmax",
+    "QKV_FORMATS",
+    "BACKENDS",
+]
+
+#: Layouts of q, k, v.
+QKV_FORMATS = ("bshd", "sbhd", "thd")
+#: Values of ``backend``.
+BACKENDS = ("auto", "flash", "cudnn", "unfused", "cpu")
+
+_FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+_GPU_FUSED_DTYPES = ("float16", "bfloat16")
+_GPU_MAX_HEAD_DIM = 256
+_GPU_HEAD_DIM_MULTIPLE = 8
+# Upper bound (exclusive) of the seed/offset values drawn from Paddle's generator: randint
+# draws int32-range values.
+_SEED_HIGH = 2**31 - 1
+
+
+# ------------------------------------------------------------------------------------------------
+# small validation helpers
+# ------------------------------------------------------------------------------------------------
+def _is_tensor(x):
+    return isinstance(x, (paddle.Tensor, paddle.pir.Value, paddle.base.framework.Variable))
+
+
+def _dtype_name(dtype):
+    s = str(dtype)
+    s = s.replace("paddle.", "").replace("VarType.", "").lower()
+    return {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32", "fp64": "float64"}.get(s, s)
+
+
+def _check_tensor(x, name, ranks=None, dtypes=None):
+    if not _is_tensor(x):
+        raise TypeError(f"{name}: expected a paddle.Tensor, got {type(x).__name__}")
+    shape = list(x.shape)
+    if ranks is not None and len(shape) not in ranks:
+        want = " or ".join(str(r) for r in ranks)
+        raise ValueError(f"{name} has shape {shape} (rank {len(shape)}): expected rank {want}")
+    if dtypes is not None and _dtype_name(x.dtype) not in dtypes:
+        raise TypeError(f"{name} has dtype {_dtype_name(x.dtype)}: allowed {', '.join(dtypes)}")
+    return shape
+
+
+def _known(*dims):
+    return all(d is not None and d >= 0 for d in dims)
+
+
+def _is_gpu(x):
+    if paddle.in_dynamic_mode():
+        return x.place.is_gpu_place()
+    # Static mode: the executor's place decides; custom ops follow the default device.
+    return paddle.device.get_device().startswith("gpu")
+
+
+def _check_same_place(x, name, ref, ref_name):
+    if paddle.in_dynamic_mode() and str(x.place) != str(ref.place):
+        raise ValueError(f"{name} is on {x.place}: must be on the same device as {ref_name} ({ref.place})")
+
+
+def _check_bool(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}={value!r}: must be a bool")
+    return bool(value)
+
+
+def _check_scale(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}={value!r}: must be a float")
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}={value!r}: must be finite and > 0")
+    return value
+
+
+def _check_dropout(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"dropout={value!r}: must be a float in [0, 1)")
+    value = float(value)
+    if not (0.0 <= value < 1.0):
+        raise ValueError(f"dropout={value!r}: must be in [0, 1)")
+    return value
+
+
+def _check_optional_int(value, name):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}={value!r}: must be None or a Python int")
+    value = int(value)
+    if value < 0:
+        raise ValueError(f"{name}={value!r}: must be >= 0")
+    return value
+
+
+def _scale_attr(scale):
+    """Scales go to the ops as decimal strings: PIR custom ops have no double attribute, and a
+    float attribute would round the scale of float64 problems to float32. repr round-trips."""
+    return repr(float(scale))
+
+
+def _grad_guard(*tensors):
+    """Custom ops ignore paddle.no_grad(): detach the inputs so no backward graph is built."""
+    if paddle.in_dynamic_mode() and not paddle.is_grad_enabled():
+        return [t.detach() if t is not None else None for t in tensors]
+    return list(tensors)
+
+
+def _amp_cast(tensors, on_gpu):
+    """Paddle's AMP does not cast custom-op inputs: on a GPU under ``paddle.amp.auto_cast``,
+    float32 inputs run in the autocast dtype (CPU autocast does nothing, as in Paddle)."""
+    if not on_gpu or not paddle.amp.is_autocast_enabled():
+        return tensors
+    dtype = paddle.amp.get_autocast_dtype()
+    return [t.astype(dtype) if _dtype_name(t.dtype) == "float32" else t for t in tensors]
+
+
+# ------------------------------------------------------------------------------------------------
+# fused attention
+# ------------------------------------------------------------------------------------------------
+def _layout_dims(shape, qkv_format):
+    """(b, s, h, d) of a q/k/v shape in qkv_format; b is None for thd."""
+    if qkv_format == "bshd":
+        return shape[0], shape[1], shape[2], shape[3]
+    if qkv_format == "sbhd":
+        return shape[1], shape[0], shape[2], shape[3]
+    return None, shape[0], shape[1], shape[2]
+
+
+def _check_cu_seqlens(cu, name, qkv_format, batch, padded_len, total, max_seqlen, ref):
+    """Validate one cu_seqlens tensor; returns its values (numpy) when they could be read."""
+    shape = _check_tensor(cu, name, ranks=(1,))
+    if _dtype_name(cu.dtype) != "int32":
+        raise TypeError(f"{name} has dtype {_dtype_name(cu.dtype)}: must be int32 (cumulative sequence lengths [b+1])")
+    if qkv_format != "thd" and _known(batch, shape[0]) and shape[0] != batch + 1:
+        raise ValueError(f"{name} has shape {shape}: expected [{batch + 1}] (batch size + 1) for qkv_format={qkv_format!r}")
+    if _known(shape[0]) and shape[0] < 2:
+        raise ValueError(f"{name} has shape {shape}: must hold at least 2 offsets (batch size + 1)")
+    _check_same_place(cu, name, ref, "q")
+    if not paddle.in_dynamic_mode():
+        return None
+    # Reading the values costs a device->host copy on the GPU: done on the CPU (free) or when
+    # max_seqlen must be derived anyway. With max_seqlen given, the CUDA kernels clamp lengths.
+    if cu.place.is_gpu_place() and max_seqlen is not None:
+        return None
+    vals = cu.numpy().astype(np.int64)
+    if vals[0] != 0:
+        raise ValueError(f"{name}[0] = {vals[0]}: must be 0")
+    lens = np.diff(vals)
+    if (lens < 0).any():
+        i = int(np.argmax(lens < 0))
+        raise ValueError(f"{name} must be non-decreasing: {name}[{i + 1}] = {vals[i + 1]} < {name}[{i}] = {vals[i]}")
+    if qkv_format == "thd":
+        if _known(total) and vals[-1] > total:
+            raise ValueError(f"{name}[-1] = {vals[-1]}: exceeds the number of tokens {total}")
+    elif _known(padded_len) and lens.size and lens.max() > padded_len:
+        i = int(np.argmax(lens > padded_len))
+        raise ValueError(f"{name}: sequence {i} has length {lens[i]} > the padded sequence length {padded_len}")
+    if max_seqlen is not None and lens.size and lens.max() > max_seqlen:
+        raise ValueError(f"{name}: sequence {int(np.argmax(lens))} has length {lens.max()} > max_seqlen {max_seqlen}")
+    return vals
+
+
+def _check_backend_runs(backend, on_gpu, qkv_format):
+    """Python-side reasons why an explicitly requested backend cannot run the call."""
+    if backend in ("flash", "cudnn"):
+        if not on_gpu:
+            raise ValueError(f"backend={backend!r} cannot run this call: it runs on CUDA devices and the tensors are on the CPU")
+        ok, why = _ops_lib.backend_available(backend)
+        if not ok:
+            raise ValueError(f"backend={backend!r} cannot run this call: {why}")
+    elif backend == "cpu" and on_gpu:
+        raise ValueError("backend='cpu' cannot run this call: it runs on CPU tensors and the tensors are on a CUDA device")
+    elif backend == "unfused" and qkv_format == "thd":
+        raise ValueError("backend='unfused' cannot run this call: it takes qkv_format 'bshd' or 'sbhd', not 'thd'")
+
+
+def _gpu_fused_can_run(dtype, d, d_v):
+    """Python-side rule: can a CUDA fused backend (flash/cudnn) take this call at all?"""
+    if dtype not in _GPU_FUSED_DTYPES:
+        return False
+    for dim in (d, d_v):
+        if _known(dim) and (dim > _GPU_MAX_HEAD_DIM or dim % _GPU_HEAD_DIM_MULTIPLE):
+            return False
+    return True
+
+
+def _seed_offset(dropout, place_like):
+    """int64 [2] {seed, offset}: from Paddle's generator when dropout is on, zeros otherwise."""
+    if dropout > 0.0:
+        so = paddle.randint(0, _SEED_HIGH, shape=[2], dtype="int64")
+    else:
+        so = paddle.zeros([2], dtype="int64")
+    if paddle.in_dynamic_mode() and str(so.place) != str(place_like.place):
+        so = so._copy_to(place_like.place, False)
+    return so
+
+
+@unified
+def fused_attn(
+    q,
+    k,
+    v,
+    *,
+    cu_seqlens_q=None,
+    cu_seqlens_kv=None,
+    max_seqlen_q=None,
+    max_seqlen_kv=None,
+    qkv_format="bshd",
+    attn_mask_type="no_mask",
+    window_size=None,
+    softmax_scale=None,
+    dropout=0.0,
+    training=True,
+    deterministic=False,
+    return_softmax_lse=False,
+    backend="auto",
+):
+    """Fused scaled-dot-product attention (SPEC §3). Returns ``out`` (q's layout, v's head dim),
+    or ``(out, lse)`` with ``return_softmax_lse=True`` (lse float32 ``[b, h, s_q]``, ``[h, t_q]``
+    for thd). See docs/api.md."""
+    # ---- argument values -----------------------------------------------------------------------
+    if not isinstance(qkv_format, str) or qkv_format not in QKV_FORMATS:
+        raise ValueError(f"qkv_format={qkv_format!r}: must be one of {', '.join(map(repr, QKV_FORMATS))}")
+    check_mask_type(attn_mask_type)
+    if attn_mask_type == "arbitrary":
+        raise ValueError(
+            "attn_mask_type='arbitrary': fused_attn takes no mask tensor; use "
+            "paddle_te.nn.DotProductAttention(attn_mask_type='arbitrary') with attention_mask, "
+            "or scaled_masked_softmax"
+        )
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r}: must be one of {', '.join(map(repr, BACKENDS))}")
+    training = _check_bool(training, "training")
+    deterministic = _check_bool(deterministic, "deterministic")
+    return_softmax_lse = _check_bool(return_softmax_lse, "return_softmax_lse")
+    dropout = _check_dropout(dropout)
+    left, right = check_set_window_size(attn_mask_type, window_size)
+    max_seqlen_q = _check_optional_int(max_seqlen_q, "max_seqlen_q")
+    max_seqlen_kv = _check_optional_int(max_seqlen_kv, "max_seqlen_kv")
+
+    # ---- tensors -----------------------------------------------------------------------------
+    rank = 3 if qkv_format == "thd" else 4
+    layout = {"bshd": "[b, s, h, d]", "sbhd": "[s, b, h, d]", "thd": "[t, h, d]"}[qkv_format]
+    shapes = {}
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        shp = _check_tensor(t, name)
+        if len(shp) != rank:
+            raise ValueError(
+                f"{name} has shape {shp} (rank {len(shp)}): qkv_format={qkv_format!r} expects "
+                f"rank {rank} {layout}"
+            )
+        if _dtype_name(t.dtype) not in _FLOAT_DTYPES:
+            raise TypeError(f"{name} has dtype {_dtype_name(t.dtype)}: allowed {', '.join(_FLOAT_DTYPES)}")
+        shapes[name] = shp
+    dtype = _dtype_name(q.dtype)
+    for name, t in (("k", k), ("v", v)):
+        if _dtype_name(t.dtype) != dtype:
+            raise TypeError(f"{name} has dtype {_dtype_name(t.dtype)}: must match q's dtype {dtype}")
+        _check_same_place(t, name, q, "q")
+    b, s_q, h, d = _layout_dims(shapes["q"], qkv_format)
+    b_k, s_kv, h_kv, d_k = _layout_dims(shapes["k"], qkv_format)
+    b_v, s_v, h_v, d_v = _layout_dims(shapes["v"], qkv_format)
+    if qkv_format != "thd":
+        for name, bb in (("k", b_k), ("v", b_v)):
+            if _known(b, bb) and bb != b:
+                raise ValueError(f"{name} has shape {shapes[name]}: batch {bb} must equal q's batch {b}")
+    if _known(s_kv, s_v) and s_v != s_kv:
+        raise ValueError(f"v has shape {shapes['v']}: its sequence length {s_v} must equal k's {s_kv}")
+    if _known(h_kv, h_v) and h_v != h_kv:
+        raise ValueError(f"v has shape {shapes['v']}: {h_v} heads must equal k's {h_kv} heads")
+    if _known(h, h_kv) and (h_kv == 0 or h % h_kv != 0):
+        raise ValueError(
+            f"k has shape {shapes['k']}: its {h_kv} heads must divide q's {h} heads (GQA/MQA: query "
+            f"head i uses kv head i // (h / h_kv))"
+        )
+    if _known(d, d_k) and d_k != d:
+        raise ValueError(f"k has shape {shapes['k']}: head dim {d_k} must equal q's head dim {d}")
+    for name, dim in (("q", d), ("v", d_v)):
+        if _known(dim) and dim == 0:
+            raise ValueError(f"{name} has shape {shapes[name]}: the head dim must be > 0")
+    if softmax_scale is None:
+        if not _known(d):
+            raise ValueError("softmax_scale=None needs a known head dim of q; pass softmax_scale")
+        softmax_scale = 1.0 / math.sqrt(d)
+    else:
+        softmax_scale = _check_scale(softmax_scale, "softmax_scale")
+
+    # ---- device and backend ------------------------------------------------------------------
+    on_gpu = _is_gpu(q)
+    _check_backend_runs(backend, on_gpu, qkv_format)
+    if on_gpu and backend in ("flash", "cudnn") and not _gpu_fused_can_run(dtype, d, d_v):
+        if dtype not in _GPU_FUSED_DTYPES and not paddle.amp.is_autocast_enabled():
+            raise ValueError(
+                f"backend={backend!r} cannot run this call: q has dtype {dtype}; the CUDA fused "
+                "backends take float16 or bfloat16 (use paddle.amp.auto_cast, or backend='unfused')"
+            )
+
+    # ---- sequence lengths --------------------------------------------------------------------
+    if qkv_format == "thd":
+        if cu_seqlens_q is None and cu_seqlens_kv is None:
+            raise ValueError("cu_seqlens_q=None: qkv_format='thd' requires cu_seqlens_q and cu_seqlens_kv")
+    else:
+        has_cu = cu_seqlens_q is not None or cu_seqlens_kv is not None
+        if is_padding(attn_mask_type) and not has_cu:
+            raise ValueError(
+                f"attn_mask_type={attn_mask_type!r} with qkv_format={qkv_format!r} needs "
+                "cu_seqlens_q and cu_seqlens_kv (the actual sequence lengths)"
+            )
+        if has_cu and not is_padding(attn_mask_type):
+            which = "cu_seqlens_q" if cu_seqlens_q is not None else "cu_seqlens_kv"
+            raise ValueError(
+                f"{which} was given with attn_mask_type={attn_mask_type!r}, which has no padding: "
+                f"use {with_padding(attn_mask_type)!r} to apply sequence lengths"
+            )
+    # Self-attention convenience: one cu_seqlens serves both sides when the (padded or packed)
+    # lengths of q and kv agree.
+    if (cu_seqlens_q is None) != (cu_seqlens_kv is None):
+        given, missing = ("cu_seqlens_q", "cu_seqlens_kv") if cu_seqlens_kv is None else ("cu_seqlens_kv", "cu_seqlens_q")
+        if not (_known(s_q, s_kv) and s_q == s_kv):
+            raise ValueError(
+                f"{missing}=None: required with {given} when q and kv lengths differ ({s_q} vs {s_kv})"
+            )
+        cu_seqlens_q = cu_seqlens_kv = cu_seqlens_q if cu_seqlens_q is not None else cu_seqlens_kv
+    if cu_seqlens_q is not None:
+        cu_q_vals = _check_cu_seqlens(cu_seqlens_q, "cu_seqlens_q", qkv_format, b, s_q, s_q, max_seqlen_q, q)
+        cu_kv_vals = _check_cu_seqlens(cu_seqlens_kv, "cu_seqlens_kv", qkv_format, b, s_kv, s_kv, max_seqlen_kv, q)
+        if qkv_format == "thd":
+            nq, nkv = list(cu_seqlens_q.shape)[0], list(cu_seqlens_kv.shape)[0]
+            if _known(nq, nkv) and nq != nkv:
+                raise ValueError(
+                    f"cu_seqlens_kv has shape [{nkv}]: must match cu_seqlens_q's [{nq}] (one entry per sequence + 1)"
+                )
+            if max_seqlen_q is None and cu_q_vals is not None:
+                max_seqlen_q = int(np.diff(cu_q_vals).max())
+            if max_seqlen_kv is None and cu_kv_vals is not None:
+                max_seqlen_kv = int(np.diff(cu_kv_vals).max())
+    # max_seqlen: an upper bound. Padded layouts: the padded length (no host sync). thd: derived
+    # above in dygraph, else 0 = let the core use the token count.
+    if qkv_format != "thd":
+        if max_seqlen_q is None:
+            max_seqlen_q = s_q if _known(s_q) else 0
+        if max_seqlen_kv is None:
+            max_seqlen_kv = s_kv if _known(s_kv) else 0
+        if _known(s_q) and max_seqlen_q > s_q:
+            raise ValueError(f"max_seqlen_q={max_seqlen_q}: exceeds q's padded sequence length {s_q}")
+        if _known(s_kv) and max_seqlen_kv > s_kv:
+            raise ValueError(f"max_seqlen_kv={max_seqlen_kv}: exceeds k's padded sequence length {s_kv}")
+    max_seqlen_q = max_seqlen_q or 0
+    max_seqlen_kv = max_seqlen_kv or 0
+    mask_type = with_padding(attn_mask_type) if qkv_format == "thd" else attn_mask_type
+
+    # ---- choose the path ---------------------------------------------------------------------
+    p = dropout if training else 0.0
+    q, k, v = _grad_guard(q, k, v)
+    q, k, v = _amp_cast([q, k, v], on_gpu)
+    dtype = _dtype_name(q.dtype)
+    use_unfused = backend == "unfused"
+    if backend == "auto" and on_gpu and not _gpu_fused_can_run(dtype, d, d_v) and qkv_format != "thd":
+        use_unfused = True  # e.g. float32 on the GPU, or head dims the fused kernels lack
+    if use_unfused:
+        out, lse = _unfused_attn(
+            q, k, v, cu_seqlens_q, cu_seqlens_kv, qkv_format, attn_mask_type, left, right,
+            softmax_scale, p, return_softmax_lse,
+        )
+        return (out, lse) if return_softmax_lse else out
+
+    op_backend = "auto" if backend == "auto" else backend
+    seed_offset = _seed_offset(p, q)
+    out, lse = _ops_lib.run_op(
+        "pte_fused_attn",
+        [("q", q), ("k", k), ("v", v), ("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_kv", cu_seqlens_kv),
+         ("seed_offset", seed_offset)],
+        [("qkv_format", qkv_format), ("mask_type", mask_type), ("backend", op_backend),
+         ("max_seqlen_q", int(max_seqlen_q)), ("max_seqlen_kv", int(max_seqlen_kv)),
+         ("window_left", int(left)), ("window_right", int(right)),
+         ("softmax_scale", _scale_attr(softmax_scale)), ("dropout", float(p)),
+         ("deterministic", bool(deterministic))],
+        ["out", "lse"],
+    )
+    return (out, lse) if return_softmax_lse else out
+
+
+def _visibility_mask(cu_q, cu_kv, batch, s_q, s_kv, left, right, bottom_right):
+    """bool [b or 1, 1, s_q, s_kv], True = masked out, from the window rule of SPEC §2 and the
+    sequence lengths (padded positions are masked). Built from paddle ops: works in static mode."""
+    i = paddle.arange(s_q, dtype="int64").reshape([1, 1, s_q, 1])
+    j = paddle.arange(s_kv, dtype="int64").reshape([1, 1, 1, s_kv])
+    if cu_q is not None:
+        len_q = (cu_q[1:] - cu_q[:-1]).astype("int64").reshape([-1, 1, 1, 1])
+        len_kv = (cu_kv[1:] - cu_kv[:-1]).astype("int64").reshape([-1, 1, 1, 1])
+    else:
+        len_q = paddle.full([1, 1, 1, 1], s_q, dtype="int64")
+        len_kv = paddle.full([1, 1, 1, 1], s_kv, dtype="int64")
+    delta = (len_kv - len_q) if bottom_right else paddle.zeros_like(len_q)
+    visible = (i < len_q) & (j < len_kv)
+    if left >= 0:
+        visible = visible & (j >= i + delta - left)
+    if right >= 0:
+        visible = visible & (j <= i + delta + right)
+    return paddle.logical_not(visible)
+
+
+def _unfused_attn(q, k, v, cu_q, cu_kv, qkv_format, mask_type, left, right, scale, p, want_lse):
+    """backend='unfused': paddle matmul + paddle_te's masked softmax (+ paddle dropout).
+
+    Same visibility rules as the fused kernels. Dropout here uses Paddle's own dropout (its own
+    random stream), not the Philox mask of the fused kernels.
+    """
+    orig_dtype = q.dtype
+    # Paddle's CPU matmul has no float16/bfloat16 kernels: compute in float32 (SPEC §3).
+    if not _is_gpu(q) and _dtype_name(orig_dtype) in ("float16", "bfloat16"):
+        q, k, v = (t.astype("float32") for t in (q, k, v))
+    perm = [0, 2, 1, 3] if qkv_format == "bshd" else [1, 2, 0, 3]
+    qh, kh, vh = (paddle.transpose(t, perm) for t in (q, k, v))  # [b, h, s, d]
+    h, h_kv = qh.shape[1], kh.shape[1]
+    if h != h_kv:
+        groups = h // h_kv
+        kh = paddle.repeat_interleave(kh, groups, axis=1)
+        vh = paddle.repeat_interleave(vh, groups, axis=1)
+    scores = paddle.matmul(qh, kh, transpose_y=True)  # [b, h, s_q, s_kv]
+    s_q, s_kv = qh.shape[2], kh.shape[2]
+    need_mask = cu_q is not None or left >= 0 or right >= 0
+    if need_mask:
+        mask = _visibility_mask(cu_q, cu_kv, qh.shape[0], s_q, s_kv, left, right, is_bottom_right(mask_type))
+        probs = scaled_masked_softmax(scores, mask, scale)
+    else:
+        mask = None
+        probs = scaled_softmax(scores, scale)
+    if p > 0.0:
+        probs = paddle.nn.functional.dropout(probs, p=p, training=True)
+    out = paddle.matmul(probs, vh)  # [b, h, s_q, d_v]
+    out = paddle.transpose(out, [0, 2, 1, 3] if qkv_format == "bshd" else [2, 0, 1, 3])  # back to q's layout
+    if out.dtype != orig_dtype:
+        out = out.astype(orig_dtype)
+    lse = None
+    if want_lse:
+        with paddle.no_grad():
+            z = (scores.detach() * scale).astype("float32")
+            if mask is not None:
+                neg_inf = paddle.full([1], float("-inf"), dtype="float32")
+                z = paddle.where(mask, neg_inf, z)
+                any_visible = paddle.logical_not(mask).any(axis=-1)
+            lse = paddle.logsumexp(z, axis=-1)  # [b, h, s_q]
+            if mask is not None:
+                lse = paddle.where(any_visible, lse, paddle.full([1], float("-inf"), dtype="float32"))
+    return out, lse
+
+
+# ------------------------------------------------------------------------------------------------
+# mask -> cu_seqlens
+# ------------------------------------------------------------------------------------------------
+@unified
+def mask_to_cu_seqlens(mask, mask_kv=None):
+    """Right-padding masks (bool, True = padding) -> ``(cu_seqlens_q, cu_seqlens_kv)``, int32
+    ``[b+1]`` each (SPEC §3). A mask that is not right padding raises ``ValueError`` in dygraph
+    (naming ``attn_mask_type="arbitrary"``); in static mode it cannot be checked."""
+    shape = _check_tensor(mask, "mask", ranks=(4,), dtypes=("bool",))
+    b = shape[0]
+    if _known(shape[1]) and shape[1] != 1:
+        raise ValueError(
+            f"mask has shape {shape}: expected [b, 1, 1, s], [b, 1, 1, s_q] (with mask_kv) or [b, 1, s_q, s_kv]"
+        )
+    if mask_kv is not None:
+        kv_shape = _check_tensor(mask_kv, "mask_kv", ranks=(4,), dtypes=("bool",))
+        if _known(shape[2]) and shape[2] != 1:
+            raise ValueError(f"mask has shape {shape}: with mask_kv, mask must be [b, 1, 1, s_q]")
+        if (_known(kv_shape[1]) and kv_shape[1] != 1) or (_known(kv_shape[2]) and kv_shape[2] != 1):
+            raise ValueError(f"mask_kv has shape {kv_shape}: expected [b, 1, 1, s_kv]")
+        if _known(b, kv_shape[0]) and kv_shape[0] != b:
+            raise ValueError(f"mask_kv has shape {kv_shape}: batch {kv_shape[0]} must equal mask's batch {b}")
+        _check_same_place(mask_kv, "mask_kv", mask, "mask")
+    cu_q, cu_kv, valid = _ops_lib.run_op(
+        "pte_mask_to_cu_seqlens",
+        [("mask", mask), ("mask_kv", mask_kv)],
+        [],
+        ["cu_seqlens_q", "cu_seqlens_kv", "valid"],
+    )
+    if paddle.in_dynamic_mode() and int(valid.numpy().reshape(-1)[0]) == 0:
+        raise ValueError(
+            "mask: not a right-padding mask (left padding, holes, or a full mask that is not the "
+            "outer OR of a q and a kv padding mask); use attn_mask_type=\"arbitrary\" with the mask "
+            "instead of cu_seqlens"
+        )
+    return cu_q, cu_kv
+
+
+# ------------------------------------------------------------------------------------------------
+# masked softmax
+# ------------------------------------------------------------------------------------------------
+def _softmax_x(x, scale):
+    shape = _check_tensor(x, "x", ranks=(4,), dtypes=_FLOAT_DTYPES)
+    scale = _check_scale(scale, "scale")
+    return shape, scale
+
+
+def _run_softmax(op, x, scale, mask=None):
+    (x,) = _grad_guard(x)
+    inputs = [("x", x)] + ([("mask", mask)] if mask is not None else [])
+    (y,) = _ops_lib.run_op(op, inputs, [("scale", _scale_attr(scale))], ["y"])
+    return y
+
+
+@unified
+def scaled_softmax(x, scale=1.0):
+    """``softmax(scale * x)`` over the last axis; x ``[b, h, s_q, s_kv]``."""
+    _, scale = _softmax_x(x, scale)
+    return _run_softmax("pte_scaled_softmax", x, scale)
+
+
+@unified
+def scaled_masked_softmax(x, mask, scale=1.0):
+    """Softmax of ``scale * x`` over the last axis with ``mask`` (bool ``[b or 1, 1, s_q, s_kv]``,
+    True = masked out) elements excluded; fully masked rows give 0."""
+    shape, scale = _softmax_x(x, scale)
+    mshape = _check_tensor(mask, "mask", ranks=(4,))
+    if _dtype_name(mask.dtype) != "bool":
+        raise TypeError(f"mask has dtype {_dtype_name(mask.dtype)}: must be bool (True = masked out)")
+    want = ["b or 1", 1, shape[2], shape[3]]
+    bad = (
+        (_known(mshape[0], shape[0]) and mshape[0] not in (1, shape[0]))
+        or (_known(mshape[1]) and mshape[1] != 1)
+        or (_known(mshape[2], shape[2]) and mshape[2] != shape[2])
+        or (_known(mshape[3], shape[3]) and mshape[3] != shape[3])
+    )
+    if bad:
+        raise ValueError(f"mask has shape {mshape}: expected {want} for x of shape {shape}")
+    _check_same_place(mask, "mask", x, "x")
+    return _run_softmax("pte_scaled_masked_softmax", x, scale, mask)
+
+
+@unified
+def scaled_upper_triang_masked_softmax(x, scale=1.0):
+    """Causal (top-left: key j visible from query i iff j <= i) softmax of ``scale * x``."""
+    _, scale = _softmax_x(x, scale)
+    return _run_softmax("pte_scaled_upper_triang_masked_softmax", x, scale)
+
+
+@unified
+def scaled_aligned_causal_masked_softmax(x, scale=1.0):
+    """Causal softmax aligned bottom-right (key j visible from query i iff
+    j <= i + s_kv - s_q) of ``scale * x``."""
+    _, scale = _softmax_x(x, scale)
+    return _run_softmax("pte_scaled_aligned_causal_masked_softmax", x, scale)
+

@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""Small cases of every CUDA kernel, for compute-sanitizer (memcheck, racecheck):
+
+    compute-sanitizer --tool memcheck --error-exitcode 99 python3 tools/gpu_sanitize.py
+
+Sizes are small (the tools slow kernels 10-100x) but reach every code path: each softmax
+register bucket, the two-pass paths (vector and scalar), masks with broadcast and fully masked
+rows, both causal alignments, and every mask -> cu_seqlens form including a batch past one scan
+chunk. Arrays come from cupy when installed (lighter under the sanitizer than torch), else torch.
+The script also checks values loosely (NaN poison) so a silent skip shows up.
+
+To add cases, append a function to CASES; `--only NAME` runs the cases whose name contains NAME.
+"""
+
+import argparse
+import glob
+import os
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+import reference as ref  # noqa: E402  (the one oracle)
+
+
+def load_core():
+    for d in (os.environ.get("PTE_CORE_DIR"), os.path.join(ROOT, "build", "python")):
+        if d and glob.glob(os.path.join(d, "paddle_te_core*.so")):
+            sys.path.insert(0, d)
+            break
+    import paddle_te_core
+
+    return paddle_te_core
+
+
+class Arrays:
+    """numpy in, device arrays out, through cupy or torch."""
+
+    def __init__(self):
+        try:
+            import cupy
+
+            self.cp, self.torch = cupy, None
+        except ImportError:
+            import torch
+
+            self.cp, self.torch = None, torch
+
+    def dev(self, a):
+        a = np.ascontiguousarray(a)
+        if self.cp is not None:
+            return self.cp.asarray(a)
+        return self.torch.from_numpy(a).cuda()
+
+    def host(self, d):
+        if self.cp is not None:
+            return self.cp.asnumpy(d)
+        return d.cpu().numpy()
+
+    def half(self, a, dtype):
+        """Device array of `dtype` ('float16' or 'float32'; cupy has no bfloat16, and bf16 runs
+        the same kernel code as fp16) from float64 numpy."""
+        if self.cp is not None:
+            return self.cp.asarray(a.astype(dtype))
+        return self.torch.from_numpy(a).to(getattr(self.torch, dtype)).cuda()
+
+    def sync(self):
+        if self.cp is not None:
+            self.cp.cuda.runtime.deviceSynchronize()
+        else:
+            self.torch.cuda.synchronize()
+
+
+def softmax_cases(core, A):
+    g = np.random.default_rng(0)
+    # Row lengths: register buckets (1 .. 4096 vectors), two-pass vector (40000), scalar (2050, 7).
+    shapes = [(2, 2, 3, 8), (1, 2, 5, 128), (1, 1, 3, 1000), (1, 1, 2, 2048), (1, 1, 2, 2050),
+              (1, 1, 1, 4096), (1, 1, 1, 16384), (1, 1, 1, 32768), (1, 1, 1, 40000),
+              (1, 2, 6, 7), (1, 1, 9, 4)]
+    for dtype in ("float16", "float32"):
+        for shape in shapes:
+            b, h, s_q, s_kv = shape
+            x64 = g.standard_normal(shape)
+            x = A.half(x64, dtype)
+            m = g.random((1, 1, s_q, s_kv)) < 0.4
+            m[:, :, 0] = True
+            for kw in ({}, {"mask": A.dev(m)}, {"causal": "top_left"},
+                       {"causal": "bottom_right"}):
+                y = A.half(np.full(shape, np.nan), dtype)
+                core.softmax_fwd(x, y, scale=0.5, **kw)
+                A.sync()
+                assert not np.isnan(A.host(y).astype(np.float64)).any(), (shape, kw)
+            dy = A.half(g.standard_normal(shape), dtype)
+            dx = A.half(np.full(shape, np.nan), dtype)
+            core.softmax_bwd(y, dy, dx, scale=0.5)
+            A.sync()
+            assert not np.isnan(A.host(dx).astype(np.float64)).any(), shape
+    # Enough rows (h % 4 == 0, a wave of blocks) for the masked kernels' work items of 4 heads.
+    shape = (1, 4, 264, 16384)
+    x = A.half(g.standard_normal(shape), "float16")
+    y = A.half(np.full(shape, np.nan), "float16")
+    core.softmax_fwd(x, y, mask=A.dev(g.random((1, 1, 264, 16384)) < 0.4))
+    A.sync()
+    assert not np.isnan(A.host(y).astype(np.float64)).any(), "head groups"
+
+
+def seqlens_cases(core, A):
+    g = np.random.default_rng(1)
+    for b, s_q, s_kv in ((1, 5, 5), (3, 17, 40), (1030, 4, 6)):
+        lq = g.integers(0, s_q + 1, b)
+        lk = g.integers(0, s_kv + 1, b)
+        self_m = np.arange(s_q)[None, None, None, :] >= lq[:, None, None, None]
+        kv_m = np.arange(s_kv)[None, None, None, :] >= lk[:, None, None, None]
+        full = self_m.reshape(b, 1, s_q, 1) | kv_m.reshape(b, 1, 1, s_kv)
+        for mask, mask_kv in ((self_m, None), (self_m, kv_m), (full, None)):
+            cu_q = A.dev(np.full(b + 1, -7, np.int32))
+            cu_kv = A.dev(np.full(b + 1, -7, np.int32))
+            valid = A.dev(np.full(1, -7, np.int32))
+            core.mask_to_cu_seqlens(A.dev(mask), cu_q, cu_kv,
+                                    mask_kv=None if mask_kv is None else A.dev(mask_kv),
+                                    valid=valid)
+            A.sync()
+            want_q, want_kv = ref.mask_to_cu_seqlens(mask, mask_kv)
+            assert int(A.host(valid)[0]) == 1
+            assert np.array_equal(A.host(cu_q), want_q) and np.array_equal(A.host(cu_kv), want_kv)
+
+
+CASES = [softmax_cases, seqlens_cases]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", default="")
+    args = ap.parse_args()
+    core = load_core()
+    A = Arrays()
+    for case in CASES:
+        if args.only and args.only not in case.__name__:
+            continue
+        case(core, A)
+        print(f"{case.__name__}: ok", flush=True)
+
+
+if __name__ == "__main__":
+    main()
