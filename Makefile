@@ -21,7 +21,7 @@ $(PY):
 
 # Python dependencies (stamp file so repeated runs are quick).
 $(VENV)/.deps: | $(PY)
-	$(PY) -m pip install -q "paddlepaddle==$(PADDLE_VERSION)" numpy pytest pybind11 "setuptools<80" wheel matplotlib
+	$(PY) -m pip install -q "paddlepaddle==$(PADDLE_VERSION)" numpy pytest pybind11 "setuptools<80" wheel matplotlib cmake ninja
 	touch $@
 
 setup: $(VENV)/.deps
@@ -38,11 +38,12 @@ build: deps
 # The framework-free core, its pybind11 module and the C++ tests (CPU-only here; the GPU machine
 # builds the CUDA core with tools/gpu_check.sh).
 core: setup
-	cmake -S . -B build/core -G Ninja -DPTE_WITH_CUDA=OFF -DPython3_EXECUTABLE=$$(realpath $(PY)) >/dev/null
-	cmake --build build/core -j $(JOBS)
+	$(VENV)/bin/cmake -S . -B build/core -G Ninja -DCMAKE_MAKE_PROGRAM=$(CURDIR)/$(VENV)/bin/ninja \
+	  -DPTE_WITH_CUDA=OFF -DPython3_EXECUTABLE=$$(realpath $(PY)) >/dev/null
+	$(VENV)/bin/cmake --build build/core -j $(JOBS)
 
 test-cpp: core
-	ctest --test-dir build/core --output-on-failure
+	$(VENV)/bin/ctest --test-dir build/core --output-on-failure
 
 test-py: build core
 	PYTHONPATH=$(CURDIR)/build/core/python $(PY) -m pytest tests -q -ra
