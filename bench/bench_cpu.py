@@ -8,6 +8,7 @@ on the same inputs in the same process; the table reports medians and the ratio.
 """
 import argparse
 import csv
+import pathlib
 import statistics
 import sys
 import time
@@ -15,7 +16,8 @@ import time
 import numpy as np
 import paddle
 
-import paddle_te
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from a checkout
+import paddle_te  # noqa: E402
 
 
 def paddle_attention(q, k, v, causal):
