@@ -1,0 +1,374 @@
+// Flash-attention backward (sm_80+), in three kernels and without atomics, so it is always
+// bitwise repeatable (the `deterministic` flag costs nothing):
+//   1. bwd_dot_kernel:  Dsum[i] = rowsum(dO_i * O_i)  (fp32 workspace, lse's layout)
+//   2. bwd_dkdv_kernel: one block per (key tile, kv head, sequence); it loops over every query
+//      head of its GQA group and every query tile the window reaches, keeping dK and dV of its
+//      keys in registers. It computes the transposed tiles S^T = K Q^T and dP^T = V dO^T, whose
+//      accumulators are directly the A operands of dV += P^T dO and dK += dS^T Q.
+//   3. bwd_dq_kernel:   one block per (query tile, query head, sequence); it recomputes S and dP
+//      over the visible key tiles and accumulates dQ = dS K in registers.
+// Kernels 2 and 3 both recompute S and dP (7 tile GEMMs per tile pair instead of 5 with atomic
+// dQ accumulation); the price of determinism without a workspace per key tile.
+//
+// With dropout (mask Z, rate p): dV = (P o Z / (1-p))^T dO, dP = (dO V^T) o Z / (1-p),
+// dS = P o (dP - Dsum), where Dsum = rowsum(dO o O) equals rowsum(P o dP).
+#pragma once
+
+#include <cstdint>
+
+#include "core/problem.h"
+#include "cuda/common.cuh"
+#include "cuda/attn/dropout.h"
+#include "cuda/attn/fwd_kernel.h"
+#include "cuda/attn/mma.h"
+#include "cuda/attn/seqlen_mask.h"
+#include "cuda/attn/softmax.h"
+#include "cuda/attn/tile.h"
+
+namespace pte {
+namespace flash {
+
+// ---------------------------------------------------------------------------------------------
+// 1. Dsum = rowsum(dO o O): one warp per row; written for every row of lse's layout that belongs
+//    to the sequence (0 at padded rows of bshd/sbhd).
+constexpr int kDotWarps = 8;
+
+template <typename T>
+__global__ void __launch_bounds__(kDotWarps * 32) bwd_dot_kernel(const AttnProblem p, float* dsum) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t bi = blockIdx.z, hq = blockIdx.y;
+  const int64_t i = int64_t(blockIdx.x) * kDotWarps + warp;
+  const SeqInfo si(p, bi);
+  if (i >= (p.thd ? si.L_q : p.s_q)) return;
+  float acc = 0.f;
+  if (i < si.L_q) {
+    const T* o = static_cast<const T*>(p.out) + si.q_offset(p.out_st, bi, i, hq);
+    const T* dout = static_cast<const T*>(p.grad_out) + si.q_offset(p.grad_out_st, bi, i, hq);
+    for (int col = lane * 2; col < p.d; col += 64) {
+      acc += cuda::to_float(o[col]) * cuda::to_float(dout[col]) +
+             cuda::to_float(o[col + 1]) * cuda::to_float(dout[col + 1]);
+    }
+  }
+  acc += __shfl_xor_sync(0xffffffffu, acc, 16);
+  acc += __shfl_xor_sync(0xffffffffu, acc, 8);
+  acc += __shfl_xor_sync(0xffffffffu, acc, 4);
+  acc += __shfl_xor_sync(0xffffffffu, acc, 2);
+  acc += __shfl_xor_sync(0xffffffffu, acc, 1);
+  if (lane == 0) dsum[row_stat_index(p, si, bi, hq, i)] = acc;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. dK, dV. BN keys per block (16 per warp), BM queries per step. kSplit > 1 splits the output
+//    head dim over blocks (each recomputes S^T and dP^T) so that dK and dV of a large head dim fit
+//    in registers.
+template <int D_, int BN_, int BM_, int NW_, int kSplit_>
+struct BwdKVConfig {
+  static constexpr int D = D_, BN = BN_, BM = BM_, NW = NW_, kSplit = kSplit_;
+  static constexpr int kThreads = NW * 32;
+  static constexpr int DO = D / kSplit;  // output columns per block
+  static_assert(BN == 16 * NW, "one m16 key tile per warp");
+  static_assert(BM % 16 == 0 && DO % 16 == 0, "tiles are multiples of 16");
+  template <typename T>
+  static constexpr int smem_bytes() {
+    return (2 * BN + 4 * BM) * TileGeom<D>::kStride * int(sizeof(T)) +
+           2 * 2 * BM * int(sizeof(float));  // K, V + 2 x (Q, dO) + 2 x (lse, Dsum)
+  }
+};
+
+template <typename Cfg, typename T, bool kDropout>
+__global__ void __launch_bounds__(Cfg::kThreads) bwd_dkdv_kernel(const AttnProblem p,
+                                                                 const float* dsum) {
+  constexpr int D = Cfg::D, BN = Cfg::BN, BM = Cfg::BM, kThreads = Cfg::kThreads;
+  constexpr int DO = Cfg::DO, S = TileGeom<D>::kStride;
+  constexpr int NT = BM / 8, NO = DO / 8;
+
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sK = reinterpret_cast<T*>(smem_raw);  // [BN][S]
+  T* sV = sK + BN * S;                      // [BN][S]
+  T* sQ = sV + BN * S;                      // [2][BM][S]
+  T* sdO = sQ + 2 * BM * S;                 // [2][BM][S]
+  float* sL = reinterpret_cast<float*>(sdO + 2 * BM * S);  // [2][BM] lse
+  float* sD = sL + 2 * BM;                                 // [2][BM] Dsum
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, c = lane % 4;
+  const int64_t bi = blockIdx.z, hk = blockIdx.y;
+  const int64_t n0 = int64_t(blockIdx.x / Cfg::kSplit) * BN;
+  const int col0 = int(blockIdx.x % Cfg::kSplit) * DO;
+  const int d = int(p.d);
+  const SeqInfo si(p, bi);
+  if (p.thd && n0 >= si.L_kv) return;
+  const Mask mask(p, si);
+  const int64_t group = p.h / p.h_kv;
+  const float scale_log2 = p.scale * kLog2e;
+
+  float acc_dk[1][NO][4], acc_dv[1][NO][4];
+#pragma unroll
+  for (int no = 0; no < NO; ++no)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc_dk[0][no][e] = acc_dv[0][no][e] = 0.f;
+
+  int64_t q_lo, q_hi;
+  mask.query_range(n0, n0 + BN, &q_lo, &q_hi);
+  const int64_t m_first = q_lo / BM;
+  const int64_t n_q = q_hi >= q_lo ? q_hi / BM - m_first + 1 : 0;
+  const int64_t total = n_q * group;
+
+  if (total > 0) {
+    const T* q = static_cast<const T*>(p.q);
+    const T* k = static_cast<const T*>(p.k);
+    const T* v = static_cast<const T*>(p.v);
+    const T* dout = static_cast<const T*>(p.grad_out);
+    load_tile<BN, D, kThreads>(sK, k + si.kv_offset(p.k_st, bi, n0, hk), p.k_st.seq,
+                               si.L_kv - n0, d, k, tid);
+    load_tile<BN, D, kThreads>(sV, v + si.kv_offset(p.v_st, bi, n0, hk), p.v_st.seq,
+                               si.L_kv - n0, d, v, tid);
+    auto prefetch = [&](int stage, int64_t it) {
+      const int64_t hq = hk * group + it / n_q;
+      const int64_t m0 = (m_first + it % n_q) * BM;
+      load_tile<BM, D, kThreads>(sQ + stage * BM * S, q + si.q_offset(p.q_st, bi, m0, hq),
+                                 p.q_st.seq, si.L_q - m0, d, q, tid);
+      load_tile<BM, D, kThreads>(sdO + stage * BM * S, dout + si.q_offset(p.grad_out_st, bi, m0, hq),
+                                 p.grad_out_st.seq, si.L_q - m0, d, dout, tid);
+      // Row statistics ride the same cp.async group: a plain load here would stall every
+      // thread until it returns, once per step.
+      for (int r = tid; r < BM; r += kThreads) {
+        const int64_t i = m0 + r;
+        const bool ok = i < si.L_q;
+        const int64_t idx = ok ? row_stat_index(p, si, bi, hq, i) : 0;
+        cp_async_4(sL + stage * BM + r, p.lse + idx, ok);
+        cp_async_4(sD + stage * BM + r, dsum + idx, ok);
+      }
+    };
+    prefetch(0, 0);
+    cp_async_commit();
+
+    Dropout drop(p, bi);
+    const int64_t j_base = n0 + warp * 16 + g;  // key of accumulator row g (row g + 8: +8)
+    for (int64_t it = 0; it < total; ++it) {
+      const int stage = int(it & 1);
+      const int64_t hq = hk * group + it / n_q;
+      const int64_t m0 = (m_first + it % n_q) * BM;
+      if (it + 1 < total) {
+        prefetch(stage ^ 1, it + 1);
+        cp_async_commit();
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
+      }
+      __syncthreads();
+      const T* sQs = sQ + stage * BM * S;
+      const T* sdOs = sdO + stage * BM * S;
+      const float* sLs = sL + stage * BM;
+      const float* sDs = sD + stage * BM;
+
+      float st[1][NT][4], dpt[1][NT][4];  // S^T and dP^T: rows = this warp's 16 keys
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) st[0][nt][e] = dpt[0][nt][e] = 0.f;
+      gemm_rows_rows<1, NT, D>(st, sK, warp * 16, sQs, lane);
+      gemm_rows_rows<1, NT, D>(dpt, sV, warp * 16, sdOs, lane);
+
+      const bool full = mask.tile_full(m0, m0 + BM, n0, n0 + BN);
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int il = nt * 8 + 2 * c + (e % 2);  // query inside the tile
+          const int64_t i = m0 + il;
+          const int64_t j = j_base + (e / 2) * 8;
+          const bool vis = full || mask.visible(i, j);
+          const float pv = vis ? recompute_p(st[0][nt][e], scale_log2, sLs[il] * kLog2e) : 0.f;
+          float dp = dpt[0][nt][e];
+          float pd = pv;
+          if (kDropout) {
+            const bool keep = drop.keep(hq, i, j);
+            dp = keep ? dp * drop.scale : 0.f;
+            pd = keep ? pv * drop.scale : 0.f;
+          }
+          st[0][nt][e] = pd;                      // P~^T for dV
+          dpt[0][nt][e] = pv * (dp - sDs[il]);    // dS^T for dK
+        }
+      gemm_regs_rows<1, NT, NO, D>(acc_dv, st, sdOs, col0, lane);
+      gemm_regs_rows<1, NT, NO, D>(acc_dk, dpt, sQs, col0, lane);
+      __syncthreads();  // the next prefetch overwrites this stage
+    }
+  }
+
+  // Epilogue: keys < L_kv get their gradients, padded keys (< s_kv, bshd/sbhd) exact zeros.
+  T* dk = static_cast<T*>(p.grad_k);
+  T* dv = static_cast<T*>(p.grad_v);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t j = n0 + warp * 16 + g + r * 8;
+    const bool valid = j < si.L_kv;
+    if (!valid && (p.thd || j >= p.s_kv)) continue;
+    const float fk = valid ? p.scale : 0.f, fv = valid ? 1.f : 0.f;
+    T* dkrow = dk + si.kv_offset(p.grad_k_st, bi, j, hk);
+    T* dvrow = dv + si.kv_offset(p.grad_v_st, bi, j, hk);
+#pragma unroll
+    for (int no = 0; no < NO; ++no) {
+      const int col = col0 + no * 8 + 2 * c;
+      if (col < d) {
+        store_pair(dkrow + col, acc_dk[0][no][2 * r] * fk, acc_dk[0][no][2 * r + 1] * fk);
+        store_pair(dvrow + col, acc_dv[0][no][2 * r] * fv, acc_dv[0][no][2 * r + 1] * fv);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. dQ. BM queries per block (16 per warp), BN keys per step, K and V double-buffered.
+template <int D_, int BM_, int BN_, int NW_>
+struct BwdQConfig {
+  static constexpr int D = D_, BM = BM_, BN = BN_, NW = NW_;
+  static constexpr int kThreads = NW * 32;
+  static_assert(BM == 16 * NW, "one m16 query tile per warp");
+  static_assert(D % 16 == 0 && BN % 16 == 0, "tiles are multiples of 16");
+  template <typename T>
+  static constexpr int smem_bytes() {
+    return (2 * BM + 4 * BN) * TileGeom<D>::kStride * int(sizeof(T));  // Q, dO + 2 x (K, V)
+  }
+};
+
+template <typename Cfg, typename T, bool kDropout>
+__global__ void __launch_bounds__(Cfg::kThreads) bwd_dq_kernel(const AttnProblem p,
+                                                               const float* dsum) {
+  constexpr int D = Cfg::D, BM = Cfg::BM, BN = Cfg::BN, kThreads = Cfg::kThreads;
+  constexpr int S = TileGeom<D>::kStride;
+  constexpr int NT = BN / 8, NO = D / 8;
+
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sQ = reinterpret_cast<T*>(smem_raw);  // [BM][S]
+  T* sdO = sQ + BM * S;                     // [BM][S]
+  T* sK = sdO + BM * S;                     // [2][BN][S]
+  T* sV = sK + 2 * BN * S;                  // [2][BN][S]
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, c = lane % 4;
+  const int64_t bi = blockIdx.z, hq = blockIdx.y;
+  const int64_t m0 = int64_t(blockIdx.x) * BM;
+  const int d = int(p.d);
+  const SeqInfo si(p, bi);
+  if (p.thd && m0 >= si.L_q) return;
+  const Mask mask(p, si);
+  const int64_t hk = hq / (p.h / p.h_kv);
+  const float scale_log2 = p.scale * kLog2e;
+
+  float acc[1][NO][4];
+#pragma unroll
+  for (int no = 0; no < NO; ++no)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[0][no][e] = 0.f;
+
+  int64_t k_lo, k_hi;
+  mask.key_range(m0, m0 + BM, &k_lo, &k_hi);
+  const int64_t n_first = k_lo / BN;
+  const int n_tiles = k_hi >= k_lo ? int(k_hi / BN - n_first + 1) : 0;
+
+  if (n_tiles > 0) {
+    const T* q = static_cast<const T*>(p.q);
+    const T* k = static_cast<const T*>(p.k);
+    const T* v = static_cast<const T*>(p.v);
+    const T* dout = static_cast<const T*>(p.grad_out);
+    const T* kg = k + si.kv_offset(p.k_st, bi, 0, hk);
+    const T* vg = v + si.kv_offset(p.v_st, bi, 0, hk);
+    load_tile<BM, D, kThreads>(sQ, q + si.q_offset(p.q_st, bi, m0, hq), p.q_st.seq, si.L_q - m0,
+                               d, q, tid);
+    load_tile<BM, D, kThreads>(sdO, dout + si.q_offset(p.grad_out_st, bi, m0, hq), p.grad_out_st.seq,
+                               si.L_q - m0, d, dout, tid);
+    auto load_kv = [&](int stage, int64_t n0) {
+      load_tile<BN, D, kThreads>(sK + stage * BN * S, kg + n0 * p.k_st.seq, p.k_st.seq,
+                                 si.L_kv - n0, d, k, tid);
+      load_tile<BN, D, kThreads>(sV + stage * BN * S, vg + n0 * p.v_st.seq, p.v_st.seq,
+                                 si.L_kv - n0, d, v, tid);
+    };
+    load_kv(0, n_first * BN);
+    cp_async_commit();
+
+    // Row statistics of this lane's two rows.
+    float lse_log2[2], dsum_r[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int64_t i = m0 + warp * 16 + g + r * 8;
+      const bool ok = i < si.L_q;
+      lse_log2[r] = ok ? p.lse[row_stat_index(p, si, bi, hq, i)] * kLog2e : 0.f;
+      dsum_r[r] = ok ? dsum[row_stat_index(p, si, bi, hq, i)] : 0.f;
+    }
+
+    Dropout drop(p, bi);
+    for (int t = 0; t < n_tiles; ++t) {
+      const int stage = t & 1;
+      const int64_t n0 = (n_first + t) * BN;
+      if (t + 1 < n_tiles) {
+        load_kv(stage ^ 1, n0 + BN);
+        cp_async_commit();
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
+      }
+      __syncthreads();
+
+      float s[1][NT][4], dp[1][NT][4];
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[0][nt][e] = dp[0][nt][e] = 0.f;
+      gemm_rows_rows<1, NT, D>(s, sQ, warp * 16, sK + stage * BN * S, lane);
+      gemm_rows_rows<1, NT, D>(dp, sdO, warp * 16, sV + stage * BN * S, lane);
+
+      const bool full = mask.tile_full(m0, m0 + BM, n0, n0 + BN);
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int64_t i = m0 + warp * 16 + g + r * 8;
+          const int64_t j = n0 + nt * 8 + 2 * c;
+          bool keep[2] = {true, true};
+          if (kDropout) drop.keep_pair(hq, i, j, &keep[0], &keep[1]);
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const bool vis = full || mask.visible(i, j + e);
+            const float pv = vis ? recompute_p(s[0][nt][2 * r + e], scale_log2, lse_log2[r]) : 0.f;
+            float dpv = dp[0][nt][2 * r + e];
+            if (kDropout) dpv = keep[e] ? dpv * drop.scale : 0.f;
+            s[0][nt][2 * r + e] = pv * (dpv - dsum_r[r]);  // dS
+          }
+        }
+      gemm_regs_rows<1, NT, NO, D>(acc, s, sK + stage * BN * S, 0, lane);
+      __syncthreads();
+    }
+  }
+
+  T* dq = static_cast<T*>(p.grad_q);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t i = m0 + warp * 16 + g + r * 8;
+    const bool valid = i < si.L_q;
+    if (!valid && (p.thd || i >= p.s_q)) continue;
+    const float f = valid ? p.scale : 0.f;
+    T* row = dq + si.q_offset(p.grad_q_st, bi, i, hq);
+#pragma unroll
+    for (int no = 0; no < NO; ++no) {
+      const int col = no * 8 + 2 * c;
+      if (col < d) store_pair(row + col, acc[0][no][2 * r] * f, acc[0][no][2 * r + 1] * f);
+    }
+  }
+}
+
+// Zero the rows of a thd tensor after the last sequence (tokens [cu[b], t)), every head, first d
+// columns, 16 bytes per thread. cu[b] is read on the device: no host sync.
+template <typename T>
+__global__ void zero_thd_tail_kernel(T* x, Strides st, int64_t t, int64_t heads, int d,
+                                     const int32_t* cu, int64_t b) {
+  const int64_t chunks = d / 8;
+  const int64_t start = SeqInfo::clamp_start(cu[b], t);
+  const int64_t n = (t - start) * heads * chunks;
+  for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t ch = idx % chunks, hh = (idx / chunks) % heads, tok = start + idx / (chunks * heads);
+    *reinterpret_cast<uint4*>(x + tok * st.seq + hh * st.head + ch * 8) = make_uint4(0, 0, 0, 0);
+  }
+}
+
+}  // namespace flash
+}  // namespace pte

@@ -1,0 +1,170 @@
+// Entry points of the "flash" backend (core/kernels.h): capability check with a reason,
+// workspace sizes, and dispatch to the compiled (head dim, dtype) instantiations.
+//
+// Head dims: the build compiles kernels for a set of head dims D (PTE_HDIMS, e.g. "64;128",
+// passed as -DPTE_FLASH_HDIM_64 -DPTE_FLASH_HDIM_128). A call with head dim d (a multiple of 8)
+// runs the smallest compiled D >= d: columns past d are zero-filled in shared memory and never
+// stored, so d = 80 runs on the D = 128 kernels (at D = 128's cost). check() names the compiled
+// set when d exceeds it.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <string>
+
+#include "core/kernels.h"
+#include "cuda/attn/launch.h"
+#include "cuda/common.cuh"
+
+namespace pte {
+namespace flash {
+
+namespace {
+
+// Compiled head dims: the build defines PTE_FLASH_HDIM_<D> for each D of PTE_HDIMS (one macro
+// each: nvcc splits a comma-separated -D value into several definitions).
+constexpr int kHdims[] = {
+#ifdef PTE_FLASH_HDIM_32
+    32,
+#endif
+#ifdef PTE_FLASH_HDIM_64
+    64,
+#endif
+#ifdef PTE_FLASH_HDIM_96
+    96,
+#endif
+#ifdef PTE_FLASH_HDIM_128
+    128,
+#endif
+#ifdef PTE_FLASH_HDIM_160
+    160,
+#endif
+#ifdef PTE_FLASH_HDIM_192
+    192,
+#endif
+#ifdef PTE_FLASH_HDIM_224
+    224,
+#endif
+#ifdef PTE_FLASH_HDIM_256
+    256,
+#endif
+    0};
+constexpr int kAllHdims[] = {32, 64, 96, 128, 160, 192, 224, 256};  // what the generator emits
+
+constexpr bool compiled(int D) {
+  for (int x : kHdims)
+    if (x == D) return true;
+  return false;
+}
+
+// Smallest compiled head dim >= d, or 0.
+int pick_hdim(int64_t d) {
+  for (int D : kAllHdims)
+    if (compiled(D) && d <= D) return D;
+  return 0;
+}
+
+std::string compiled_hdims() {
+  std::string s;
+  for (int D : kAllHdims) {
+    if (!compiled(D)) continue;
+    if (!s.empty()) s += ", ";
+    s += std::to_string(D);
+  }
+  return s.empty() ? "none" : s;
+}
+
+bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+bool strides8(const Strides& st) { return st.batch % 8 == 0 && st.seq % 8 == 0 && st.head % 8 == 0; }
+
+std::string reason(const AttnProblem& p, bool backward) {
+  if (p.device != PTE_DEVICE_CUDA) return "flash: tensors must be on a CUDA device";
+  if (p.dtype != PTE_FLOAT16 && p.dtype != PTE_BFLOAT16)
+    return str("flash: dtype=", pte_dtype_name(p.dtype), ": must be float16 or bfloat16");
+  const int arch = cuda::device_arch(p.device_id);
+  if (arch < 80) return str("flash: compute capability ", arch / 10, ".", arch % 10, " < 8.0");
+  if (p.d != p.d_v) return str("flash: head_dim_v=", p.d_v, " != head_dim=", p.d, " is not supported");
+  if (p.d % 8 != 0 || p.d <= 0) return str("flash: head_dim=", p.d, ": must be a multiple of 8");
+  if (pick_hdim(p.d) == 0)
+    return str("flash: head_dim=", p.d, ": this build has flash kernels for head dims <= ",
+               "{", compiled_hdims(), "} (set PTE_HDIMS at build time)");
+  if (p.b > 65535 || p.h > 65535 || p.h_kv > 65535)
+    return str("flash: batch=", p.b, ", heads=", p.h, ": each must be <= 65535");
+  // 16-byte vector loads (cp.async) of 8 elements.
+  const void* ptrs[] = {p.q, p.k, p.v, p.out, p.grad_out, p.grad_q, p.grad_k, p.grad_v};
+  const Strides* sts[] = {&p.q_st, &p.k_st, &p.v_st, &p.out_st,
+                          &p.grad_out_st, &p.grad_q_st, &p.grad_k_st, &p.grad_v_st};
+  const char* names[] = {"q", "k", "v", "out", "d_out", "d_q", "d_k", "d_v"};
+  const int n = backward ? 8 : 4;
+  for (int i = 0; i < n; ++i) {
+    if (ptrs[i] != nullptr && !aligned16(ptrs[i]))
+      return str("flash: ", names[i], " must be 16-byte aligned");
+    if (ptrs[i] != nullptr && !strides8(*sts[i]))
+      return str("flash: ", names[i], " strides must be multiples of 8 elements");
+  }
+  if (backward && p.lse == nullptr) return "flash: the backward needs lse from the forward";
+  if (p.dropout > 0.f && p.lse == nullptr) return "flash: dropout needs lse";
+  return "";
+}
+
+template <int D, bool kBwd, typename T>
+void call(const AttnProblem& p) {
+  if constexpr (compiled(D)) {
+    if (kBwd)
+      run_bwd<D, T>(p);
+    else
+      run_fwd<D, T>(p);
+  } else {
+    PTE_INTERNAL("flash: head dim ", D, " was not compiled");
+  }
+}
+
+template <bool kBwd, typename T>
+void dispatch(const AttnProblem& p) {
+  switch (pick_hdim(p.d)) {
+    case 32: return call<32, kBwd, T>(p);
+    case 64: return call<64, kBwd, T>(p);
+    case 96: return call<96, kBwd, T>(p);
+    case 128: return call<128, kBwd, T>(p);
+    case 160: return call<160, kBwd, T>(p);
+    case 192: return call<192, kBwd, T>(p);
+    case 224: return call<224, kBwd, T>(p);
+    case 256: return call<256, kBwd, T>(p);
+    default:
+      PTE_UNSUPPORTED("flash: head_dim=", p.d, ": no compiled kernel (compiled: ",
+                      compiled_hdims(), ")");
+  }
+}
+
+template <bool kBwd>
+void run(const AttnProblem& p) {
+  std::string why = reason(p, kBwd);
+  if (!why.empty()) PTE_UNSUPPORTED(why);
+  if (p.dtype == PTE_FLOAT16)
+    dispatch<kBwd, __half>(p);
+  else
+    dispatch<kBwd, __nv_bfloat16>(p);
+}
+
+}  // namespace
+
+const char* check(const AttnProblem& p, bool backward) {
+  thread_local std::string text;  // per thread: callers run without the GIL
+  text = reason(p, backward);
+  return text.c_str();
+}
+
+size_t fwd_workspace_size(const AttnProblem&) { return 0; }
+
+size_t bwd_workspace_size(const AttnProblem& p) { return bwd_dsum_elems(p) * sizeof(float); }
+
+void attn_fwd(const AttnProblem& p) { run<false>(p); }
+
+void attn_bwd(const AttnProblem& p) {
+  if (p.workspace_size < bwd_workspace_size(p) || (p.workspace == nullptr && bwd_workspace_size(p) > 0))
+    PTE_INTERNAL("flash: backward workspace of ", p.workspace_size, " bytes < ",
+                 bwd_workspace_size(p));
+  run<true>(p);
+}
+
+}  // namespace flash
+}  // namespace pte

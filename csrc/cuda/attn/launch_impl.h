@@ -1,0 +1,119 @@
+// Host side of the flash kernels: the tile configuration of each compiled head dim and the
+// launchers that the generated instantiations (inst/*.cu) compile once per (head dim, dtype).
+// Only inst/*.cu include this file; everything else sees the declarations in launch.h, so the
+// kernels are compiled once per instantiation file and nowhere else.
+#pragma once
+
+#include "cuda/attn/launch.h"
+
+#include <algorithm>
+#include <cstdint>
+
+#include "core/problem.h"
+#include "cuda/attn/bwd_kernel.h"
+#include "cuda/attn/fwd_kernel.h"
+#include "cuda/common.cuh"
+
+namespace pte {
+namespace flash {
+
+// Tile shapes per compiled head dim D. Register budget (fp32 accumulators per thread):
+// forward MT*D/2 (output) + MT*BN/2 (scores); dK/dV kernel D/kSplit (dK + dV) + BM/2 (S^T, dP^T);
+// dQ kernel D/2 + BN/2 (S, dP). Checked with -Xptxas -v: no spills, except 128 bytes in the
+// D = 128 forward, which measured faster than the spill-free 8-warp variant anyway.
+template <int D>
+struct Configs {
+  // Forward: 4 warps of 2 m16 row tiles each (128 rows) up to D = 128. Two row tiles per warp
+  // halve the shared-memory fragment traffic per MMA (measured on H100, bf16: 148 -> 245 TFLOP/s
+  // at d = 64, 235 -> 270 at d = 128, against 8 warps of one row tile). With dropout the Philox
+  // draws push that variant into spills, so dropout keeps one row tile per warp (8 warps).
+  using Fwd = FwdConfig<D, (D <= 128 ? 128 : 64), (D <= 128 ? 64 : 32), 4>;
+  using FwdDropout = FwdConfig<D, (D <= 128 ? 128 : 64), (D <= 128 ? 64 : 32), (D <= 128 ? 8 : 4)>;
+  // dK/dV: 4 warps of 16 keys (8 warps measured no faster).
+  using BwdKV = BwdKVConfig<D, 64, (D <= 64 ? 64 : 32), 4, (D <= 128 ? 1 : 2)>;
+  using BwdQ = BwdQConfig<D, 64, (D <= 128 ? 64 : 32), 4>;
+};
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+template <typename Kernel>
+void set_smem(Kernel kernel, int bytes) {
+  PTE_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+}
+
+template <typename T>
+void zero_thd_tail(T* x, const Strides& st, int64_t t, int64_t heads, int d, const int32_t* cu,
+                   int64_t b, cudaStream_t stream) {
+  constexpr int kThreads = 256;
+  const int64_t work = t * heads * (d / 8);
+  if (work == 0) return;
+  const int blocks = int(std::min<int64_t>(ceil_div(work, kThreads), 1024));
+  zero_thd_tail_kernel<T><<<blocks, kThreads, 0, stream>>>(x, st, t, heads, d, cu, b);
+  PTE_CUDA_CHECK_LAUNCH();
+}
+
+template <typename Cfg, typename T, bool kDropout>
+void launch_fwd(const AttnProblem& p, cudaStream_t stream) {
+  const dim3 grid(unsigned(ceil_div(p.s_q, Cfg::BM)), unsigned(p.h), unsigned(p.b));
+  constexpr int smem = Cfg::template smem_bytes<T>();
+  auto kernel = fwd_kernel<Cfg, T, kDropout>;
+  set_smem(kernel, smem);
+  kernel<<<grid, Cfg::kThreads, smem, stream>>>(p);
+  PTE_CUDA_CHECK_LAUNCH();
+}
+
+template <int D, typename T>
+void run_fwd(const AttnProblem& p) {
+  cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
+  if (p.thd) zero_thd_tail(static_cast<T*>(p.out), p.out_st, p.t_q, p.h, int(p.d), p.cu_q, p.b, stream);
+  if (p.b == 0 || p.s_q == 0) return;
+  if (p.dropout > 0.f)
+    launch_fwd<typename Configs<D>::FwdDropout, T, true>(p, stream);
+  else
+    launch_fwd<typename Configs<D>::Fwd, T, false>(p, stream);
+}
+
+template <int D, typename T>
+void run_bwd(const AttnProblem& p) {
+  using KV = typename Configs<D>::BwdKV;
+  using Q = typename Configs<D>::BwdQ;
+  cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
+  const int d = int(p.d);
+  if (p.thd) {
+    zero_thd_tail(static_cast<T*>(p.grad_q), p.grad_q_st, p.t_q, p.h, d, p.cu_q, p.b, stream);
+    zero_thd_tail(static_cast<T*>(p.grad_k), p.grad_k_st, p.t_kv, p.h_kv, d, p.cu_kv, p.b, stream);
+    zero_thd_tail(static_cast<T*>(p.grad_v), p.grad_v_st, p.t_kv, p.h_kv, d, p.cu_kv, p.b, stream);
+  }
+  if (p.b == 0) return;
+  float* dsum = static_cast<float*>(p.workspace);
+  if (p.s_q > 0) {
+    const dim3 grid(unsigned(ceil_div(p.s_q, kDotWarps)), unsigned(p.h), unsigned(p.b));
+    bwd_dot_kernel<T><<<grid, kDotWarps * 32, 0, stream>>>(p, dsum);
+    PTE_CUDA_CHECK_LAUNCH();
+  }
+  if (p.s_kv > 0) {
+    const dim3 grid(unsigned(ceil_div(p.s_kv, KV::BN) * KV::kSplit), unsigned(p.h_kv),
+                    unsigned(p.b));
+    constexpr int smem = KV::template smem_bytes<T>();
+    auto kernel = p.dropout > 0.f ? bwd_dkdv_kernel<KV, T, true> : bwd_dkdv_kernel<KV, T, false>;
+    set_smem(kernel, smem);
+    kernel<<<grid, KV::kThreads, smem, stream>>>(p, dsum);
+    PTE_CUDA_CHECK_LAUNCH();
+  }
+  if (p.s_q > 0) {
+    const dim3 grid(unsigned(ceil_div(p.s_q, Q::BM)), unsigned(p.h), unsigned(p.b));
+    constexpr int smem = Q::template smem_bytes<T>();
+    auto kernel = p.dropout > 0.f ? bwd_dq_kernel<Q, T, true> : bwd_dq_kernel<Q, T, false>;
+    set_smem(kernel, smem);
+    kernel<<<grid, Q::kThreads, smem, stream>>>(p, dsum);
+    PTE_CUDA_CHECK_LAUNCH();
+  }
+}
+
+// Explicit instantiations, one per generated file inst/flash_{fwd,bwd}_hdim<D>_<dtype>.cu.
+#define PTE_FLASH_INSTANTIATE_FWD(D, T) template void run_fwd<D, T>(const AttnProblem&);
+#define PTE_FLASH_INSTANTIATE_BWD(D, T) template void run_bwd<D, T>(const AttnProblem&);
+
+}  // namespace flash
+}  // namespace pte

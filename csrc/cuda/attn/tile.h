@@ -1,0 +1,110 @@
+// Shared-memory tiles of the flash kernels and the warp-level GEMM steps on them.
+//
+// A tile holds R rows (tokens) x D columns (head dim, D = the compiled head dim >= the actual d),
+// row-major with a row stride of D + 8 elements: the 16-byte pad shifts consecutive rows by four
+// banks, so the eight 16-byte row segments one ldmatrix reads never share a bank, for every D.
+// Rows past a sequence's length and columns past d are zero-filled by cp.async, so they add
+// nothing to a dot product.
+#pragma once
+
+#include <cstdint>
+
+#include "cuda/attn/mma.h"
+
+namespace pte {
+namespace flash {
+
+template <int D>
+struct TileGeom {
+  static constexpr int kStride = D + 8;  // elements per smem row
+  static constexpr int kChunks = D / 8;  // 16-byte chunks per row
+};
+
+// Issue cp.async copies of rows [0, R) of a tile whose row 0 is at `g` (row stride `row_stride`
+// elements). Rows >= valid_rows and columns >= d are zero-filled; `safe` is any valid address,
+// passed instead of an out-of-range one.
+template <int R, int D, int kThreads, typename T>
+__device__ __forceinline__ void load_tile(T* s, const T* g, int64_t row_stride, int64_t valid_rows,
+                                          int d, const T* safe, int tid) {
+  constexpr int kChunks = TileGeom<D>::kChunks;
+  constexpr int kStride = TileGeom<D>::kStride;
+#pragma unroll
+  for (int idx = tid; idx < R * kChunks; idx += kThreads) {
+    const int r = idx / kChunks, ch = idx % kChunks;
+    const bool ok = r < valid_rows && ch * 8 < d;
+    cp_async_16(s + r * kStride + ch * 8, ok ? g + r * row_stride + ch * 8 : safe, ok);
+  }
+}
+
+// acc[mt][nt] += A[rows a_row0 + mt*16 .. +16, 0:D] * B[rows nt*8 .. +8, 0:D]^T for NT n-tiles:
+// both operands are tiles in smem whose rows are the M and N indices and whose columns are the
+// reduction (head-dim) index: S = Q K^T, dP = dO V^T, S^T = K Q^T, dP^T = V dO^T.
+// Steps past the runtime head dim d are not skipped: they add zeros, and a runtime branch per
+// step would split the unrolled loop into blocks the compiler cannot software-pipeline (measured:
+// ~3x slower on H100).
+template <int MT, int NT, int D, typename T>
+__device__ __forceinline__ void gemm_rows_rows(float (&acc)[MT][NT][4], const T* sA, int a_row0,
+                                               const T* sB, int lane) {
+  static_assert(NT % 2 == 0, "n-tiles come in pairs (one ldmatrix.x4)");
+  constexpr int S = TileGeom<D>::kStride;
+  const int mi = lane / 8, r8 = lane % 8;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    uint32_t a[MT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+      ldmatrix_x4(a[mt], sA + (a_row0 + mt * 16 + (mi & 1) * 8 + r8) * S + kk * 16 + (mi >> 1) * 8);
+#pragma unroll
+    for (int np = 0; np < NT / 2; ++np) {
+      uint32_t b[4];
+      ldmatrix_x4(b, sB + (np * 16 + (mi >> 1) * 8 + r8) * S + kk * 16 + (mi & 1) * 8);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        Mma<T>::run(acc[mt][2 * np], a[mt], b[0], b[1]);
+        Mma<T>::run(acc[mt][2 * np + 1], a[mt], b[2], b[3]);
+      }
+    }
+  }
+}
+
+// acc[mt][no] += P[mt] (registers: fp32 accumulators of KT*2 n-tiles, i.e. a [16 x 16*KT]
+// operand) * B[0:16*KT, col0 + 0:8*NO], B a smem tile whose rows are the reduction index (keys
+// or queries) and whose columns are the output columns: O = P V, dV = P^T dO, dK = dS^T Q,
+// dQ = dS K. Output columns past d hold zeros (never stored).
+template <int MT, int KT2, int NO, int D, typename T>
+__device__ __forceinline__ void gemm_regs_rows(float (&acc)[MT][NO][4], const float (&p)[MT][KT2][4],
+                                               const T* sB, int col0, int lane) {
+  static_assert(KT2 % 2 == 0 && NO % 2 == 0, "tiles come in pairs");
+  constexpr int S = TileGeom<D>::kStride;
+  const int mi = lane / 8, r8 = lane % 8;
+#pragma unroll
+  for (int kk = 0; kk < KT2 / 2; ++kk) {
+    uint32_t a[MT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      a[mt][0] = Mma<T>::pack(p[mt][2 * kk][0], p[mt][2 * kk][1]);
+      a[mt][1] = Mma<T>::pack(p[mt][2 * kk][2], p[mt][2 * kk][3]);
+      a[mt][2] = Mma<T>::pack(p[mt][2 * kk + 1][0], p[mt][2 * kk + 1][1]);
+      a[mt][3] = Mma<T>::pack(p[mt][2 * kk + 1][2], p[mt][2 * kk + 1][3]);
+    }
+#pragma unroll
+    for (int dn = 0; dn < NO / 2; ++dn) {
+      uint32_t b[4];
+      ldmatrix_x4_trans(b, sB + (kk * 16 + (mi & 1) * 8 + r8) * S + col0 + dn * 16 + (mi >> 1) * 8);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        Mma<T>::run(acc[mt][2 * dn], a[mt], b[0], b[1]);
+        Mma<T>::run(acc[mt][2 * dn + 1], a[mt], b[2], b[3]);
+      }
+    }
+  }
+}
+
+// Store one accumulator row segment (2 columns) of a 16-bit tensor.
+template <typename T>
+__device__ __forceinline__ void store_pair(T* dst, float a, float b) {
+  *reinterpret_cast<uint32_t*>(dst) = Mma<T>::pack(a, b);
+}
+
+}  // namespace flash
+}  // namespace pte
