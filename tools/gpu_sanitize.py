@@ -5,8 +5,9 @@
 
 Sizes are small (the tools slow kernels 10-100x) but reach every code path: each softmax
 register bucket, the two-pass paths (vector and scalar), masks with broadcast and fully masked
-rows, both causal alignments, and every mask -> cu_seqlens form including a batch past one scan
-chunk. Arrays come from cupy when installed (lighter under the sanitizer than torch), else torch.
+rows, both causal alignments, every mask -> cu_seqlens form including a batch past one scan
+chunk, and the fused attention backends (flash, cudnn) forward and backward on padded, packed and
+strided layouts with GQA/MQA, windows, empty sequences and dropout. Arrays come from cupy when installed (lighter under the sanitizer than torch), else torch.
 The script also checks values loosely (NaN poison) so a silent skip shows up.
 
 To add cases, append a function to CASES; `--only NAME` runs the cases whose name contains NAME.
@@ -126,7 +127,53 @@ def seqlens_cases(core, A):
             assert np.array_equal(A.host(cu_q), want_q) and np.array_equal(A.host(cu_kv), want_kv)
 
 
-CASES = [softmax_cases, seqlens_cases]
+def _attention_case(core, A, backend, fmt, shape, lens_q, lens_kv, mask_type, window, dropout):
+    """One forward + backward on `backend` with NaN-poisoned outputs; every output element must be
+    written (padded positions and no-visible-key rows with 0)."""
+    g = np.random.default_rng(2)
+    b, s_q, s_kv, h, h_kv, d = shape
+    kw = dict(qkv_format=fmt, attn_mask_type=mask_type, window_size=window, dropout=dropout,
+              seed=7, offset=3, backend=backend)
+    if fmt == "thd":
+        t_q, t_kv = sum(lens_q), sum(lens_kv)
+        q_shape, kv_shape, lse_shape = (t_q, h, d), (t_kv, h_kv, d), (h, t_q)
+    else:
+        q_shape, kv_shape, lse_shape = (b, s_q, h, d), (b, s_kv, h_kv, d), (b, h, s_q)
+        if fmt == "sbhd":
+            q_shape, kv_shape = (s_q, b, h, d), (s_kv, b, h_kv, d)
+    if lens_q is not None:
+        kw.update(cu_seqlens_q=A.dev(np.concatenate([[0], np.cumsum(lens_q)]).astype(np.int32)),
+                  cu_seqlens_kv=A.dev(np.concatenate([[0], np.cumsum(lens_kv)]).astype(np.int32)),
+                  max_seqlen_q=max(lens_q), max_seqlen_kv=max(lens_kv))
+    q, k, v = (A.half(g.standard_normal(sh), "float16") for sh in (q_shape, kv_shape, kv_shape))
+    out = A.half(np.full(q_shape, np.nan), "float16")
+    lse = A.half(np.full(lse_shape, np.nan), "float32")
+    core.fused_attn_fwd(q, k, v, out, lse=lse, **kw)
+    d_out = A.half(g.standard_normal(q_shape), "float16")
+    grads = [A.half(np.full(sh, np.nan), "float16") for sh in (q_shape, kv_shape, kv_shape)]
+    core.fused_attn_bwd(q, k, v, out, d_out, lse, *grads, **kw)
+    A.sync()
+    for name, arr in zip(("out", "d_q", "d_k", "d_v"), [out] + grads):
+        assert not np.isnan(A.host(arr).astype(np.float64)).any(), (backend, fmt, mask_type, name)
+
+
+def attention_cases(core, A):
+    """The fused attention backends this build has, on small shapes that reach their paths:
+    padded bshd with GQA, a bottom-right causal window and an empty sequence; packed thd with a
+    zero-length sequence (MQA, d = 128); sbhd strides; dropout."""
+    backends = [n for n, info in core.backends().items()
+                if n in ("flash", "cudnn") and info["available"]]
+    assert backends, core.backends()
+    for backend in backends:
+        _attention_case(core, A, backend, "bshd", (2, 33, 47, 4, 2, 64), [33, 0], [47, 5],
+                        "padding_causal_bottom_right", (16, 0), 0.0)
+        _attention_case(core, A, backend, "thd", (3, 0, 0, 2, 1, 128), [5, 0, 35], [9, 0, 40],
+                        "padding_causal", (-1, 0), 0.0)
+        _attention_case(core, A, backend, "sbhd", (2, 20, 20, 2, 2, 64), None, None,
+                        "no_mask", (-1, -1), 0.1)
+
+
+CASES = [softmax_cases, seqlens_cases, attention_cases]
 
 
 def main():
