@@ -109,7 +109,8 @@ std::string make_key(const AttnProblem& p, const Plan& pl) {
       p.thd, p.thd ? p.t_q : 0, p.thd ? p.t_kv : 0, pl.padding, pl.stats, pl.wide_offsets,
       pl.left_bound, pl.right_bound, p.bottom_right, p.dropout > 0.f,
       p.seed_offset_device != nullptr, pl.backward && p.deterministic};
-  int32_t drop_bits;
+  int64_t drop_bits;  // the probability is part of the graph: key on all of its bits
+  static_assert(sizeof(drop_bits) == sizeof(p.dropout), "dropout is a double");
   std::memcpy(&drop_bits, &p.dropout, sizeof(drop_bits));
   k.push_back(drop_bits);
   auto add = [&](const Strides& s) { k.insert(k.end(), {s.batch, s.seq, s.head}); };
@@ -202,7 +203,7 @@ class Builder {
                                                : fe::DiagonalAlignment_t::TOP_LEFT);
     if (p_.dropout > 0.f) {
       const bool by_value = p_.seed_offset_device == nullptr;
-      a.set_dropout(p_.dropout, scalar("seed", kSeed, fe::DataType_t::INT64, by_value),
+      a.set_dropout(float(p_.dropout), scalar("seed", kSeed, fe::DataType_t::INT64, by_value),
                     scalar("offset", kOffset, fe::DataType_t::INT64, by_value));
     }
   }
