@@ -339,6 +339,25 @@ def test_dropout(core, backend, fmt, mask):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_dropout_rate_follows_p(core, backend):
+    """Calls with several probabilities on one shape each drop their own share: with q = 0 every
+    key has probability 1/s_kv and v = identity, so out[i, j] = keep_ij / (s_kv (1 - p)) and the
+    fraction of zeros in out is the drop rate. Catches a backend that reuses one call's dropout
+    setting (e.g. a cached graph keyed without p) for another."""
+    s, d = 64, 64
+    q = torch.zeros(4, s, 8, d, dtype=torch.float16, device="cuda")
+    v = torch.eye(s, d, dtype=torch.float16, device="cuda")[None, :, None, :].expand(4, s, 8, d)
+    v = v.contiguous()
+    for p in (0.1, 0.5, 0.3):
+        out = torch.empty_like(q)
+        lse = torch.empty(4, 8, s, dtype=torch.float32, device="cuda")
+        core.fused_attn_fwd(q, q, v, out, lse=lse, dropout=p, seed=5, offset=1, backend=backend)
+        torch.cuda.synchronize()
+        dropped = (out == 0).float().mean().item()
+        assert abs(dropped - p) < 0.02, f"p={p}: {dropped:.3f} of the probabilities dropped"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_sbhd_strided_views(core, backend):
     """q, k, v as views into one packed [s, b, 3, h, d] tensor (Megatron's layout)."""
     s, b, h, d = 128, 2, 4, 64
