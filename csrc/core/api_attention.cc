@@ -280,8 +280,13 @@ const char* backend_reason(const AttnProblem& pr, pte_backend_t backend,
   }
 }
 
-// Order in which `auto` tries backends: the CUDA backends by measured speed (docs/backends.md).
+// Order in which `auto` tries the CUDA backends (docs/backends.md). Without dropout: by measured
+// speed (cuDNN leads on every case of docs/performance.md). With dropout: flash first, because its
+// mask is the documented Philox function (the CPU kernels' too), and forward and backward then
+// come from one backend whatever each pass's capability check says; cuDNN draws its own mask, so
+// a cuDNN forward paired with another backend's backward would give wrong gradients.
 const pte_backend_t kAutoOrderCuda[] = {PTE_BACKEND_CUDNN, PTE_BACKEND_FLASH};
+const pte_backend_t kAutoOrderCudaDropout[] = {PTE_BACKEND_FLASH, PTE_BACKEND_CUDNN};
 
 pte_backend_t choose(const AttnProblem& pr, pte_backend_t requested, bool backward) {
   if (requested != PTE_BACKEND_AUTO) {
@@ -291,7 +296,7 @@ pte_backend_t choose(const AttnProblem& pr, pte_backend_t requested, bool backwa
   }
   if (pr.device == PTE_DEVICE_CPU) return PTE_BACKEND_CPU;
   std::string reasons;
-  for (pte_backend_t b : kAutoOrderCuda) {
+  for (pte_backend_t b : pr.dropout > 0 ? kAutoOrderCudaDropout : kAutoOrderCuda) {
     const char* why = backend_reason(pr, b, backward);
     if (!*why) return b;
     reasons += str(reasons.empty() ? "" : "; ", pte_backend_name(b), ": ", why);
