@@ -357,6 +357,20 @@ def test_dropout_rate_follows_p(core, backend):
         assert abs(dropped - p) < 0.02, f"p={p}: {dropped:.3f} of the probabilities dropped"
 
 
+def test_auto_with_dropout_uses_flash(core):
+    """With dropout, `auto` runs the flash kernels (the documented Philox mask), forward and
+    backward alike, so their results equal an explicit backend="flash" call bit for bit."""
+    if "flash" not in BACKENDS:
+        pytest.skip("flash backend not available")
+    case = Case("bshd", "causal", b=2, s_q=96, s_kv=96)
+    # deterministic=True: gradients are bitwise comparable between two runs.
+    a = expect_runs(core, case, "flash", dropout=0.2, seed=11, deterministic=True)
+    inputs = tuple(a[n] for n in ("q", "k", "v", "do"))
+    b = run(core, case, "auto", dropout=0.2, seed=11, inputs=inputs, deterministic=True)
+    for n in ("out", "lse", "dq", "dk", "dv"):
+        assert torch.equal(a[n], b[n]), f"{n}: auto with dropout differs from flash"
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_sbhd_strided_views(core, backend):
     """q, k, v as views into one packed [s, b, 3, h, d] tensor (Megatron's layout)."""
