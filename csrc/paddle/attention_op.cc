@@ -112,6 +112,20 @@ std::vector<int64_t> lse_shape(const std::vector<int64_t>& q, const std::string&
   return {bad_rank};
 }
 
+// Allocate the workspace the call needs on `place` (Paddle's allocator, on the op's stream) and
+// run the forward or the backward.
+void run_with_workspace(pte_attn_params_t* p, bool backward, const paddle::Place& place,
+                        const char* op) {
+  size_t bytes = 0;
+  check_status(backward ? pte_attn_bwd_workspace_size(p, &bytes)
+                        : pte_attn_fwd_workspace_size(p, &bytes),
+               op);
+  paddle::Tensor ws = workspace(bytes, place);
+  p->workspace = bytes ? ws.data() : nullptr;
+  p->workspace_size = bytes;
+  check_status(backward ? pte_attn_bwd(p) : pte_attn_fwd(p), op);
+}
+
 std::vector<paddle::Tensor> FusedAttnForward(
     const paddle::Tensor& q,                               // bshd [b, s_q, h, d] | ...
     const paddle::Tensor& k,                               // [b, s_kv, h_kv, d] | ...
@@ -141,12 +155,7 @@ std::vector<paddle::Tensor> FusedAttnForward(
   p.out = to_pte(out);
   p.lse = to_pte(lse);
 
-  size_t bytes = 0;
-  check_status(pte_attn_fwd_workspace_size(&p, &bytes), "pte_fused_attn");
-  paddle::Tensor ws = workspace(bytes, q.place());
-  p.workspace = bytes ? ws.data() : nullptr;
-  p.workspace_size = bytes;
-  check_status(pte_attn_fwd(&p), "pte_fused_attn");
+  run_with_workspace(&p, /*backward=*/false, q.place(), "pte_fused_attn");
 
   if (cast) out = out.cast(q.dtype());
   return {out, lse};
@@ -193,12 +202,7 @@ std::vector<paddle::Tensor> FusedAttnBackward(
   p.d_k = to_pte(d_k);
   p.d_v = to_pte(d_v);
 
-  size_t bytes = 0;
-  check_status(pte_attn_bwd_workspace_size(&p, &bytes), "pte_fused_attn_grad");
-  paddle::Tensor ws = workspace(bytes, q.place());
-  p.workspace = bytes ? ws.data() : nullptr;
-  p.workspace_size = bytes;
-  check_status(pte_attn_bwd(&p), "pte_fused_attn_grad");
+  run_with_workspace(&p, /*backward=*/true, q.place(), "pte_fused_attn_grad");
 
   if (cast) {
     d_q = d_q.cast(q.dtype());
