@@ -94,7 +94,7 @@ def test_mask_to_cu_seqlens_not_right_padding():
 
 @pytest.mark.parametrize("mask_type", ["no_mask", "causal", "padding_causal_bottom_right"])
 def test_fused_attn_fwd_bwd(rng, mask_type):
-    b, s_q, s_kv, h, h_kv, d = 2, 5, 7, 4, 2, 16  # default scale 1/4: exact in the float32 the core keeps
+    b, s_q, s_kv, h, h_kv, d = 2, 5, 7, 4, 2, 16  # default scale 1/sqrt(16) = 1/4
     q = rng.standard_normal((b, s_q, h, d))
     k = rng.standard_normal((b, s_kv, h_kv, d))
     v = rng.standard_normal((b, s_kv, h_kv, d))

@@ -1,5 +1,6 @@
-// Flash-attention backward (sm_80+), in three kernels and without atomics, so it is always
-// bitwise repeatable (the `deterministic` flag costs nothing):
+// Flash-attention backward (sm_80+). Two modes, chosen by `deterministic`:
+//
+// deterministic=True: three kernels and no atomics, so it is bitwise repeatable:
 //   1. bwd_dot_kernel:  Dsum[i] = rowsum(dO_i * O_i)  (fp32 workspace, lse's layout)
 //   2. bwd_dkdv_kernel: one block per (key tile, kv head, sequence); it loops over every query
 //      head of its GQA group and every query tile the window reaches, keeping dK and dV of its
@@ -7,8 +8,15 @@
 //      accumulators are directly the A operands of dV += P^T dO and dK += dS^T Q.
 //   3. bwd_dq_kernel:   one block per (query tile, query head, sequence); it recomputes S and dP
 //      over the visible key tiles and accumulates dQ = dS K in registers.
-// Kernels 2 and 3 both recompute S and dP (7 tile GEMMs per tile pair instead of 5 with atomic
-// dQ accumulation); the price of determinism without a workspace per key tile.
+//   Kernels 2 and 3 both compute S and dP: 7 tile GEMMs per (query tile, key tile) pair.
+//
+// deterministic=False: 5 tile GEMMs per pair, FlashAttention-2's scheme:
+//   1. bwd_dot_kernel as above;
+//   2. bwd_dkdv_kernel<..., kAtomicDq = true>: as above, and in the same step it stages dS^T in
+//      shared memory and adds dQ += dS K of its key tile into an fp32 workspace with atomicAdd
+//      (zeroed on the stream first). dK and dV stay block-local, so they are still bitwise
+//      repeatable; only dQ's summation order varies between runs.
+//   3. bwd_dq_convert_kernel: dQ = scale * workspace in the output dtype (zeros at padded rows).
 //
 // With dropout (mask Z, rate p): dV = (P o Z / (1-p))^T dO, dP = (dO V^T) o Z / (1-p),
 // dS = P o (dP - Dsum), where Dsum = rowsum(dO o O) equals rowsum(P o dP).
@@ -68,16 +76,27 @@ struct BwdKVConfig {
   static constexpr int DO = D / kSplit;  // output columns per block
   static_assert(BN == 16 * NW, "one m16 key tile per warp");
   static_assert(BM % 16 == 0 && DO % 16 == 0, "tiles are multiples of 16");
+  // Atomic-dQ mode: dS^T staged as [BN keys][BM queries] (16-byte row pad: the ldmatrix rows
+  // and the 32-bit fragment stores are bank-conflict free), and the dQ tile [BM x DO] split over
+  // the warps: kWarpsM row tiles of 16 queries x kWarpsN column slices of kNOQ n8-tiles.
+  static constexpr int kDSStride = BM + 8;
+  static constexpr int kWarpsM = BM / 16;
+  static constexpr int kWarpsN = NW / kWarpsM;
+  static constexpr int kNOQ = DO / 8 / kWarpsN;
+  static_assert(kWarpsM * kWarpsN == NW && kNOQ * kWarpsN * 8 == DO, "dQ tile split over warps");
   template <typename T>
-  static constexpr int smem_bytes() {
+  static constexpr int smem_bytes(bool atomic_dq = false) {
     return (2 * BN + 4 * BM) * TileGeom<D>::kStride * int(sizeof(T)) +
-           2 * 2 * BM * int(sizeof(float));  // K, V + 2 x (Q, dO) + 2 x (lse, Dsum)
+           2 * 2 * BM * int(sizeof(float)) +  // K, V + 2 x (Q, dO) + 2 x (lse, Dsum)
+           (atomic_dq ? BN * kDSStride * int(sizeof(T)) : 0);  // dS^T
   }
 };
 
-template <typename Cfg, typename T, bool kDropout>
+// dq_accum (kAtomicDq only): fp32 [rows of lse's layout][d], zeroed before the launch.
+template <typename Cfg, typename T, bool kDropout, bool kAtomicDq>
 __global__ void __launch_bounds__(Cfg::kThreads) bwd_dkdv_kernel(const AttnProblem p,
-                                                                 const float* dsum) {
+                                                                 const float* dsum,
+                                                                 float* dq_accum) {
   constexpr int D = Cfg::D, BN = Cfg::BN, BM = Cfg::BM, kThreads = Cfg::kThreads;
   constexpr int DO = Cfg::DO, S = TileGeom<D>::kStride;
   constexpr int NT = BM / 8, NO = DO / 8;
@@ -89,6 +108,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) bwd_dkdv_kernel(const AttnProbl
   T* sdO = sQ + 2 * BM * S;                 // [2][BM][S]
   float* sL = reinterpret_cast<float*>(sdO + 2 * BM * S);  // [2][BM] lse
   float* sD = sL + 2 * BM;                                 // [2][BM] Dsum
+  T* sdS = reinterpret_cast<T*>(sD + 2 * BM);              // [BN][kDSStride] dS^T (kAtomicDq)
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, c = lane % 4;
   const int64_t bi = blockIdx.z, hk = blockIdx.y;
@@ -189,9 +209,44 @@ __global__ void __launch_bounds__(Cfg::kThreads) bwd_dkdv_kernel(const AttnProbl
           st[0][nt][e] = pd;                      // P~^T for dV
           dpt[0][nt][e] = pv * (dp - sDs[il]);    // dS^T for dK
         }
+      if (kAtomicDq) {
+        // This warp's 16 keys x BM queries of dS^T, in the 16-bit form the MMAs consume (the
+        // same rounding as the dK operand).
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int r = 0; r < 2; ++r)
+            *reinterpret_cast<uint32_t*>(sdS + (warp * 16 + g + r * 8) * Cfg::kDSStride + nt * 8 +
+                                         2 * c) =
+                Mma<T>::pack(dpt[0][nt][2 * r], dpt[0][nt][2 * r + 1]);
+      }
       gemm_regs_rows<1, NT, NO, D>(acc_dv, st, sdOs, col0, lane);
       gemm_regs_rows<1, NT, NO, D>(acc_dk, dpt, sQs, col0, lane);
-      __syncthreads();  // the next prefetch overwrites this stage
+      if (kAtomicDq) {
+        __syncthreads();  // every warp's dS^T rows are in sdS
+        // dQ[queries, col0 + slice] += dS K: A = dS (sdS read transposed), B = this block's K.
+        constexpr int NOQ = Cfg::kNOQ;
+        const int mrow = (warp % Cfg::kWarpsM) * 16;
+        const int qcol = col0 + (warp / Cfg::kWarpsM) * NOQ * 8;
+        float acc_dq[NOQ][4];
+#pragma unroll
+        for (int no = 0; no < NOQ; ++no)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc_dq[no][e] = 0.f;
+        gemm_tsmem_rows<BN, NOQ, Cfg::kDSStride, S>(acc_dq, sdS, mrow, sK, qcol, lane);
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int64_t i = m0 + mrow + g + r * 8;
+          if (i >= si.L_q) continue;  // padded query rows: dS is 0 there, nothing to add
+          float* row = dq_accum + row_stat_index(p, si, bi, hq, i) * d;
+#pragma unroll
+          for (int no = 0; no < NOQ; ++no) {
+            const int col = qcol + no * 8 + 2 * c;
+            if (col < d) atomic_add_pair(row + col, acc_dq[no][2 * r], acc_dq[no][2 * r + 1]);
+          }
+        }
+      }
+      __syncthreads();  // the next prefetch overwrites this stage (and the next dS^T this one)
     }
   }
 
@@ -352,6 +407,28 @@ __global__ void __launch_bounds__(Cfg::kThreads) bwd_dq_kernel(const AttnProblem
       const int col = no * 8 + 2 * c;
       if (col < d) store_pair(row + col, acc[0][no][2 * r] * f, acc[0][no][2 * r + 1] * f);
     }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. (atomic-dQ mode) dQ = scale * dq_accum in the output dtype: one warp per row of lse's layout
+//    that belongs to the sequence; rows past L_q (bshd/sbhd padding) get exact zeros.
+template <typename T>
+__global__ void __launch_bounds__(kDotWarps * 32) bwd_dq_convert_kernel(const AttnProblem p,
+                                                                        const float* dq_accum) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t bi = blockIdx.z, hq = blockIdx.y;
+  const int64_t i = int64_t(blockIdx.x) * kDotWarps + warp;
+  const SeqInfo si(p, bi);
+  if (i >= (p.thd ? si.L_q : p.s_q)) return;
+  const int d = int(p.d);
+  const bool valid = i < si.L_q;
+  const float f = float(p.scale);
+  const float* acc = dq_accum + row_stat_index(p, si, bi, hq, i) * d;
+  T* row = static_cast<T*>(p.grad_q) + si.q_offset(p.grad_q_st, bi, i, hq);
+  for (int col = lane * 2; col < d; col += 64) {
+    const float2 a = valid ? *reinterpret_cast<const float2*>(acc + col) : make_float2(0.f, 0.f);
+    store_pair(row + col, a.x * f, a.y * f);
   }
 }
 

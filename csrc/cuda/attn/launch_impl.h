@@ -87,6 +87,11 @@ void run_bwd(const AttnProblem& p) {
   }
   if (p.b == 0) return;
   float* dsum = static_cast<float*>(p.workspace);
+  // Without `deterministic`, dQ is accumulated by the dK/dV kernel with fp32 atomics.
+  const bool atomic_dq = !p.deterministic;
+  float* dq_accum = atomic_dq ? dsum + bwd_dq_accum_offset(p) : nullptr;
+  if (atomic_dq && p.s_q > 0)
+    PTE_CUDA_CHECK(cudaMemsetAsync(dq_accum, 0, bwd_dq_accum_elems(p) * sizeof(float), stream));
   if (p.s_q > 0) {
     const dim3 grid(unsigned(ceil_div(p.s_q, kDotWarps)), unsigned(p.h), unsigned(p.b));
     bwd_dot_kernel<T><<<grid, kDotWarps * 32, 0, stream>>>(p, dsum);
@@ -95,13 +100,21 @@ void run_bwd(const AttnProblem& p) {
   if (p.s_kv > 0) {
     const dim3 grid(unsigned(ceil_div(p.s_kv, KV::BN) * KV::kSplit), unsigned(p.h_kv),
                     unsigned(p.b));
-    constexpr int smem = KV::template smem_bytes<T>();
-    auto kernel = p.dropout > 0.f ? bwd_dkdv_kernel<KV, T, true> : bwd_dkdv_kernel<KV, T, false>;
+    const bool drop = p.dropout > 0.f;
+    auto kernel = atomic_dq ? (drop ? bwd_dkdv_kernel<KV, T, true, true>
+                                    : bwd_dkdv_kernel<KV, T, false, true>)
+                            : (drop ? bwd_dkdv_kernel<KV, T, true, false>
+                                    : bwd_dkdv_kernel<KV, T, false, false>);
+    const int smem = KV::template smem_bytes<T>(atomic_dq);
     set_smem(kernel, smem);
-    kernel<<<grid, KV::kThreads, smem, stream>>>(p, dsum);
+    kernel<<<grid, KV::kThreads, smem, stream>>>(p, dsum, dq_accum);
     PTE_CUDA_CHECK_LAUNCH();
   }
-  if (p.s_q > 0) {
+  if (p.s_q > 0 && atomic_dq) {
+    const dim3 grid(unsigned(ceil_div(p.s_q, kDotWarps)), unsigned(p.h), unsigned(p.b));
+    bwd_dq_convert_kernel<T><<<grid, kDotWarps * 32, 0, stream>>>(p, dq_accum);
+    PTE_CUDA_CHECK_LAUNCH();
+  } else if (p.s_q > 0) {
     const dim3 grid(unsigned(ceil_div(p.s_q, Q::BM)), unsigned(p.h), unsigned(p.b));
     constexpr int smem = Q::template smem_bytes<T>();
     auto kernel = p.dropout > 0.f ? bwd_dq_kernel<Q, T, true> : bwd_dq_kernel<Q, T, false>;

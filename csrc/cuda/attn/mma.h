@@ -72,6 +72,14 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
                : "r"(smem_addr(p)));
 }
 
+// Two 8x8 b16 matrices, transposed; lanes 0-15 supply the row addresses (lanes 16-31 are
+// ignored but must still form valid addresses).
+__device__ __forceinline__ void ldmatrix_x2_trans(uint32_t (&r)[2], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
+               : "=r"(r[0]), "=r"(r[1])
+               : "r"(smem_addr(p)));
+}
+
 // 16-byte global -> shared copy that bypasses L1; when !pred the destination is zero-filled and
 // nothing is read (src must still be a valid address expression, so callers pass the base).
 __device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool pred) {

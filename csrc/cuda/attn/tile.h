@@ -100,6 +100,48 @@ __device__ __forceinline__ void gemm_regs_rows(float (&acc)[MT][NO][4], const fl
   }
 }
 
+// acc[no] += A[a_row0 .. +16, 0:KR] * B[0:KR, col0 + 0:8*NO] with both operands in smem and
+// A stored transposed (sAt[k][m], row stride SA; read with ldmatrix.trans), B stored with the
+// reduction index as rows (row stride SB): dQ = dS K from dS^T staged by the dK/dV kernel.
+// NO may be odd (head dims 160 and 224 split into slices of 5 and 7 n-tiles).
+template <int KR, int NO, int SA, int SB, typename T>
+__device__ __forceinline__ void gemm_tsmem_rows(float (&acc)[NO][4], const T* sAt, int a_row0,
+                                                const T* sB, int col0, int lane) {
+  static_assert(KR % 16 == 0, "reduction in k16 steps");
+  const int mi = lane / 8, r8 = lane % 8;
+#pragma unroll
+  for (int kk = 0; kk < KR / 16; ++kk) {
+    // Matrix mi of the A fragment is (m half mi & 1, k half mi >> 1); stored as [k][m].
+    uint32_t a[4];
+    ldmatrix_x4_trans(a, sAt + (kk * 16 + (mi >> 1) * 8 + r8) * SA + a_row0 + (mi & 1) * 8);
+#pragma unroll
+    for (int dn = 0; dn < NO / 2; ++dn) {
+      uint32_t b[4];
+      ldmatrix_x4_trans(b,
+                        sB + (kk * 16 + (mi & 1) * 8 + r8) * SB + col0 + dn * 16 + (mi >> 1) * 8);
+      Mma<T>::run(acc[2 * dn], a, b[0], b[1]);
+      Mma<T>::run(acc[2 * dn + 1], a, b[2], b[3]);
+    }
+    if (NO % 2 == 1) {
+      uint32_t b[2];
+      ldmatrix_x2_trans(b, sB + (kk * 16 + (mi & 1) * 8 + r8) * SB + col0 + (NO - 1) * 8);
+      Mma<T>::run(acc[NO - 1], a, b[0], b[1]);
+    }
+  }
+}
+
+// dst[0..1] += (a, b) in fp32 global memory (8-byte aligned): one vector reduction on sm_90,
+// two scalar ones before.
+__device__ __forceinline__ void atomic_add_pair(float* dst, float a, float b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // red (no return value), not atom: nothing waits for the old value.
+  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(dst), "f"(a), "f"(b) : "memory");
+#else
+  atomicAdd(dst, a);
+  atomicAdd(dst + 1, b);
+#endif
+}
+
 // Store one accumulator row segment (2 columns) of a 16-bit tensor.
 template <typename T>
 __device__ __forceinline__ void store_pair(T* dst, float a, float b) {
