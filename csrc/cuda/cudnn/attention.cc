@@ -23,7 +23,10 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
+#include <cstdio>
+#include <cstdlib>
 #include <cmath>
 #include <cstring>
 #include <list>
@@ -125,8 +128,36 @@ std::string make_key(const AttnProblem& p, const Plan& pl) {
 struct Entry {
   std::shared_ptr<fe::graph::Graph> graph;  // null when the build failed
   std::string error;
-  int64_t workspace = 0;
+  int64_t workspace = 0;  // the largest cuDNN workspace of the plans below
+  // Executable plan indices, cuDNN's heuristic choice first; more than one only when the graph is
+  // autotuned (see tune_plan). `chosen` is the plan every call runs once tuning is done.
+  std::vector<int64_t> plans;
+  std::string desc;  // for PTE_CUDNN_DEBUG
+  mutable std::mutex tune_mu;
+  mutable std::atomic<int64_t> chosen{-1};
 };
+
+// PTE_CUDNN_AUTOTUNE=1 turns on the one-time plan autotuning (off by default: cuDNN's heuristic
+// choice runs, as in torch; on 2026-11-25 on an H100 the heuristic choice was the fastest plan of
+// every case timed, docs/performance.md). PTE_CUDNN_DEBUG=1 prints the plans of each graph built
+// (and the tuning times) to stderr.
+bool env_flag(const char* name, bool dflt) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == 0) return dflt;
+  return !(v[0] == '0' && v[1] == 0);
+}
+bool autotune_on() {
+  static const bool on = env_flag("PTE_CUDNN_AUTOTUNE", false);
+  return on;
+}
+bool debug_on() {
+  static const bool on = env_flag("PTE_CUDNN_DEBUG", false);
+  return on;
+}
+// At most this many plans are built and timed per graph (each build may compile a kernel).
+constexpr size_t kMaxTunePlans = 4;
+// A plan needing more cuDNN workspace than this (and than the heuristic choice) is not a candidate.
+constexpr int64_t kTuneWorkspaceCap = int64_t(256) << 20;
 
 fe::DataType_t io_type(pte_dtype_t t) {
   return t == PTE_BFLOAT16 ? fe::DataType_t::BFLOAT16 : fe::DataType_t::HALF;
@@ -338,15 +369,63 @@ GraphCache& cache() {
   return *c;
 }
 
+// After the heuristic build (only cuDNN's first choice is built): when autotuning, also build
+// the next few engine configs the heuristics listed, keeping those that build and whose workspace
+// is acceptable. The graph's workspace becomes the largest of them, so any plan can run in it.
+// Dropout graphs are not tuned (the fwd and bwd must keep cuDNN's paired choice).
+void collect_plans(const AttnProblem& p, const Plan& pl, Entry& e) {
+  const fe::graph::Graph& g = *e.graph;
+  const int64_t n = g.get_execution_plan_count();
+  int64_t cand = -1;
+  for (int64_t i = 0; i < n && cand < 0; ++i) {
+    int64_t w = 0;
+    if (g.get_workspace_size_plan_at_index(i, w).is_good()) cand = i;  // the only built plan
+  }
+  if (cand >= 0) e.plans.push_back(cand);
+  const bool tune = autotune_on() && p.dropout <= 0.f && cand >= 0;
+  if (tune) {
+    const int64_t cap = std::max(e.workspace, kTuneWorkspaceCap);
+    for (int64_t i = 0; i < n && e.plans.size() < kMaxTunePlans; ++i) {
+      if (i == cand) continue;
+      int64_t w = 0;
+      if (!e.graph->build_plan_at_index(handle_for(p.device_id), i).is_good()) continue;
+      if (!g.get_workspace_size_plan_at_index(i, w).is_good() || w > cap) continue;
+      e.plans.push_back(i);
+      e.workspace = std::max(e.workspace, w);
+    }
+  }
+  if (e.plans.size() <= 1) e.chosen.store(cand);
+  if (debug_on()) {
+    e.desc = str(pl.backward ? "bwd" : "fwd", " b=", p.b, " h=", p.h, "/", p.h_kv, " s=", p.s_q,
+                 "/", p.s_kv, " d=", p.d, " thd=", p.thd, " pad=", pl.padding, " bounds=",
+                 pl.left_bound, "/", pl.right_bound, " dropout=", p.dropout);
+    std::string names;
+    for (int64_t i : e.plans) {
+      std::string nm;
+      int64_t w = 0;
+      (void)g.get_plan_name_at_index(i, nm);
+      (void)g.get_workspace_size_plan_at_index(i, w);
+      names += str(" [", i, "] ", nm, " ws=", w, ";");
+    }
+    std::fprintf(stderr, "[pte cudnn] built %s: %lld engine configs, heuristic choice [%lld]; "
+                 "plans:%s\n", e.desc.c_str(), (long long)n, (long long)cand, names.c_str());
+  }
+}
+
 std::shared_ptr<const Entry> build(const AttnProblem& p, const Plan& pl) {
   auto e = std::make_shared<Entry>();
   try {
     Builder b(p, pl);
     auto g = pl.backward ? b.backward() : b.forward();
-    fe::error_t st = g->build(handle_for(p.device_id), {fe::HeurMode_t::A, fe::HeurMode_t::FALLBACK});
+    cudnnHandle_t h = handle_for(p.device_id);
+    fe::error_t st = g->build(h, {fe::HeurMode_t::A, fe::HeurMode_t::FALLBACK});
     if (st.is_good()) st = g->get_workspace_size(e->workspace);
-    if (st.is_good()) e->graph = g;
-    else e->error = "cuDNN cannot run this call: " + st.get_message();
+    if (st.is_good()) {
+      e->graph = g;
+      collect_plans(p, pl, *e);
+    } else {
+      e->error = "cuDNN cannot run this call: " + st.get_message();
+    }
   } catch (const Error&) {
     throw;
   } catch (const std::exception& ex) {
@@ -491,6 +570,67 @@ void add_lengths(const AttnProblem& p, const Plan& pl, const Layout& l,
   }
 }
 
+// One-time autotuning of a graph with several plans, on its first call outside CUDA-graph
+// capture: each plan runs on the call's stream with the call's buffers and workspace (every plan
+// computes the same outputs from the same inputs; the chosen plan runs the call afterwards), timed
+// with CUDA events (best of 2 rounds of 3 runs after a warm-up). A plan replaces cuDNN's heuristic
+// choice only when it is over 3% faster. Returns the plan to run, -1 for the heuristic choice.
+int64_t tune_plan(const AttnProblem& p, const Entry& e, cudnnHandle_t h,
+                  const std::unordered_map<int64_t, void*>& pack) {
+  std::lock_guard<std::mutex> lock(e.tune_mu);
+  int64_t done = e.chosen.load();
+  if (done >= 0) return done;
+  cudaStream_t s = cudaStream_t(p.stream);
+  cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(s, &cs) != cudaSuccess || cs != cudaStreamCaptureStatusNone) {
+    cudaGetLastError();
+    return -1;  // not now: tune on a later call
+  }
+  cudaEvent_t a = nullptr, b = nullptr;
+  if (cudaEventCreate(&a) != cudaSuccess || cudaEventCreate(&b) != cudaSuccess) {
+    cudaGetLastError();
+    if (a) cudaEventDestroy(a);
+    return -1;
+  }
+  auto run = [&](int64_t i) {
+    std::unordered_map<int64_t, void*> pk = pack;  // execute() adds to the map: a fresh copy
+    return e.graph->execute_plan_at_index(h, pk, p.workspace, i).is_good();
+  };
+  const size_t n = e.plans.size();
+  std::vector<float> best(n, INFINITY);
+  for (int round = 0; round < 2; ++round) {
+    for (size_t j = 0; j < n; ++j) {
+      const int64_t i = e.plans[j];
+      if (round == 0 && !run(i)) continue;  // warm-up; a plan that fails is never chosen
+      if (round > 0 && std::isinf(best[j])) continue;
+      bool ok = cudaEventRecord(a, s) == cudaSuccess;
+      for (int r = 0; r < 3 && ok; ++r) ok = run(i);
+      ok = ok && cudaEventRecord(b, s) == cudaSuccess && cudaEventSynchronize(b) == cudaSuccess;
+      float ms = 0.f;
+      if (ok && cudaEventElapsedTime(&ms, a, b) == cudaSuccess) best[j] = std::min(best[j], ms / 3);
+      cudaGetLastError();
+    }
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  size_t pick = 0;
+  for (size_t j = 1; j < n; ++j)
+    if (best[j] < best[pick]) pick = j;
+  if (!(best[pick] < best[0] * 0.97f)) pick = 0;
+  if (debug_on()) {
+    std::string t;
+    for (size_t j = 0; j < n; ++j) {
+      std::string nm;
+      (void)e.graph->get_plan_name_at_index(e.plans[j], nm);
+      t += str(" [", e.plans[j], "] ", nm, " ", best[j], " ms;");
+    }
+    std::fprintf(stderr, "[pte cudnn] tuned %s:%s chose [%lld]\n", e.desc.c_str(), t.c_str(),
+                 (long long)e.plans[pick]);
+  }
+  e.chosen.store(e.plans[pick]);
+  return e.plans[pick];
+}
+
 void execute(const AttnProblem& p, const Entry& e, std::unordered_map<int64_t, void*>& pack) {
   cudnnHandle_t h = handle_for(p.device_id);
   cudnnStatus_t st = fe::detail::set_stream(h, cudaStream_t(p.stream));
@@ -498,7 +638,10 @@ void execute(const AttnProblem& p, const Entry& e, std::unordered_map<int64_t, v
     throw Error(PTE_ERROR_CUDA, str("cudnnSetStream failed: ", fe::detail::get_error_string(st)));
   fe::error_t r;
   try {
-    r = e.graph->execute(h, pack, p.workspace);
+    int64_t plan = e.chosen.load();
+    if (plan < 0 && e.plans.size() > 1) plan = tune_plan(p, e, h, pack);
+    r = plan >= 0 ? e.graph->execute_plan_at_index(h, pack, p.workspace, plan)
+                  : e.graph->execute(h, pack, p.workspace);
   } catch (const std::exception& ex) {
     throw Error(PTE_ERROR_CUDA, str("cuDNN SDPA execution failed: ", ex.what()));
   }
