@@ -14,6 +14,7 @@ __all__ = [
     "MASK_TYPES",
     "CAUSAL_MASK_TYPES",
     "PADDING_MASK_TYPES",
+    "BOTTOM_RIGHT_MASK_TYPES",
     "check_mask_type",
     "check_set_window_size",
     "is_causal",
@@ -44,6 +45,9 @@ CAUSAL_MASK_TYPES = (
 
 #: Types that take per-sequence lengths (cu_seqlens, or a padding mask in the layers).
 PADDING_MASK_TYPES = ("padding", "padding_causal", "padding_causal_bottom_right")
+
+#: Types aligned to the bottom-right corner (``delta = L_k - L_q``).
+BOTTOM_RIGHT_MASK_TYPES = ("causal_bottom_right", "padding_causal_bottom_right")
 
 # padding counterpart <-> plain type
 _WITH_PADDING = {
@@ -85,7 +89,7 @@ def is_padding(attn_mask_type):
 
 def is_bottom_right(attn_mask_type):
     """True when the window is aligned to the bottom-right corner (``delta = L_k - L_q``)."""
-    return check_mask_type(attn_mask_type).endswith("bottom_right")
+    return check_mask_type(attn_mask_type) in BOTTOM_RIGHT_MASK_TYPES
 
 
 def with_padding(attn_mask_type):

@@ -13,21 +13,8 @@ import paddle
 import paddle.nn.functional as F
 
 from .. import ops
+from ..masks import BOTTOM_RIGHT_MASK_TYPES, CAUSAL_MASK_TYPES
 
-# The mask types of SPEC §2, grouped by what they imply.
-MASK_TYPES = (
-    "no_mask",
-    "padding",
-    "causal",
-    "padding_causal",
-    "causal_bottom_right",
-    "padding_causal_bottom_right",
-    "arbitrary",
-)
-PADDING_TYPES = ("padding", "padding_causal", "padding_causal_bottom_right")
-CAUSAL_TYPES = ("causal", "padding_causal", "causal_bottom_right", "padding_causal_bottom_right")
-BOTTOM_RIGHT_TYPES = ("causal_bottom_right", "padding_causal_bottom_right")
-QKV_FORMATS = ("bshd", "sbhd", "thd")
 
 _INT_DTYPES = (paddle.int8, paddle.int16, paddle.int32, paddle.int64, paddle.uint8)
 _FLOAT_DTYPES = (paddle.float16, paddle.bfloat16, paddle.float32, paddle.float64)
@@ -138,8 +125,8 @@ def type_rule(s_q, s_kv, window, mask_type, len_q=None, len_kv=None):
     """(masked, causal) for the unfused path: a plain causal type (no window, no lengths) maps to
     the dedicated causal softmax kernels (`causal` = "top_left"/"bottom_right", masked None);
     anything else to an explicit mask from `window_mask` (or None)."""
-    bottom_right = mask_type in BOTTOM_RIGHT_TYPES
-    if mask_type in CAUSAL_TYPES and tuple(window) == (-1, 0) and not given(len_q):
+    bottom_right = mask_type in BOTTOM_RIGHT_MASK_TYPES
+    if mask_type in CAUSAL_MASK_TYPES and tuple(window) == (-1, 0) and not given(len_q):
         return None, ("bottom_right" if bottom_right else "top_left")
     return window_mask(s_q, s_kv, window, bottom_right, len_q, len_kv), None
 

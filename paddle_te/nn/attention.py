@@ -6,9 +6,10 @@ import paddle
 from paddle import nn
 
 from .. import ops
-from ..masks import check_set_window_size
+from ..masks import BOTTOM_RIGHT_MASK_TYPES, PADDING_MASK_TYPES, check_set_window_size
+from ..ops import QKV_FORMATS
 from . import _core
-from ._core import BOTTOM_RIGHT_TYPES, PADDING_TYPES, QKV_FORMATS, given
+from ._core import given
 
 
 class DotProductAttention(nn.Layer):
@@ -136,7 +137,7 @@ class DotProductAttention(nn.Layer):
                 raise ValueError(
                     "attention_mask with qkv_format='thd': thd takes cu_seqlens_q/cu_seqlens_kv"
                 )
-            if mask_type in PADDING_TYPES:
+            if mask_type in PADDING_MASK_TYPES:
                 mask_q, mask_kv = self._check_padding_mask(attention_mask)
             elif mask_type == "arbitrary":
                 arbitrary_mask = self._check_arbitrary_mask(attention_mask)
@@ -200,12 +201,12 @@ class DotProductAttention(nn.Layer):
             )
 
         # Unfused path: arbitrary mask and/or bias (bshd/sbhd only).
-        if mask_type in PADDING_TYPES and not given(cu_q):
+        if mask_type in PADDING_MASK_TYPES and not given(cu_q):
             raise ValueError(
                 f"attn_mask_type={mask_type!r} needs a padding attention_mask or cu_seqlens_q/"
                 f"cu_seqlens_kv"
             )
-        if mask_type not in PADDING_TYPES and has_cu:
+        if mask_type not in PADDING_MASK_TYPES and has_cu:
             raise ValueError(
                 f"cu_seqlens_q/cu_seqlens_kv with attn_mask_type={mask_type!r}: only 'padding*' "
                 f"types take sequence lengths"
@@ -219,7 +220,7 @@ class DotProductAttention(nn.Layer):
         masked, causal = _core.type_rule(s_q, s_kv, self.window_size, mask_type, len_q, len_kv)
         if given(arbitrary_mask):
             masked = _core.or_masks(
-                _core.window_mask(s_q, s_kv, self.window_size, mask_type in BOTTOM_RIGHT_TYPES),
+                _core.window_mask(s_q, s_kv, self.window_size, mask_type in BOTTOM_RIGHT_MASK_TYPES),
                 arbitrary_mask,
             )
             causal = None

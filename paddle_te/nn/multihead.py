@@ -10,9 +10,14 @@ one (True = masked out) here, at the boundary.
 import paddle
 
 from .. import ops
-from ..masks import check_set_window_size
+from ..masks import (
+    BOTTOM_RIGHT_MASK_TYPES,
+    MASK_TYPES,
+    PADDING_MASK_TYPES,
+    check_set_window_size,
+)
 from . import _core
-from ._core import BOTTOM_RIGHT_TYPES, MASK_TYPES, PADDING_TYPES, given
+from ._core import given
 
 # A float mask element at or below this counts as masked out: it covers -inf and the -1e9 that
 # Paddle's own bool/int -> float conversion (used by paddle.nn.Transformer*) writes. Any such
@@ -187,7 +192,7 @@ class MultiHeadAttention(paddle.nn.MultiHeadAttention):
         mask_type = "no_mask" if hint in (None, "arbitrary") else hint
         cu_q = cu_kv = None
         max_q = max_kv = None
-        if mask_type in PADDING_TYPES:
+        if mask_type in PADDING_MASK_TYPES:
             if not given(attn_mask):
                 # No mask: nothing is padded.
                 mask_type = {
@@ -251,7 +256,7 @@ class MultiHeadAttention(paddle.nn.MultiHeadAttention):
                                        mask_type)
         if given(masked):
             rule = _core.window_mask(_core.dim(q, 2), _core.dim(k, 2), self.window_size,
-                                     mask_type in BOTTOM_RIGHT_TYPES)
+                                     mask_type in BOTTOM_RIGHT_MASK_TYPES)
             causal = None
         masked = _core.or_masks(masked, rule)
         out, probs = _core.unfused_attention_bhsd(
