@@ -25,6 +25,8 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+from core_import import import_core  # noqa: E402
 
 # PERFORMANCE.md (H100 SXM, torch 2.11 + cuDNN 9.19, 2026-11-25): cuDNN times where SDPA has no
 # form of the case, in ms (fwd, bwd).
@@ -36,10 +38,7 @@ RECORDED_CUDNN_MS = {
 
 
 def load_core():
-    for d in (os.environ.get("PTE_CORE_DIR"), os.path.join(ROOT, "build", "python")):
-        if d and os.path.isdir(d) and d not in sys.path:
-            sys.path.insert(0, d)
-    import paddle_te_core
+    paddle_te_core = import_core()
 
     return paddle_te_core
 

@@ -20,7 +20,6 @@ Prints a table of ratios last; --csv writes every measurement.
 
 import argparse
 import csv
-import glob
 import os
 import statistics
 import sys
@@ -29,14 +28,11 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
+from core_import import import_core  # noqa: E402
 
 
 def load_core():
-    for d in (os.environ.get("PTE_CORE_DIR"), os.path.join(ROOT, "build", "python")):
-        if d and glob.glob(os.path.join(d, "paddle_te_core*.so")):
-            sys.path.insert(0, d)
-            break
-    import paddle_te_core
+    paddle_te_core = import_core()
 
     if not paddle_te_core.with_cuda:
         sys.exit("paddle_te_core was built without CUDA")

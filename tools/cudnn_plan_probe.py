@@ -25,13 +25,12 @@ import time
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+from core_import import import_core  # noqa: E402
 
 
 def load_core():
-    for d in (os.environ.get("PTE_CORE_DIR"), os.path.join(ROOT, "build", "python")):
-        if d and os.path.isdir(d) and d not in sys.path:
-            sys.path.insert(0, d)
-    import paddle_te_core
+    paddle_te_core = import_core()
 
     return paddle_te_core
 

@@ -14,7 +14,6 @@ To add cases, append a function to CASES; `--only NAME` runs the cases whose nam
 """
 
 import argparse
-import glob
 import os
 import sys
 
@@ -22,15 +21,12 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
+from core_import import import_core  # noqa: E402
 import reference as ref  # noqa: E402  (the one oracle)
 
 
 def load_core():
-    for d in (os.environ.get("PTE_CORE_DIR"), os.path.join(ROOT, "build", "python")):
-        if d and glob.glob(os.path.join(d, "paddle_te_core*.so")):
-            sys.path.insert(0, d)
-            break
-    import paddle_te_core
+    paddle_te_core = import_core()
 
     return paddle_te_core
 

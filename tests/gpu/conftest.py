@@ -8,8 +8,6 @@ Habits (STYLE 1-2): compare with tests/reference.py (float64), fresh random unit
 outputs poisoned with NaN before each call, FlashAttention's tolerance rule.
 """
 
-import glob
-import importlib
 import os
 import sys
 
@@ -22,18 +20,13 @@ _ROOT = os.path.dirname(_TESTS)
 for p in (_TESTS,):
     if p not in sys.path:
         sys.path.insert(0, p)
+from core_import import import_core  # noqa: E402
 
 
 def _load_core():
     """The CUDA build of paddle_te_core, or the reason it cannot be used."""
-    dirs = [os.environ.get("PTE_CORE_DIR"), os.path.join(_ROOT, "build", "python")]
-    for d in dirs:
-        if d and glob.glob(os.path.join(d, "paddle_te_core*.so")):
-            if d not in sys.path:
-                sys.path.insert(0, d)
-            break
     try:
-        core = importlib.import_module("paddle_te_core")
+        core = import_core()
     except ImportError as e:
         return None, f"paddle_te_core not importable ({e}); build it with cmake"
     if not getattr(core, "with_cuda", False):
