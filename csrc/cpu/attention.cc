@@ -371,10 +371,15 @@ void fwd_block(const AttnProblem& p, int64_t bi, int64_t hq, int64_t i0, Work<T>
   }
 }
 
+// Threads for one attention pass: its work is about b*h*s_q*s_kv*(d + d_v) multiply-adds.
+int attn_threads(const AttnProblem& p) {
+  return threads_for(double(p.b) * p.h * p.s_q * p.s_kv * double(p.d + p.d_v));
+}
+
 // Runs fwd_block over every (bi, hq, query block); lse_stats as in fwd_block.
 template <class T>
 void fwd_all_blocks(const AttnProblem& p, T* lse_stats) {
-  const int nt = threads_for(double(p.b) * p.h * p.s_q * p.s_kv * double(p.d + p.d_v));
+  const int nt = attn_threads(p);
   std::vector<Work<T>> work(nt, Work<T>(p, /*backward=*/false));
   const int64_t nqb = ceil_div(p.s_q, kBlockM);
   const int64_t tasks = p.b * p.h * nqb;
@@ -534,7 +539,7 @@ void dq_block(const AttnProblem& p, int64_t bi, int64_t hq, int64_t i0, const T*
 
 template <class T>
 void attn_bwd_impl(const AttnProblem& p) {
-  const int nt = threads_for(double(p.b) * p.h * p.s_q * p.s_kv * double(p.d + p.d_v));
+  const int nt = attn_threads(p);
   const int64_t lse_space = p.thd ? p.h * p.t_q : p.b * p.h * p.s_q;
 
   // Row statistics in T. float32 uses the forward's lse as is; float64 recomputes it in double,
