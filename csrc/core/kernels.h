@@ -56,6 +56,8 @@ void mask_to_cu_seqlens(const SeqlensProblem& p);
 // Compute capability (major*10+minor) of device_id (-1 = the current device); throws
 // pte::Error(PTE_ERROR_CUDA) when there is no usable device.
 int device_arch(int device_id);
+// Largest dynamic shared memory a block of device_id may opt in to, in bytes (cached per device).
+int max_smem_optin(int device_id);
 }  // namespace cuda
 
 #endif

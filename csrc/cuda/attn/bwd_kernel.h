@@ -273,6 +273,227 @@ __global__ void __launch_bounds__(Cfg::kThreads) bwd_dkdv_kernel(const AttnProbl
 }
 
 // ---------------------------------------------------------------------------------------------
+// 2b. dK, dV (and, in atomic-dQ mode, dQ) with FlashAttention-2's 2-D warp tiling, the default
+//     for head dims up to 128. A block owns BN keys and walks BM-query steps with NW warps, like
+//     kernel 2, but each product of a step is split over the warps in two dimensions, so every
+//     fragment a warp loads from shared memory feeds several MMAs:
+//       S = Q K^T, dP = dO V^T     [BM x BN]: kSdPWarpsM x (NW / kSdPWarpsM) warp tiles;
+//       dV += P^T dO, dK += dS^T Q [BN x D]:  kKVWarpsN x (NW / kKVWarpsN);
+//       dQ = dS K (atomic mode)    [BM x D]:  kdQWarpsM x (NW / kdQWarpsM).
+//     P (dropped, for dV) and dS pass through shared memory in 16-bit form, [BM][BN + 8] each.
+//     Two barriers per step: after the Q/dO stage lands, and after P and dS are staged.
+template <int D_, int BN_, int BM_, int NW_, int kSdPWarpsM_, int kKVWarpsN_, int kdQWarpsM_>
+struct BwdTiledConfig {
+  static constexpr int D = D_, BN = BN_, BM = BM_, NW = NW_, kThreads = NW * 32;
+  static constexpr int kSdPWarpsM = kSdPWarpsM_, kKVWarpsN = kKVWarpsN_, kdQWarpsM = kdQWarpsM_;
+  // Warp tile of each product: rows x columns.
+  static constexpr int kSdPRows = BM / kSdPWarpsM, kSdPCols = BN / (NW / kSdPWarpsM);
+  static constexpr int kKVRows = BN / kKVWarpsN, kKVCols = D / (NW / kKVWarpsN);
+  static constexpr int kdQRows = BM / kdQWarpsM, kdQCols = D / (NW / kdQWarpsM);
+  static_assert(kSdPRows % 16 == 0 && kKVRows % 16 == 0 && kdQRows % 16 == 0, "m16 row tiles");
+  static_assert(kSdPCols % 16 == 0 && kKVCols % 16 == 0 && kdQCols % 16 == 0, "n8 tile pairs");
+  static_assert(NW % kSdPWarpsM == 0 && NW % kKVWarpsN == 0 && NW % kdQWarpsM == 0, "warp grid");
+  static constexpr int kPStride = BN + 8;  // P, dS rows: 16-byte pad, conflict-free as in TileGeom
+  template <typename T>
+  static constexpr int smem_bytes() {
+    return (2 * BN + 4 * BM) * TileGeom<D>::kStride * int(sizeof(T)) +  // K, V, 2 x (Q, dO)
+           2 * 2 * BM * int(sizeof(float)) +                          // 2 x (lse, Dsum)
+           2 * BM * kPStride * int(sizeof(T));                         // P, dS
+  }
+};
+
+template <typename Cfg, typename T, bool kDropout, bool kAtomicDq>
+__global__ void __launch_bounds__(Cfg::kThreads) bwd_tiled_kernel(const AttnProblem p,
+                                                                  const float* dsum,
+                                                                  float* dq_accum) {
+  constexpr int D = Cfg::D, BN = Cfg::BN, BM = Cfg::BM, kThreads = Cfg::kThreads;
+  constexpr int S = TileGeom<D>::kStride, SP = Cfg::kPStride;
+  constexpr int MT = Cfg::kSdPRows / 16, NT = Cfg::kSdPCols / 8;  // S, dP fragments
+  constexpr int KT = Cfg::kKVRows / 16, KO = Cfg::kKVCols / 8;    // dK, dV fragments
+  constexpr int QT = Cfg::kdQRows / 16, QO = Cfg::kdQCols / 8;    // dQ fragments
+
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sK = reinterpret_cast<T*>(smem_raw);  // [BN][S]
+  T* sV = sK + BN * S;                      // [BN][S]
+  T* sQ = sV + BN * S;                      // [2][BM][S]
+  T* sdO = sQ + 2 * BM * S;                 // [2][BM][S]
+  float* sL = reinterpret_cast<float*>(sdO + 2 * BM * S);  // [2][BM] lse
+  float* sD = sL + 2 * BM;                                 // [2][BM] Dsum
+  T* sP = reinterpret_cast<T*>(sD + 2 * BM);               // [BM][SP] dropped P
+  T* sdS = sP + BM * SP;                                   // [BM][SP] dS
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, c = lane % 4;
+  const int64_t bi = blockIdx.z, hk = blockIdx.y;
+  const int64_t n0 = int64_t(blockIdx.x) * BN;
+  const int d = int(p.d);
+  const SeqInfo si(p, bi);
+  if (p.thd && n0 >= si.L_kv) return;
+  const Mask mask(p, si);
+  const int64_t group = p.h / p.h_kv;
+  const float scale_log2 = p.scale * kLog2e;
+  // This warp's tile origin in each product.
+  const int sdp_row = (warp % Cfg::kSdPWarpsM) * Cfg::kSdPRows;
+  const int sdp_col = (warp / Cfg::kSdPWarpsM) * Cfg::kSdPCols;
+  const int kv_row = (warp % Cfg::kKVWarpsN) * Cfg::kKVRows;
+  const int kv_col = (warp / Cfg::kKVWarpsN) * Cfg::kKVCols;
+  const int dq_row = (warp % Cfg::kdQWarpsM) * Cfg::kdQRows;
+  const int dq_col = (warp / Cfg::kdQWarpsM) * Cfg::kdQCols;
+
+  float acc_dk[KT][KO][4], acc_dv[KT][KO][4];
+#pragma unroll
+  for (int kt = 0; kt < KT; ++kt)
+#pragma unroll
+    for (int ko = 0; ko < KO; ++ko)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc_dk[kt][ko][e] = acc_dv[kt][ko][e] = 0.f;
+
+  int64_t q_lo, q_hi;
+  mask.query_range(n0, n0 + BN, &q_lo, &q_hi);
+  const int64_t m_first = q_lo / BM;
+  const int64_t n_q = q_hi >= q_lo ? q_hi / BM - m_first + 1 : 0;
+  const int64_t total = n_q * group;
+
+  if (total > 0) {
+    const T* q = static_cast<const T*>(p.q);
+    const T* k = static_cast<const T*>(p.k);
+    const T* v = static_cast<const T*>(p.v);
+    const T* dout = static_cast<const T*>(p.grad_out);
+    load_tile<BN, D, kThreads>(sK, k + si.kv_offset(p.k_st, bi, n0, hk), p.k_st.seq,
+                               si.L_kv - n0, d, k, tid);
+    load_tile<BN, D, kThreads>(sV, v + si.kv_offset(p.v_st, bi, n0, hk), p.v_st.seq,
+                               si.L_kv - n0, d, v, tid);
+    auto prefetch = [&](int stage, int64_t it) {
+      const int64_t hq = hk * group + it / n_q;
+      const int64_t m0 = (m_first + it % n_q) * BM;
+      load_tile<BM, D, kThreads>(sQ + stage * BM * S, q + si.q_offset(p.q_st, bi, m0, hq),
+                                 p.q_st.seq, si.L_q - m0, d, q, tid);
+      load_tile<BM, D, kThreads>(sdO + stage * BM * S,
+                                 dout + si.q_offset(p.grad_out_st, bi, m0, hq), p.grad_out_st.seq,
+                                 si.L_q - m0, d, dout, tid);
+      for (int r = tid; r < BM; r += kThreads) {
+        const int64_t i = m0 + r;
+        const bool ok = i < si.L_q;
+        const int64_t idx = ok ? row_stat_index(p, si, bi, hq, i) : 0;
+        cp_async_4(sL + stage * BM + r, p.lse + idx, ok);
+        cp_async_4(sD + stage * BM + r, dsum + idx, ok);
+      }
+    };
+    prefetch(0, 0);
+    cp_async_commit();
+
+    Dropout drop(p, bi);
+    for (int64_t it = 0; it < total; ++it) {
+      const int stage = int(it & 1);
+      const int64_t hq = hk * group + it / n_q;
+      const int64_t m0 = (m_first + it % n_q) * BM;
+      // This step's Q/dO stage has landed and every warp is done with the previous step (its
+      // stage, P and dS), so the next stage can be fetched while this one is computed.
+      cp_async_wait<0>();
+      __syncthreads();
+      if (it + 1 < total) prefetch(stage ^ 1, it + 1);
+      cp_async_commit();
+      const T* sQs = sQ + stage * BM * S;
+      const T* sdOs = sdO + stage * BM * S;
+      const float* sLs = sL + stage * BM;
+      const float* sDs = sD + stage * BM;
+
+      float s[MT][NT][4], dp[MT][NT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[mt][nt][e] = dp[mt][nt][e] = 0.f;
+      gemm_rows_rows<MT, NT, D>(s, sQs, sdp_row, sK + sdp_col * S, lane);
+      gemm_rows_rows<MT, NT, D>(dp, sdOs, sdp_row, sV + sdp_col * S, lane);
+
+      const bool full = mask.tile_full(m0, m0 + BM, n0, n0 + BN);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int il = sdp_row + mt * 16 + g + r * 8;  // query inside the tile
+          const int64_t i = m0 + il;
+          const float lse_log2 = sLs[il] * kLog2e, dsum_i = sDs[il];
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) {
+            const int jl = sdp_col + nt * 8 + 2 * c;  // key inside the tile (even)
+            const int64_t j = n0 + jl;
+            bool keep[2] = {true, true};
+            if (kDropout) drop.keep_pair(hq, i, j, &keep[0], &keep[1]);
+            float pd[2], ds[2];
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const bool vis = full || mask.visible(i, j + e);
+              // A select, not a product: rows without keys have lse = -inf.
+              const float pv = vis ? recompute_p(s[mt][nt][2 * r + e], scale_log2, lse_log2) : 0.f;
+              float dpv = dp[mt][nt][2 * r + e];
+              pd[e] = pv;
+              if (kDropout) {
+                dpv = keep[e] ? dpv * drop.scale : 0.f;
+                pd[e] = keep[e] ? pv * drop.scale : 0.f;
+              }
+              ds[e] = pv * (dpv - dsum_i);
+            }
+            *reinterpret_cast<uint32_t*>(sP + il * SP + jl) = Mma<T>::pack(pd[0], pd[1]);
+            *reinterpret_cast<uint32_t*>(sdS + il * SP + jl) = Mma<T>::pack(ds[0], ds[1]);
+          }
+        }
+      __syncthreads();  // P and dS of every warp are staged
+
+      gemm_smem_kn<KT, KO, BM, true, SP, S>(acc_dv, sP, kv_row, sdOs, kv_col, lane);
+      gemm_smem_kn<KT, KO, BM, true, SP, S>(acc_dk, sdS, kv_row, sQs, kv_col, lane);
+      if (kAtomicDq) {
+        float acc_dq[QT][QO][4];
+#pragma unroll
+        for (int qt = 0; qt < QT; ++qt)
+#pragma unroll
+          for (int qo = 0; qo < QO; ++qo)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc_dq[qt][qo][e] = 0.f;
+        gemm_smem_kn<QT, QO, BN, false, SP, S>(acc_dq, sdS, dq_row, sK, dq_col, lane);
+#pragma unroll
+        for (int qt = 0; qt < QT; ++qt)
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            const int64_t i = m0 + dq_row + qt * 16 + g + r * 8;
+            if (i >= si.L_q) continue;  // padded query rows: dS is 0 there, nothing to add
+            float* row = dq_accum + row_stat_index(p, si, bi, hq, i) * d;
+#pragma unroll
+            for (int qo = 0; qo < QO; ++qo) {
+              const int col = dq_col + qo * 8 + 2 * c;
+              if (col < d) atomic_add_pair(row + col, acc_dq[qt][qo][2 * r], acc_dq[qt][qo][2 * r + 1]);
+            }
+          }
+      }
+    }
+  }
+
+  // Epilogue: keys < L_kv get their gradients, padded keys (< s_kv, bshd/sbhd) exact zeros.
+  T* dk = static_cast<T*>(p.grad_k);
+  T* dv = static_cast<T*>(p.grad_v);
+#pragma unroll
+  for (int kt = 0; kt < KT; ++kt)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int64_t j = n0 + kv_row + kt * 16 + g + r * 8;
+      const bool valid = j < si.L_kv;
+      if (!valid && (p.thd || j >= p.s_kv)) continue;
+      const float fk = valid ? p.scale : 0.f, fv = valid ? 1.f : 0.f;
+      T* dkrow = dk + si.kv_offset(p.grad_k_st, bi, j, hk);
+      T* dvrow = dv + si.kv_offset(p.grad_v_st, bi, j, hk);
+#pragma unroll
+      for (int ko = 0; ko < KO; ++ko) {
+        const int col = kv_col + ko * 8 + 2 * c;
+        if (col < d) {
+          store_pair(dkrow + col, acc_dk[kt][ko][2 * r] * fk, acc_dk[kt][ko][2 * r + 1] * fk);
+          store_pair(dvrow + col, acc_dv[kt][ko][2 * r] * fv, acc_dv[kt][ko][2 * r + 1] * fv);
+        }
+      }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // 3. dQ. BM queries per block (16 per warp), BN keys per step, K and V double-buffered.
 template <int D_, int BM_, int BN_, int NW_>
 struct BwdQConfig {

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "core/kernels.h"
 #include "core/problem.h"
 #include "cuda/attn/bwd_kernel.h"
 #include "cuda/attn/fwd_kernel.h"
@@ -29,7 +30,14 @@ struct Configs {
   // draws push that variant into spills, so dropout keeps one row tile per warp (8 warps).
   using Fwd = FwdConfig<D, (D <= 128 ? 128 : 64), (D <= 128 ? 64 : 32), 4>;
   using FwdDropout = FwdConfig<D, (D <= 128 ? 128 : 64), (D <= 128 ? 64 : 32), (D <= 128 ? 8 : 4)>;
-  // dK/dV: 4 warps of 16 keys (8 warps measured no faster).
+  // dK/dV (+ atomic dQ) up to D = 128: the 2-D tiled kernel, 8 warps over 128 keys, FA2's
+  // warp grids (S/dP rows x keys, dK/dV keys x columns, dQ rows x columns). D = 64 takes 128
+  // queries per step as FA2 does.
+  using BwdTiled = BwdTiledConfig<D, 128, (D == 64 ? 128 : 64), 8, (D == 64 ? 4 : 2), 4,
+                                  (D == 128 ? 2 : 4)>;
+  static constexpr bool kHasTiled = D <= 128;
+  // Past D = 128, and on devices whose blocks cannot hold the tiled kernel's shared memory: the
+  // 1-D kernel, 4 warps of 16 keys, the head dim split over kSplit blocks past 128.
   using BwdKV = BwdKVConfig<D, 64, (D <= 64 ? 64 : 32), 4, (D <= 128 ? 1 : 2)>;
   using BwdQ = BwdQConfig<D, 64, (D <= 128 ? 64 : 32), 4>;
 };
@@ -74,6 +82,30 @@ void run_fwd(const AttnProblem& p) {
     launch_fwd<typename Configs<D>::Fwd, T, false>(p, stream);
 }
 
+// The 2-D tiled dK/dV kernel where it is compiled (D <= 128) and fits the device's shared memory
+// (sm_90: 227 KB per block; sm_80: 163 KB, too small for D = 64, 128); false: use the 1-D kernel.
+template <int D, typename T>
+bool launch_bwd_tiled(const AttnProblem& p, const float* dsum, float* dq_accum,
+                      cudaStream_t stream) {
+  if constexpr (Configs<D>::kHasTiled) {
+    using TC = typename Configs<D>::BwdTiled;
+    constexpr int smem = TC::template smem_bytes<T>();
+    if (smem > cuda::max_smem_optin(p.device_id)) return false;
+    const bool drop = p.dropout > 0.f;
+    auto kernel = !p.deterministic ? (drop ? bwd_tiled_kernel<TC, T, true, true>
+                                           : bwd_tiled_kernel<TC, T, false, true>)
+                                   : (drop ? bwd_tiled_kernel<TC, T, true, false>
+                                           : bwd_tiled_kernel<TC, T, false, false>);
+    set_smem(kernel, smem);
+    const dim3 grid(unsigned(ceil_div(p.s_kv, TC::BN)), unsigned(p.h_kv), unsigned(p.b));
+    kernel<<<grid, TC::kThreads, smem, stream>>>(p, dsum, dq_accum);
+    PTE_CUDA_CHECK_LAUNCH();
+    return true;
+  } else {
+    return false;
+  }
+}
+
 template <int D, typename T>
 void run_bwd(const AttnProblem& p) {
   using KV = typename Configs<D>::BwdKV;
@@ -97,10 +129,10 @@ void run_bwd(const AttnProblem& p) {
     bwd_dot_kernel<T><<<grid, kDotWarps * 32, 0, stream>>>(p, dsum);
     PTE_CUDA_CHECK_LAUNCH();
   }
-  if (p.s_kv > 0) {
+  if (p.s_kv > 0 && !launch_bwd_tiled<D, T>(p, dsum, dq_accum, stream)) {
+    const bool drop = p.dropout > 0.f;
     const dim3 grid(unsigned(ceil_div(p.s_kv, KV::BN) * KV::kSplit), unsigned(p.h_kv),
                     unsigned(p.b));
-    const bool drop = p.dropout > 0.f;
     auto kernel = atomic_dq ? (drop ? bwd_dkdv_kernel<KV, T, true, true>
                                     : bwd_dkdv_kernel<KV, T, false, true>)
                             : (drop ? bwd_dkdv_kernel<KV, T, true, false>

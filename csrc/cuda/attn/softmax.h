@@ -17,6 +17,14 @@ namespace flash {
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
+// 2^x as one MUFU.EX2 (flush-to-zero, ~2 ulp): exp2f without fast-math adds a range test and two
+// multiplies per element to keep subnormal results, which a probability never needs. 2^-inf = +0.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
 // Running statistics of the 2 rows (g and g + 8) of each of a warp's MT m-tiles.
 template <int MT>
 struct OnlineSoftmax {
@@ -48,14 +56,14 @@ struct OnlineSoftmax {
         mx = quad_max(mx) * scale_log2;
         const float m_new = fmaxf(m[mt][r], mx);
         const float m_use = m_new == -INFINITY ? 0.f : m_new;
-        const float alpha = exp2f(m[mt][r] - m_use);
+        const float alpha = fast_exp2(m[mt][r] - m_use);
         m[mt][r] = m_new;
         float sum = 0.f;
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
-            float pv = exp2f(fmaf(s[mt][nt][2 * r + e], scale_log2, -m_use));
+            float pv = fast_exp2(fmaf(s[mt][nt][2 * r + e], scale_log2, -m_use));
             s[mt][nt][2 * r + e] = pv;
             sum += pv;
           }
@@ -81,7 +89,7 @@ struct OnlineSoftmax {
 // as lse_log2 = lse * log2(e). Callers zero masked elements with a select (never a multiply, since
 // lse = -inf rows would give inf * 0).
 __device__ __forceinline__ float recompute_p(float s, float scale_log2, float lse_log2) {
-  return exp2f(fmaf(s, scale_log2, -lse_log2));
+  return fast_exp2(fmaf(s, scale_log2, -lse_log2));
 }
 
 }  // namespace flash

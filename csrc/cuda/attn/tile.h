@@ -130,6 +130,43 @@ __device__ __forceinline__ void gemm_tsmem_rows(float (&acc)[NO][4], const T* sA
   }
 }
 
+// acc[mt][no] += A[a_row0 + mt*16 .. +16, 0:KR] * B[0:KR, col0 + 0:8*NO] with both operands in
+// smem and B stored with the reduction index as rows (row stride SB, read with ldmatrix.trans).
+// A is stored either with its rows as rows (kATrans = false: A[m][k] at sA[m * SA + k]) or
+// transposed (kATrans = true: A[m][k] at sA[k * SA + m]). The 2-D tiled backward uses all three
+// forms on its staged P and dS: dV = P^T dO and dK = dS^T Q (A transposed), dQ = dS K.
+template <int MT, int NO, int KR, bool kATrans, int SA, int SB, typename T>
+__device__ __forceinline__ void gemm_smem_kn(float (&acc)[MT][NO][4], const T* sA, int a_row0,
+                                             const T* sB, int col0, int lane) {
+  static_assert(KR % 16 == 0 && NO % 2 == 0, "k16 steps, n-tiles in pairs");
+  const int mi = lane / 8, r8 = lane % 8;
+#pragma unroll
+  for (int kk = 0; kk < KR / 16; ++kk) {
+    // Matrix mi of an A fragment covers (m half mi & 1, k half mi >> 1).
+    uint32_t a[MT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      if (kATrans)
+        ldmatrix_x4_trans(a[mt], sA + (kk * 16 + (mi >> 1) * 8 + r8) * SA + a_row0 + mt * 16 +
+                                     (mi & 1) * 8);
+      else
+        ldmatrix_x4(a[mt], sA + (a_row0 + mt * 16 + (mi & 1) * 8 + r8) * SA + kk * 16 +
+                               (mi >> 1) * 8);
+    }
+#pragma unroll
+    for (int dn = 0; dn < NO / 2; ++dn) {
+      uint32_t b[4];
+      ldmatrix_x4_trans(b,
+                        sB + (kk * 16 + (mi & 1) * 8 + r8) * SB + col0 + dn * 16 + (mi >> 1) * 8);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        Mma<T>::run(acc[mt][2 * dn], a[mt], b[0], b[1]);
+        Mma<T>::run(acc[mt][2 * dn + 1], a[mt], b[2], b[3]);
+      }
+    }
+  }
+}
+
 // dst[0..1] += (a, b) in fp32 global memory (8-byte aligned): one vector reduction on sm_90,
 // two scalar ones before.
 __device__ __forceinline__ void atomic_add_pair(float* dst, float a, float b) {
