@@ -22,17 +22,46 @@ struct TileGeom {
 
 // Issue cp.async copies of rows [0, R) of a tile whose row 0 is at `g` (row stride `row_stride`
 // elements). Rows >= valid_rows and columns >= d are zero-filled; `safe` is any valid address,
-// passed instead of an out-of-range one.
+// passed instead of an out-of-range one. When the threads divide into whole rows (D/8 divides
+// kThreads), each thread copies one fixed column chunk of every kThreads/(D/8)-th row, so its
+// addresses advance by a constant per copy and tiles that are entirely in range skip the
+// predicates.
 template <int R, int D, int kThreads, typename T>
 __device__ __forceinline__ void load_tile(T* s, const T* g, int64_t row_stride, int64_t valid_rows,
                                           int d, const T* safe, int tid) {
   constexpr int kChunks = TileGeom<D>::kChunks;
   constexpr int kStride = TileGeom<D>::kStride;
+  if constexpr (kThreads % kChunks == 0) {
+    constexpr int kRowStep = kThreads / kChunks;
+    constexpr int kPasses = (R + kRowStep - 1) / kRowStep;
+    const int r0 = tid / kChunks, ch = tid % kChunks;
+    if (R % kRowStep != 0 && r0 >= R) return;  // only when a tile has fewer rows than a pass
+    const uint32_t dst = smem_addr(s + r0 * kStride + ch * 8);
+    const T* src = g + r0 * row_stride + ch * 8;
+    const int64_t step = kRowStep * row_stride;
+    const bool col_ok = ch * 8 < d;
+    if (col_ok && valid_rows >= R) {
 #pragma unroll
-  for (int idx = tid; idx < R * kChunks; idx += kThreads) {
-    const int r = idx / kChunks, ch = idx % kChunks;
-    const bool ok = r < valid_rows && ch * 8 < d;
-    cp_async_16(s + r * kStride + ch * 8, ok ? g + r * row_stride + ch * 8 : safe, ok);
+      for (int i = 0; i < kPasses; ++i) {
+        if (R % kRowStep == 0 || r0 + i * kRowStep < R)
+          cp_async_16(dst + i * kRowStep * kStride * int(sizeof(T)), src + i * step, true);
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < kPasses; ++i) {
+        const int r = r0 + i * kRowStep;
+        if (R % kRowStep != 0 && r >= R) break;
+        const bool ok = col_ok && r < valid_rows;
+        cp_async_16(dst + i * kRowStep * kStride * int(sizeof(T)), ok ? src + i * step : safe, ok);
+      }
+    }
+  } else {
+#pragma unroll
+    for (int idx = tid; idx < R * kChunks; idx += kThreads) {
+      const int r = idx / kChunks, ch = idx % kChunks;
+      const bool ok = r < valid_rows && ch * 8 < d;
+      cp_async_16(smem_addr(s + r * kStride + ch * 8), ok ? g + r * row_stride + ch * 8 : safe, ok);
+    }
   }
 }
 
@@ -46,18 +75,19 @@ template <int MT, int NT, int D, typename T>
 __device__ __forceinline__ void gemm_rows_rows(float (&acc)[MT][NT][4], const T* sA, int a_row0,
                                                const T* sB, int lane) {
   static_assert(NT % 2 == 0, "n-tiles come in pairs (one ldmatrix.x4)");
-  constexpr int S = TileGeom<D>::kStride;
+  constexpr int S = TileGeom<D>::kStride, E = int(sizeof(T));
   const int mi = lane / 8, r8 = lane % 8;
+  const uint32_t a_base = smem_addr(sA + (a_row0 + (mi & 1) * 8 + r8) * S + (mi >> 1) * 8);
+  const uint32_t b_base = smem_addr(sB + ((mi >> 1) * 8 + r8) * S + (mi & 1) * 8);
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {
     uint32_t a[MT][4];
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-      ldmatrix_x4(a[mt], sA + (a_row0 + mt * 16 + (mi & 1) * 8 + r8) * S + kk * 16 + (mi >> 1) * 8);
+    for (int mt = 0; mt < MT; ++mt) ldmatrix_x4(a[mt], a_base + (mt * 16 * S + kk * 16) * E);
 #pragma unroll
     for (int np = 0; np < NT / 2; ++np) {
       uint32_t b[4];
-      ldmatrix_x4(b, sB + (np * 16 + (mi >> 1) * 8 + r8) * S + kk * 16 + (mi & 1) * 8);
+      ldmatrix_x4(b, b_base + (np * 16 * S + kk * 16) * E);
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
         Mma<T>::run(acc[mt][2 * np], a[mt], b[0], b[1]);
@@ -75,8 +105,9 @@ template <int MT, int KT2, int NO, int D, typename T>
 __device__ __forceinline__ void gemm_regs_rows(float (&acc)[MT][NO][4], const float (&p)[MT][KT2][4],
                                                const T* sB, int col0, int lane) {
   static_assert(KT2 % 2 == 0 && NO % 2 == 0, "tiles come in pairs");
-  constexpr int S = TileGeom<D>::kStride;
+  constexpr int S = TileGeom<D>::kStride, E = int(sizeof(T));
   const int mi = lane / 8, r8 = lane % 8;
+  const uint32_t b_base = smem_addr(sB + ((mi & 1) * 8 + r8) * S + col0 + (mi >> 1) * 8);
 #pragma unroll
   for (int kk = 0; kk < KT2 / 2; ++kk) {
     uint32_t a[MT][4];
@@ -90,7 +121,7 @@ __device__ __forceinline__ void gemm_regs_rows(float (&acc)[MT][NO][4], const fl
 #pragma unroll
     for (int dn = 0; dn < NO / 2; ++dn) {
       uint32_t b[4];
-      ldmatrix_x4_trans(b, sB + (kk * 16 + (mi & 1) * 8 + r8) * S + col0 + dn * 16 + (mi >> 1) * 8);
+      ldmatrix_x4_trans(b, b_base + (kk * 16 * S + dn * 16) * E);
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
         Mma<T>::run(acc[mt][2 * dn], a[mt], b[0], b[1]);
@@ -108,23 +139,26 @@ template <int KR, int NO, int SA, int SB, typename T>
 __device__ __forceinline__ void gemm_tsmem_rows(float (&acc)[NO][4], const T* sAt, int a_row0,
                                                 const T* sB, int col0, int lane) {
   static_assert(KR % 16 == 0, "reduction in k16 steps");
+  constexpr int E = int(sizeof(T));
   const int mi = lane / 8, r8 = lane % 8;
+  // Matrix mi of the A fragment is (m half mi & 1, k half mi >> 1); stored as [k][m].
+  const uint32_t a_base = smem_addr(sAt + ((mi >> 1) * 8 + r8) * SA + a_row0 + (mi & 1) * 8);
+  const uint32_t b_base = smem_addr(sB + ((mi & 1) * 8 + r8) * SB + col0 + (mi >> 1) * 8);
+  const uint32_t b2_base = smem_addr(sB + ((mi & 1) * 8 + r8) * SB + col0 + (NO - 1) * 8);
 #pragma unroll
   for (int kk = 0; kk < KR / 16; ++kk) {
-    // Matrix mi of the A fragment is (m half mi & 1, k half mi >> 1); stored as [k][m].
     uint32_t a[4];
-    ldmatrix_x4_trans(a, sAt + (kk * 16 + (mi >> 1) * 8 + r8) * SA + a_row0 + (mi & 1) * 8);
+    ldmatrix_x4_trans(a, a_base + kk * 16 * SA * E);
 #pragma unroll
     for (int dn = 0; dn < NO / 2; ++dn) {
       uint32_t b[4];
-      ldmatrix_x4_trans(b,
-                        sB + (kk * 16 + (mi & 1) * 8 + r8) * SB + col0 + dn * 16 + (mi >> 1) * 8);
+      ldmatrix_x4_trans(b, b_base + (kk * 16 * SB + dn * 16) * E);
       Mma<T>::run(acc[2 * dn], a, b[0], b[1]);
       Mma<T>::run(acc[2 * dn + 1], a, b[2], b[3]);
     }
     if (NO % 2 == 1) {
       uint32_t b[2];
-      ldmatrix_x2_trans(b, sB + (kk * 16 + (mi & 1) * 8 + r8) * SB + col0 + (NO - 1) * 8);
+      ldmatrix_x2_trans(b, b2_base + kk * 16 * SB * E);
       Mma<T>::run(acc[NO - 1], a, b[0], b[1]);
     }
   }
@@ -139,25 +173,27 @@ template <int MT, int NO, int KR, bool kATrans, int SA, int SB, typename T>
 __device__ __forceinline__ void gemm_smem_kn(float (&acc)[MT][NO][4], const T* sA, int a_row0,
                                              const T* sB, int col0, int lane) {
   static_assert(KR % 16 == 0 && NO % 2 == 0, "k16 steps, n-tiles in pairs");
+  constexpr int E = int(sizeof(T));
   const int mi = lane / 8, r8 = lane % 8;
+  // Matrix mi of an A fragment covers (m half mi & 1, k half mi >> 1).
+  const uint32_t a_base =
+      kATrans ? smem_addr(sA + ((mi >> 1) * 8 + r8) * SA + a_row0 + (mi & 1) * 8)
+              : smem_addr(sA + (a_row0 + (mi & 1) * 8 + r8) * SA + (mi >> 1) * 8);
+  const uint32_t b_base = smem_addr(sB + ((mi & 1) * 8 + r8) * SB + col0 + (mi >> 1) * 8);
 #pragma unroll
   for (int kk = 0; kk < KR / 16; ++kk) {
-    // Matrix mi of an A fragment covers (m half mi & 1, k half mi >> 1).
     uint32_t a[MT][4];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
       if (kATrans)
-        ldmatrix_x4_trans(a[mt], sA + (kk * 16 + (mi >> 1) * 8 + r8) * SA + a_row0 + mt * 16 +
-                                     (mi & 1) * 8);
+        ldmatrix_x4_trans(a[mt], a_base + (kk * 16 * SA + mt * 16) * E);
       else
-        ldmatrix_x4(a[mt], sA + (a_row0 + mt * 16 + (mi & 1) * 8 + r8) * SA + kk * 16 +
-                               (mi >> 1) * 8);
+        ldmatrix_x4(a[mt], a_base + (mt * 16 * SA + kk * 16) * E);
     }
 #pragma unroll
     for (int dn = 0; dn < NO / 2; ++dn) {
       uint32_t b[4];
-      ldmatrix_x4_trans(b,
-                        sB + (kk * 16 + (mi & 1) * 8 + r8) * SB + col0 + dn * 16 + (mi >> 1) * 8);
+      ldmatrix_x4_trans(b, b_base + (kk * 16 * SB + dn * 16) * E);
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
         Mma<T>::run(acc[mt][2 * dn], a[mt], b[0], b[1]);
