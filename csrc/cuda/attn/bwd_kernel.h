@@ -65,6 +65,19 @@ __global__ void __launch_bounds__(kDotWarps * 32) bwd_dot_kernel(const AttnProbl
   if (lane == 0) dsum[row_stat_index(p, si, bi, hq, i)] = acc;
 }
 
+// The steps of a dK/dV block: every query tile its keys can see ([m_first, m_first + n_q) in
+// tiles of BM) for each query head of its GQA group in turn. Advanced by increments: a 64-bit
+// division per step costs more instructions than the rest of the step's bookkeeping.
+struct QueryStep {
+  int64_t hq, m_idx;  // query head, query tile index (absolute)
+  __device__ __forceinline__ void advance(int64_t m_first, int64_t n_q) {
+    if (++m_idx == m_first + n_q) {
+      m_idx = m_first;
+      ++hq;
+    }
+  }
+};
+
 // ---------------------------------------------------------------------------------------------
 // 2. dK, dV. BN keys per block (16 per warp), BM queries per step. kSplit > 1 splits the output
 //    head dim over blocks (each recomputes S^T and dP^T) so that dK and dV of a large head dim fit
@@ -142,9 +155,8 @@ __global__ void __launch_bounds__(Cfg::kThreads) bwd_dkdv_kernel(const AttnProbl
                                si.L_kv - n0, d, k, tid);
     load_tile<BN, D, kThreads>(sV, v + si.kv_offset(p.v_st, bi, n0, hk), p.v_st.seq,
                                si.L_kv - n0, d, v, tid);
-    auto prefetch = [&](int stage, int64_t it) {
-      const int64_t hq = hk * group + it / n_q;
-      const int64_t m0 = (m_first + it % n_q) * BM;
+    auto prefetch = [&](int stage, const QueryStep& st) {
+      const int64_t hq = st.hq, m0 = st.m_idx * BM;
       load_tile<BM, D, kThreads>(sQ + stage * BM * S, q + si.q_offset(p.q_st, bi, m0, hq),
                                  p.q_st.seq, si.L_q - m0, d, q, tid);
       load_tile<BM, D, kThreads>(sdO + stage * BM * S, dout + si.q_offset(p.grad_out_st, bi, m0, hq),
@@ -159,17 +171,18 @@ __global__ void __launch_bounds__(Cfg::kThreads) bwd_dkdv_kernel(const AttnProbl
         cp_async_4(sD + stage * BM + r, dsum + idx, ok);
       }
     };
-    prefetch(0, 0);
+    QueryStep cur{hk * group, m_first};
+    prefetch(0, cur);
     cp_async_commit();
 
     Dropout drop(p, bi);
     const int64_t j_base = n0 + warp * 16 + g;  // key of accumulator row g (row g + 8: +8)
     for (int64_t it = 0; it < total; ++it) {
       const int stage = int(it & 1);
-      const int64_t hq = hk * group + it / n_q;
-      const int64_t m0 = (m_first + it % n_q) * BM;
+      const int64_t hq = cur.hq, m0 = cur.m_idx * BM;
+      cur.advance(m_first, n_q);  // now the next step
       if (it + 1 < total) {
-        prefetch(stage ^ 1, it + 1);
+        prefetch(stage ^ 1, cur);
         cp_async_commit();
         cp_async_wait<1>();
       } else {
@@ -362,9 +375,8 @@ __global__ void __launch_bounds__(Cfg::kThreads) bwd_tiled_kernel(const AttnProb
                                si.L_kv - n0, d, k, tid);
     load_tile<BN, D, kThreads>(sV, v + si.kv_offset(p.v_st, bi, n0, hk), p.v_st.seq,
                                si.L_kv - n0, d, v, tid);
-    auto prefetch = [&](int stage, int64_t it) {
-      const int64_t hq = hk * group + it / n_q;
-      const int64_t m0 = (m_first + it % n_q) * BM;
+    auto prefetch = [&](int stage, const QueryStep& st) {
+      const int64_t hq = st.hq, m0 = st.m_idx * BM;
       load_tile<BM, D, kThreads>(sQ + stage * BM * S, q + si.q_offset(p.q_st, bi, m0, hq),
                                  p.q_st.seq, si.L_q - m0, d, q, tid);
       load_tile<BM, D, kThreads>(sdO + stage * BM * S,
@@ -378,19 +390,20 @@ __global__ void __launch_bounds__(Cfg::kThreads) bwd_tiled_kernel(const AttnProb
         cp_async_4(sD + stage * BM + r, dsum + idx, ok);
       }
     };
-    prefetch(0, 0);
+    QueryStep cur{hk * group, m_first};
+    prefetch(0, cur);
     cp_async_commit();
 
     Dropout drop(p, bi);
     for (int64_t it = 0; it < total; ++it) {
       const int stage = int(it & 1);
-      const int64_t hq = hk * group + it / n_q;
-      const int64_t m0 = (m_first + it % n_q) * BM;
+      const int64_t hq = cur.hq, m0 = cur.m_idx * BM;
+      cur.advance(m_first, n_q);  // now the next step
       // This step's Q/dO stage has landed and every warp is done with the previous step (its
       // stage, P and dS), so the next stage can be fetched while this one is computed.
       cp_async_wait<0>();
       __syncthreads();
-      if (it + 1 < total) prefetch(stage ^ 1, it + 1);
+      if (it + 1 < total) prefetch(stage ^ 1, cur);
       cp_async_commit();
       const T* sQs = sQ + stage * BM * S;
       const T* sdOs = sdO + stage * BM * S;

@@ -93,14 +93,12 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const AttnProblem p)
     for (int t = 0; t < n_tiles; ++t) {
       const int stage = t & 1;
       const int64_t n0 = (n_first + t) * BN;
-      if (t + 1 < n_tiles) {
-        load_kv(stage ^ 1, n0 + BN);
-        cp_async_commit();
-        cp_async_wait<1>();
-      } else {
-        cp_async_wait<0>();
-      }
+      // This tile has landed and every warp is done with the previous one, whose stage the next
+      // tile's copies (in flight while this one is computed) overwrite: one barrier per tile.
+      cp_async_wait<0>();
       __syncthreads();
+      if (t + 1 < n_tiles) load_kv(stage ^ 1, n0 + BN);
+      cp_async_commit();
 
       float s[MT][NT][4];
 #pragma unroll
@@ -142,7 +140,6 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const AttnProblem p)
             }
       }
       gemm_regs_rows<MT, NT, NO, D>(acc, s, sV + stage * BN * S, 0, lane);
-      __syncthreads();  // the next iteration's prefetch overwrites this stage
     }
   }
 
