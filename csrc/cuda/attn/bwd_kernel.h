@@ -23,6 +23,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "core/problem.h"
 #include "cuda/common.cuh"
@@ -420,38 +421,46 @@ __global__ void __launch_bounds__(Cfg::kThreads) bwd_tiled_kernel(const AttnProb
       gemm_rows_rows<MT, NT, D>(s, sQs, sdp_row, sK + sdp_col * S, lane);
       gemm_rows_rows<MT, NT, D>(dp, sdOs, sdp_row, sV + sdp_col * S, lane);
 
-      const bool full = mask.tile_full(m0, m0 + BM, n0, n0 + BN);
+      // P and dS of this warp's fragment into shared memory; kFull: every element of the tile is
+      // visible (compiled without the per-element predicate).
+      auto stage_p_ds = [&](auto full_tag) {
+        constexpr bool kFull = decltype(full_tag)::value;
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
+        for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          const int il = sdp_row + mt * 16 + g + r * 8;  // query inside the tile
-          const int64_t i = m0 + il;
-          const float lse_log2 = sLs[il] * kLog2e, dsum_i = sDs[il];
+          for (int r = 0; r < 2; ++r) {
+            const int il = sdp_row + mt * 16 + g + r * 8;  // query inside the tile
+            const int64_t i = m0 + il;
+            const float lse_log2 = sLs[il] * kLog2e, dsum_i = sDs[il];
 #pragma unroll
-          for (int nt = 0; nt < NT; ++nt) {
-            const int jl = sdp_col + nt * 8 + 2 * c;  // key inside the tile (even)
-            const int64_t j = n0 + jl;
-            bool keep[2] = {true, true};
-            if (kDropout) drop.keep_pair(hq, i, j, &keep[0], &keep[1]);
-            float pd[2], ds[2];
+            for (int nt = 0; nt < NT; ++nt) {
+              const int jl = sdp_col + nt * 8 + 2 * c;  // key inside the tile (even)
+              const int64_t j = n0 + jl;
+              bool keep[2] = {true, true};
+              if (kDropout) drop.keep_pair(hq, i, j, &keep[0], &keep[1]);
+              float pd[2], ds[2];
 #pragma unroll
-            for (int e = 0; e < 2; ++e) {
-              const bool vis = full || mask.visible(i, j + e);
-              // A select, not a product: rows without keys have lse = -inf.
-              const float pv = vis ? recompute_p(s[mt][nt][2 * r + e], scale_log2, lse_log2) : 0.f;
-              float dpv = dp[mt][nt][2 * r + e];
-              pd[e] = pv;
-              if (kDropout) {
-                dpv = keep[e] ? dpv * drop.scale : 0.f;
-                pd[e] = keep[e] ? pv * drop.scale : 0.f;
+              for (int e = 0; e < 2; ++e) {
+                // A select, not a product: rows without keys have lse = -inf.
+                float pv = recompute_p(s[mt][nt][2 * r + e], scale_log2, lse_log2);
+                if (!kFull && !mask.visible(i, j + e)) pv = 0.f;
+                float dpv = dp[mt][nt][2 * r + e];
+                pd[e] = pv;
+                if (kDropout) {
+                  dpv = keep[e] ? dpv * drop.scale : 0.f;
+                  pd[e] = keep[e] ? pv * drop.scale : 0.f;
+                }
+                ds[e] = pv * (dpv - dsum_i);
               }
-              ds[e] = pv * (dpv - dsum_i);
+              *reinterpret_cast<uint32_t*>(sP + il * SP + jl) = Mma<T>::pack(pd[0], pd[1]);
+              *reinterpret_cast<uint32_t*>(sdS + il * SP + jl) = Mma<T>::pack(ds[0], ds[1]);
             }
-            *reinterpret_cast<uint32_t*>(sP + il * SP + jl) = Mma<T>::pack(pd[0], pd[1]);
-            *reinterpret_cast<uint32_t*>(sdS + il * SP + jl) = Mma<T>::pack(ds[0], ds[1]);
           }
-        }
+      };
+      if (mask.tile_full(m0, m0 + BM, n0, n0 + BN))
+        stage_p_ds(std::true_type{});
+      else
+        stage_p_ds(std::false_type{});
       __syncthreads();  // P and dS of every warp are staged
 
       gemm_smem_kn<KT, KO, BM, true, SP, S>(acc_dv, sP, kv_row, sdOs, kv_col, lane);
