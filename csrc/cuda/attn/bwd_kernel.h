@@ -432,6 +432,8 @@ __global__ void __launch_bounds__(Cfg::kThreads) bwd_tiled_kernel(const AttnProb
             const int il = sdp_row + mt * 16 + g + r * 8;  // query inside the tile
             const int64_t i = m0 + il;
             const float lse_log2 = sLs[il] * kLog2e, dsum_i = sDs[il];
+            int lo = 0, hi = BN;  // visible keys of this row, tile-local
+            if (!kFull) mask.row_span(i, n0, BN, &lo, &hi);
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
               const int jl = sdp_col + nt * 8 + 2 * c;  // key inside the tile (even)
@@ -443,7 +445,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) bwd_tiled_kernel(const AttnProb
               for (int e = 0; e < 2; ++e) {
                 // A select, not a product: rows without keys have lse = -inf.
                 float pv = recompute_p(s[mt][nt][2 * r + e], scale_log2, lse_log2);
-                if (!kFull && !mask.visible(i, j + e)) pv = 0.f;
+                if (!kFull && (jl + e < lo || jl + e >= hi)) pv = 0.f;
                 float dpv = dp[mt][nt][2 * r + e];
                 pd[e] = pv;
                 if (kDropout) {
@@ -614,7 +616,12 @@ __global__ void __launch_bounds__(Cfg::kThreads) bwd_dq_kernel(const AttnProblem
       gemm_rows_rows<1, NT, D>(s, sQ, warp * 16, sK + stage * BN * S, lane);
       gemm_rows_rows<1, NT, D>(dp, sdO, warp * 16, sV + stage * BN * S, lane);
 
-      const bool full = mask.tile_full(m0, m0 + BM, n0, n0 + BN);
+      // Visible keys of this lane's two rows, tile-local (all of them in a full tile).
+      int lo[2] = {0, 0}, hi[2] = {BN, BN};
+      if (!mask.tile_full(m0, m0 + BM, n0, n0 + BN)) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) mask.row_span(m0 + warp * 16 + g + r * 8, n0, BN, &lo[r], &hi[r]);
+      }
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
@@ -625,7 +632,8 @@ __global__ void __launch_bounds__(Cfg::kThreads) bwd_dq_kernel(const AttnProblem
           if (kDropout) drop.keep_pair(hq, i, j, &keep[0], &keep[1]);
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
-            const bool vis = full || mask.visible(i, j + e);
+            const int jl = nt * 8 + 2 * c + e;
+            const bool vis = jl >= lo[r] && jl < hi[r];
             const float pv = vis ? recompute_p(s[0][nt][2 * r + e], scale_log2, lse_log2[r]) : 0.f;
             float dpv = dp[0][nt][2 * r + e];
             if (kDropout) dpv = keep[e] ? dpv * drop.scale : 0.f;

@@ -113,13 +113,17 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const AttnProblem p)
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-          for (int nt = 0; nt < NT; ++nt)
+          for (int r = 0; r < 2; ++r) {
+            int lo, hi;
+            mask.row_span(m0 + warp_row0 + mt * 16 + g + r * 8, n0, BN, &lo, &hi);
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int64_t i = m0 + warp_row0 + mt * 16 + g + (e / 2) * 8;
-              const int64_t j = n0 + nt * 8 + 2 * c + (e % 2);
-              if (!mask.visible(i, j)) s[mt][nt][e] = -INFINITY;
-            }
+            for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+              for (int e = 0; e < 2; ++e) {
+                const int jl = nt * 8 + 2 * c + e;
+                if (jl < lo || jl >= hi) s[mt][nt][2 * r + e] = -INFINITY;
+              }
+          }
       }
       sm.update(s, acc, scale_log2);
 

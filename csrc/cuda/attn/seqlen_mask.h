@@ -61,6 +61,19 @@ struct Mask {
            (right < 0 || j <= i + delta + right);
   }
 
+  // The keys of the tile [n0, n0 + n) that query i sees, as tile-local [*lo, *hi) (empty when
+  // *lo >= *hi): the same rule as visible(), evaluated once per row so that the per-element test
+  // of a partly masked tile is two 32-bit compares.
+  __device__ __forceinline__ void row_span(int64_t i, int64_t n0, int n, int* lo, int* hi) const {
+    int64_t l = n0, h = i < L_q ? L_kv : 0;
+    if (left >= 0 && i + delta - left > l) l = i + delta - left;
+    if (right >= 0 && i + delta + right + 1 < h) h = i + delta + right + 1;
+    l -= n0;
+    h -= n0;
+    *lo = int(l > n ? n : l);
+    *hi = int(h < 0 ? 0 : (h > n ? n : h));
+  }
+
   // Keys [*lo, *hi] that some query of [m0, m1) (clamped to L_q) may see; empty if lo > hi.
   __device__ __forceinline__ void key_range(int64_t m0, int64_t m1, int64_t* lo,
                                             int64_t* hi) const {
