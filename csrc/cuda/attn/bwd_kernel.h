@@ -106,7 +106,7 @@ struct BwdKVConfig {
   }
 };
 
-// dq_accum (kAtomicDq only): fp32 [rows of lse's layout][d], zeroed before the launch.
+// dq_accum (kAtomicDq only): fp32 [rows of lse's layout][D], zeroed before the launch.
 template <typename Cfg, typename T, bool kDropout, bool kAtomicDq>
 __global__ void __launch_bounds__(Cfg::kThreads) bwd_dkdv_kernel(const AttnProblem p,
                                                                  const float* dsum,
@@ -164,10 +164,11 @@ __global__ void __launch_bounds__(Cfg::kThreads) bwd_dkdv_kernel(const AttnProbl
                                  p.grad_out_st.seq, si.L_q - m0, d, dout, tid);
       // Row statistics ride the same cp.async group: a plain load here would stall every
       // thread until it returns, once per step.
+      // The rows of a step are consecutive in lse's layout.
+      const int64_t row0 = row_stat_index(p, si, bi, hq, m0);
       for (int r = tid; r < BM; r += kThreads) {
-        const int64_t i = m0 + r;
-        const bool ok = i < si.L_q;
-        const int64_t idx = ok ? row_stat_index(p, si, bi, hq, i) : 0;
+        const bool ok = m0 + r < si.L_q;
+        const int64_t idx = ok ? row0 + r : 0;
         cp_async_4(sL + stage * BM + r, p.lse + idx, ok);
         cp_async_4(sD + stage * BM + r, dsum + idx, ok);
       }
@@ -252,11 +253,11 @@ __global__ void __launch_bounds__(Cfg::kThreads) bwd_dkdv_kernel(const AttnProbl
         for (int r = 0; r < 2; ++r) {
           const int64_t i = m0 + mrow + g + r * 8;
           if (i >= si.L_q) continue;  // padded query rows: dS is 0 there, nothing to add
-          float* row = dq_accum + row_stat_index(p, si, bi, hq, i) * d;
+          float* row = dq_accum + row_stat_index(p, si, bi, hq, i) * D;
 #pragma unroll
           for (int no = 0; no < NOQ; ++no) {
-            const int col = qcol + no * 8 + 2 * c;
-            if (col < d) atomic_add_pair(row + col, acc_dq[no][2 * r], acc_dq[no][2 * r + 1]);
+            const int col = qcol + no * 8 + 2 * c;  // < D: the accumulator's row width
+            atomic_add_pair(row + col, acc_dq[no][2 * r], acc_dq[no][2 * r + 1]);
           }
         }
       }
@@ -383,10 +384,11 @@ __global__ void __launch_bounds__(Cfg::kThreads) bwd_tiled_kernel(const AttnProb
       load_tile<BM, D, kThreads>(sdO + stage * BM * S,
                                  dout + si.q_offset(p.grad_out_st, bi, m0, hq), p.grad_out_st.seq,
                                  si.L_q - m0, d, dout, tid);
+      // The rows of a step are consecutive in lse's layout.
+      const int64_t row0 = row_stat_index(p, si, bi, hq, m0);
       for (int r = tid; r < BM; r += kThreads) {
-        const int64_t i = m0 + r;
-        const bool ok = i < si.L_q;
-        const int64_t idx = ok ? row_stat_index(p, si, bi, hq, i) : 0;
+        const bool ok = m0 + r < si.L_q;
+        const int64_t idx = ok ? row0 + r : 0;
         cp_async_4(sL + stage * BM + r, p.lse + idx, ok);
         cp_async_4(sD + stage * BM + r, dsum + idx, ok);
       }
@@ -476,17 +478,20 @@ __global__ void __launch_bounds__(Cfg::kThreads) bwd_tiled_kernel(const AttnProb
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc_dq[qt][qo][e] = 0.f;
         gemm_smem_kn<QT, QO, BN, false, SP, S>(acc_dq, sdS, dq_row, sK, dq_col, lane);
+        // Rows of the step are consecutive in the accumulator; rows past L_q (dS = 0 there) add
+        // nothing and may lie outside it, so they are skipped.
+        const int rows_valid = int(si.L_q - m0 < BM ? si.L_q - m0 : BM);
+        float* dq_step = dq_accum + row_stat_index(p, si, bi, hq, m0) * D + dq_col + 2 * c;
 #pragma unroll
         for (int qt = 0; qt < QT; ++qt)
 #pragma unroll
           for (int r = 0; r < 2; ++r) {
-            const int64_t i = m0 + dq_row + qt * 16 + g + r * 8;
-            if (i >= si.L_q) continue;  // padded query rows: dS is 0 there, nothing to add
-            float* row = dq_accum + row_stat_index(p, si, bi, hq, i) * d;
+            const int il = dq_row + qt * 16 + g + r * 8;
+            if (il < rows_valid) {
 #pragma unroll
-            for (int qo = 0; qo < QO; ++qo) {
-              const int col = dq_col + qo * 8 + 2 * c;
-              if (col < d) atomic_add_pair(row + col, acc_dq[qt][qo][2 * r], acc_dq[qt][qo][2 * r + 1]);
+              for (int qo = 0; qo < QO; ++qo)
+                atomic_add_pair(dq_step + il * D + qo * 8, acc_dq[qt][qo][2 * r],
+                                acc_dq[qt][qo][2 * r + 1]);
             }
           }
       }
@@ -666,7 +671,8 @@ __global__ void __launch_bounds__(Cfg::kThreads) bwd_dq_kernel(const AttnProblem
 //    that belongs to the sequence; rows past L_q (bshd/sbhd padding) get exact zeros.
 template <typename T>
 __global__ void __launch_bounds__(kDotWarps * 32) bwd_dq_convert_kernel(const AttnProblem p,
-                                                                        const float* dq_accum) {
+                                                                        const float* dq_accum,
+                                                                        int ld) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t bi = blockIdx.z, hq = blockIdx.y;
   const int64_t i = int64_t(blockIdx.x) * kDotWarps + warp;
@@ -675,7 +681,7 @@ __global__ void __launch_bounds__(kDotWarps * 32) bwd_dq_convert_kernel(const At
   const int d = int(p.d);
   const bool valid = i < si.L_q;
   const float f = float(p.scale);
-  const float* acc = dq_accum + row_stat_index(p, si, bi, hq, i) * d;
+  const float* acc = dq_accum + row_stat_index(p, si, bi, hq, i) * ld;  // row width ld = D
   T* row = static_cast<T*>(p.grad_q) + si.q_offset(p.grad_q_st, bi, i, hq);
   for (int col = lane * 2; col < d; col += 64) {
     const float2 a = valid ? *reinterpret_cast<const float2*>(acc + col) : make_float2(0.f, 0.f);

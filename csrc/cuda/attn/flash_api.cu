@@ -155,7 +155,9 @@ const char* check(const AttnProblem& p, bool backward) {
 
 size_t fwd_workspace_size(const AttnProblem&) { return 0; }
 
-size_t bwd_workspace_size(const AttnProblem& p) { return bwd_workspace_elems(p) * sizeof(float); }
+size_t bwd_workspace_size(const AttnProblem& p) {
+  return bwd_workspace_elems(p, pick_hdim(p.d)) * sizeof(float);
+}
 
 void attn_fwd(const AttnProblem& p) { run<false>(p); }
 

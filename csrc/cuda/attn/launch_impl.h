@@ -123,7 +123,7 @@ void run_bwd(const AttnProblem& p) {
   const bool atomic_dq = !p.deterministic;
   float* dq_accum = atomic_dq ? dsum + bwd_dq_accum_offset(p) : nullptr;
   if (atomic_dq && p.s_q > 0)
-    PTE_CUDA_CHECK(cudaMemsetAsync(dq_accum, 0, bwd_dq_accum_elems(p) * sizeof(float), stream));
+    PTE_CUDA_CHECK(cudaMemsetAsync(dq_accum, 0, bwd_dq_accum_elems(p, D) * sizeof(float), stream));
   if (p.s_q > 0) {
     const dim3 grid(unsigned(ceil_div(p.s_q, kDotWarps)), unsigned(p.h), unsigned(p.b));
     bwd_dot_kernel<T><<<grid, kDotWarps * 32, 0, stream>>>(p, dsum);
@@ -144,7 +144,7 @@ void run_bwd(const AttnProblem& p) {
   }
   if (p.s_q > 0 && atomic_dq) {
     const dim3 grid(unsigned(ceil_div(p.s_q, kDotWarps)), unsigned(p.h), unsigned(p.b));
-    bwd_dq_convert_kernel<T><<<grid, kDotWarps * 32, 0, stream>>>(p, dq_accum);
+    bwd_dq_convert_kernel<T><<<grid, kDotWarps * 32, 0, stream>>>(p, dq_accum, D);
     PTE_CUDA_CHECK_LAUNCH();
   } else if (p.s_q > 0) {
     const dim3 grid(unsigned(ceil_div(p.s_q, Q::BM)), unsigned(p.h), unsigned(p.b));
