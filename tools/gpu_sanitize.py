@@ -146,11 +146,13 @@ def _attention_case(core, A, backend, fmt, shape, lens_q, lens_kv, mask_type, wi
     lse = A.half(np.full(lse_shape, np.nan), "float32")
     core.fused_attn_fwd(q, k, v, out, lse=lse, **kw)
     d_out = A.half(g.standard_normal(q_shape), "float16")
-    grads = [A.half(np.full(sh, np.nan), "float16") for sh in (q_shape, kv_shape, kv_shape)]
-    core.fused_attn_bwd(q, k, v, out, d_out, lse, *grads, **kw)
-    A.sync()
-    for name, arr in zip(("out", "d_q", "d_k", "d_v"), [out] + grads):
-        assert not np.isnan(A.host(arr).astype(np.float64)).any(), (backend, fmt, mask_type, name)
+    for deterministic in (False, True):  # the two backward paths (atomic dQ, or a dQ kernel)
+        grads = [A.half(np.full(sh, np.nan), "float16") for sh in (q_shape, kv_shape, kv_shape)]
+        core.fused_attn_bwd(q, k, v, out, d_out, lse, *grads, deterministic=deterministic, **kw)
+        A.sync()
+        for name, arr in zip(("out", "d_q", "d_k", "d_v"), [out] + grads):
+            assert not np.isnan(A.host(arr).astype(np.float64)).any(), (
+                backend, fmt, mask_type, deterministic, name)
 
 
 def attention_cases(core, A):
