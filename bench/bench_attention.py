@@ -98,10 +98,14 @@ def kind(case):
     return "dense"
 
 
-def time_ms(fn, iters, warmup=3):
+def time_ms(fn, iters, warmup=3, busy=False):
+    """Median CUDA-event time of fn in ms. busy: hold the GPU (torch.cuda._sleep) while every call
+    is queued, so that the host cost of a call is hidden and only device time is measured."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
+    if busy:
+        torch.cuda._sleep(int(60e6))
     times = []
     for _ in range(iters):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -26,6 +26,8 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+from bench_attention import time_ms  # noqa: E402
 from core_import import import_core  # noqa: E402
 
 
@@ -42,23 +44,6 @@ CASES = [  # name, b, s, h, d, causal, window
 ]
 
 
-def ev_times(fn, iters, busy):
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    if busy:  # hold the GPU while every call is queued: host cost hidden
-        torch.cuda._sleep(int(60e6))
-    pairs = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        pairs.append((a, b))
-    torch.cuda.synchronize()
-    return statistics.median(a.elapsed_time(b) for a, b in pairs)
-
-
 def host_us(fn, iters):
     torch.cuda.synchronize()
     ts = []
@@ -73,7 +58,7 @@ def host_us(fn, iters):
 
 
 def measure(fn, iters):
-    return ev_times(fn, iters, False), ev_times(fn, iters, True), host_us(fn, iters)
+    return time_ms(fn, iters), time_ms(fn, iters, busy=True), host_us(fn, iters)
 
 
 def main():

@@ -297,9 +297,12 @@ __global__ void __launch_bounds__(Cfg::kThreads) bwd_dkdv_kernel(const AttnProbl
 //       dQ = dS K (atomic mode)    [BM x D]:  kdQWarpsM x (NW / kdQWarpsM).
 //     P (dropped, for dV) and dS pass through shared memory in 16-bit form, [BM][BN + 8] each.
 //     Two barriers per step: after the Q/dO stage lands, and after P and dS are staged.
-template <int D_, int BN_, int BM_, int NW_, int kSdPWarpsM_, int kKVWarpsN_, int kdQWarpsM_>
+template <int D_, int BN_, int BM_, int NW_, int kSdPWarpsM_, int kKVWarpsN_, int kdQWarpsM_,
+          int kStages_ = 2>
 struct BwdTiledConfig {
   static constexpr int D = D_, BN = BN_, BM = BM_, NW = NW_, kThreads = NW * 32;
+  static constexpr int kStages = kStages_;  // Q/dO/lse/Dsum buffers: steps in flight + 1
+  static_assert(kStages >= 2, "at least double buffering");
   static constexpr int kSdPWarpsM = kSdPWarpsM_, kKVWarpsN = kKVWarpsN_, kdQWarpsM = kdQWarpsM_;
   // Warp tile of each product: rows x columns.
   static constexpr int kSdPRows = BM / kSdPWarpsM, kSdPCols = BN / (NW / kSdPWarpsM);
@@ -311,9 +314,9 @@ struct BwdTiledConfig {
   static constexpr int kPStride = BN + 8;  // P, dS rows: 16-byte pad, conflict-free as in TileGeom
   template <typename T>
   static constexpr int smem_bytes() {
-    return (2 * BN + 4 * BM) * TileGeom<D>::kStride * int(sizeof(T)) +  // K, V, 2 x (Q, dO)
-           2 * 2 * BM * int(sizeof(float)) +                          // 2 x (lse, Dsum)
-           2 * BM * kPStride * int(sizeof(T));                         // P, dS
+    return (2 * BN + 2 * kStages * BM) * TileGeom<D>::kStride * int(sizeof(T)) +  // K, V, Q, dO
+           kStages * 2 * BM * int(sizeof(float)) +                                // lse, Dsum
+           2 * BM * kPStride * int(sizeof(T));                                     // P, dS
   }
 };
 
@@ -330,12 +333,13 @@ __global__ void __launch_bounds__(Cfg::kThreads) bwd_tiled_kernel(const AttnProb
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sK = reinterpret_cast<T*>(smem_raw);  // [BN][S]
   T* sV = sK + BN * S;                      // [BN][S]
-  T* sQ = sV + BN * S;                      // [2][BM][S]
-  T* sdO = sQ + 2 * BM * S;                 // [2][BM][S]
-  float* sL = reinterpret_cast<float*>(sdO + 2 * BM * S);  // [2][BM] lse
-  float* sD = sL + 2 * BM;                                 // [2][BM] Dsum
-  T* sP = reinterpret_cast<T*>(sD + 2 * BM);               // [BM][SP] dropped P
-  T* sdS = sP + BM * SP;                                   // [BM][SP] dS
+  constexpr int kStages = Cfg::kStages;
+  T* sQ = sV + BN * S;                                           // [kStages][BM][S]
+  T* sdO = sQ + kStages * BM * S;                                // [kStages][BM][S]
+  float* sL = reinterpret_cast<float*>(sdO + kStages * BM * S);  // [kStages][BM] lse
+  float* sD = sL + kStages * BM;                                 // [kStages][BM] Dsum
+  T* sP = reinterpret_cast<T*>(sD + kStages * BM);               // [BM][SP] dropped P
+  T* sdS = sP + BM * SP;                                         // [BM][SP] dS
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, c = lane % 4;
   const int64_t bi = blockIdx.z, hk = blockIdx.y;
@@ -393,20 +397,30 @@ __global__ void __launch_bounds__(Cfg::kThreads) bwd_tiled_kernel(const AttnProb
         cp_async_4(sD + stage * BM + r, dsum + idx, ok);
       }
     };
-    QueryStep cur{hk * group, m_first};
-    prefetch(0, cur);
-    cp_async_commit();
+    // kStages - 1 steps in flight: one cp.async group per step (empty past the last one).
+    QueryStep cur{hk * group, m_first}, fetch = cur;
+#pragma unroll
+    for (int s = 0; s < kStages - 1; ++s) {
+      if (s < total) {
+        prefetch(s, fetch);
+        fetch.advance(m_first, n_q);
+      }
+      cp_async_commit();
+    }
 
     Dropout drop(p, bi);
+    int stage = 0;
     for (int64_t it = 0; it < total; ++it) {
-      const int stage = int(it & 1);
       const int64_t hq = cur.hq, m0 = cur.m_idx * BM;
-      cur.advance(m_first, n_q);  // now the next step
-      // This step's Q/dO stage has landed and every warp is done with the previous step (its
-      // stage, P and dS), so the next stage can be fetched while this one is computed.
-      cp_async_wait<0>();
+      cur.advance(m_first, n_q);
+      // This step's group has landed and every warp is done with the previous step (its stage,
+      // P and dS), so that stage can take the step kStages - 1 ahead.
+      cp_async_wait<kStages - 2>();
       __syncthreads();
-      if (it + 1 < total) prefetch(stage ^ 1, cur);
+      if (it + kStages - 1 < total) {
+        prefetch(stage == 0 ? kStages - 1 : stage - 1, fetch);
+        fetch.advance(m_first, n_q);
+      }
       cp_async_commit();
       const T* sQs = sQ + stage * BM * S;
       const T* sdOs = sdO + stage * BM * S;
@@ -495,6 +509,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) bwd_tiled_kernel(const AttnProb
             }
           }
       }
+      stage = stage + 1 == kStages ? 0 : stage + 1;
     }
   }
 

@@ -33,6 +33,7 @@ struct Configs {
   // dK/dV (+ atomic dQ) up to D = 128: the 2-D tiled kernel, 8 warps over 128 keys, FA2's
   // warp grids (S/dP rows x keys, dK/dV keys x columns, dQ rows x columns). D = 64 takes 128
   // queries per step as FA2 does.
+  // Two Q/dO stages: a third (one more step in flight) measured no faster on H100.
   using BwdTiled = BwdTiledConfig<D, 128, (D == 64 ? 128 : 64), 8, (D == 64 ? 4 : 2), 4,
                                   (D == 128 ? 2 : 4)>;
   static constexpr bool kHasTiled = D <= 128;

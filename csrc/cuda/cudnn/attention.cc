@@ -570,6 +570,18 @@ void add_lengths(const AttnProblem& p, const Plan& pl, const Layout& l,
   }
 }
 
+// Dropout's seed and offset: device-resident (a framework generator's state) or the call's own
+// values, copied into `held`, which the caller keeps alive until the graph has been executed.
+void add_dropout(const AttnProblem& p, int64_t (&held)[2],
+                 std::unordered_map<int64_t, void*>& pack) {
+  if (p.dropout <= 0.f) return;
+  held[0] = int64_t(p.seed);
+  held[1] = int64_t(p.offset);
+  int64_t* src = p.seed_offset_device ? const_cast<int64_t*>(p.seed_offset_device) : held;
+  pack[kSeed] = src;
+  pack[kOffset] = src + 1;
+}
+
 // One-time autotuning of a graph with several plans, on its first call outside CUDA-graph
 // capture: each plan runs on the call's stream with the call's buffers and workspace (every plan
 // computes the same outputs from the same inputs; the chosen plan runs the call afterwards), timed
@@ -690,15 +702,12 @@ void attn_fwd(const AttnProblem& p) {
 
   prepare_lengths(p, pl, l);
   float scale = p.scale;
-  int64_t seed = int64_t(p.seed), offset = int64_t(p.offset);
+  int64_t seed_offset[2];
   std::unordered_map<int64_t, void*> pack = {
       {kQ, const_cast<void*>(p.q)}, {kK, const_cast<void*>(p.k)},
       {kV, const_cast<void*>(p.v)}, {kO, p.out}, {kScale, &scale}};
   if (pl.stats) pack[kStats] = pl.stats_buffer ? ws_at(p, l.stats) : static_cast<void*>(p.lse);
-  if (p.dropout > 0.f) {
-    pack[kSeed] = p.seed_offset_device ? const_cast<int64_t*>(p.seed_offset_device) : &seed;
-    pack[kOffset] = p.seed_offset_device ? const_cast<int64_t*>(p.seed_offset_device + 1) : &offset;
-  }
+  add_dropout(p, seed_offset, pack);
   add_lengths(p, pl, l, pack);
   execute(p, *e, pack);
 
@@ -726,17 +735,14 @@ void attn_bwd(const AttnProblem& p) {
     launch_lse_to_stats(p, p.lse, stats, p.stream);
   }
   float scale = p.scale;
-  int64_t seed = int64_t(p.seed), offset = int64_t(p.offset);
+  int64_t seed_offset[2];
   std::unordered_map<int64_t, void*> pack = {
       {kQ, const_cast<void*>(p.q)},   {kK, const_cast<void*>(p.k)},
       {kV, const_cast<void*>(p.v)},   {kO, p.out},
       {kDO, const_cast<void*>(p.grad_out)}, {kStats, stats},
       {kDQ, p.grad_q},                {kDK, p.grad_k},
       {kDV, p.grad_v},                {kScale, &scale}};
-  if (p.dropout > 0.f) {
-    pack[kSeed] = p.seed_offset_device ? const_cast<int64_t*>(p.seed_offset_device) : &seed;
-    pack[kOffset] = p.seed_offset_device ? const_cast<int64_t*>(p.seed_offset_device + 1) : &offset;
-  }
+  add_dropout(p, seed_offset, pack);
   add_lengths(p, pl, l, pack);
   execute(p, *e, pack);
 
