@@ -37,12 +37,6 @@ RECORDED_CUDNN_MS = {
 }
 
 
-def load_core():
-    paddle_te_core = import_core()
-
-    return paddle_te_core
-
-
 class Case:
     def __init__(self, name, b, s, h, d, causal, h_kv=None, lens=None, window=None):
         self.name, self.b, self.s, self.h, self.d = name, b, s, h, d
@@ -198,7 +192,7 @@ def main():
     ap.add_argument("--csv", default=None)
     args = ap.parse_args()
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
-    core = load_core()
+    core = import_core()
     avail = core.backends()
     ours = [b for b in args.backends.split(",") if avail.get(b, {}).get("available")]
     for b in args.backends.split(","):

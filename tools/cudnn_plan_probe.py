@@ -31,12 +31,6 @@ from bench_attention import time_ms  # noqa: E402
 from core_import import import_core  # noqa: E402
 
 
-def load_core():
-    paddle_te_core = import_core()
-
-    return paddle_te_core
-
-
 CASES = [  # name, b, s, h, d, causal, window
     ("short_s512", 32, 512, 16, 128, False, None),
     ("short_s512_causal", 32, 512, 16, 128, True, None),
@@ -66,7 +60,7 @@ def main():
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
-    core = load_core()
+    core = import_core()
     from torch.nn.attention import SDPBackend, sdpa_kernel
     import torch.nn.functional as F
 

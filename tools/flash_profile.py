@@ -17,7 +17,9 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-from bench_attention import Case, load_core, run_ours, run_torch  # noqa: E402
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+from bench_attention import Case, run_ours, run_torch  # noqa: E402
+from core_import import import_core  # noqa: E402
 
 
 def main():
@@ -30,7 +32,7 @@ def main():
     ap.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True)
     args = ap.parse_args()
     case = Case("profile", args.b, args.s, args.h, args.d, args.causal)
-    f, b, inputs = run_ours(load_core(), case, "flash", torch.bfloat16, iters=1)
+    f, b, inputs = run_ours(import_core(), case, "flash", torch.bfloat16, iters=1)
     print(f"paddle_te flash: fwd {f:.3f} ms, bwd {b:.3f} ms")
     if args.peer:
         f, b, _ = run_torch(case, "flash", inputs, iters=1)

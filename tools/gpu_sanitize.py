@@ -25,12 +25,6 @@ from core_import import import_core  # noqa: E402
 import reference as ref  # noqa: E402  (the one oracle)
 
 
-def load_core():
-    paddle_te_core = import_core()
-
-    return paddle_te_core
-
-
 class Arrays:
     """numpy in, device arrays out, through cupy or torch."""
 
@@ -178,7 +172,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", default="")
     args = ap.parse_args()
-    core = load_core()
+    core = import_core()
     A = Arrays()
     for case in CASES:
         if args.only and args.only not in case.__name__:
