@@ -9,11 +9,16 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <string>
 
 #include "core/kernels.h"
 #include "cuda/attn/launch.h"
 #include "cuda/common.cuh"
+#ifdef PTE_FLASH_SM90
+#include "cuda/attn/sm90/launch.h"
+#endif
 
 namespace pte {
 namespace flash {
@@ -73,6 +78,54 @@ std::string compiled_hdims() {
   return s.empty() ? "none" : s;
 }
 
+// Kernel family of the forward. `auto` runs the sm90 (wgmma/TMA) kernels on sm_90 devices where
+// this build has them for the head dim, the sm80 (mma.sync) kernels elsewhere; the environment
+// variable PTE_FLASH_VARIANT=sm80|sm90 forces one (tests run the grid through both). The backward
+// runs the sm80 family on every device for now.
+enum class Variant { kAuto, kSm80, kSm90, kInvalid };
+
+Variant requested_variant() {
+  const char* v = std::getenv("PTE_FLASH_VARIANT");
+  if (v == nullptr || *v == 0 || std::strcmp(v, "auto") == 0) return Variant::kAuto;
+  if (std::strcmp(v, "sm80") == 0) return Variant::kSm80;
+  if (std::strcmp(v, "sm90") == 0) return Variant::kSm90;
+  return Variant::kInvalid;
+}
+
+// Smallest head dim >= d with a compiled sm90 forward, or 0.
+int pick_sm90_hdim(int64_t d) {
+#ifdef PTE_FLASH_SM90
+  for (int D : sm90::kFwdHdims)
+    if (compiled(D) && d <= D) return D;
+#else
+  (void)d;
+#endif
+  return 0;
+}
+
+// Why the sm90 forward cannot run p ("" when it can).
+std::string sm90_fwd_reason(const AttnProblem& p, int arch) {
+#ifndef PTE_FLASH_SM90
+  (void)p;
+  (void)arch;
+  return "flash: this build has no sm90 kernels (PTE_ARCHS without 90a)";
+#else
+  if (arch != 90) return str("flash: the sm90 kernels need compute capability 9.0, not ", arch / 10, ".", arch % 10);
+  if (pick_sm90_hdim(p.d) == 0)
+    return str("flash: head_dim=", p.d, ": no sm90 forward for it in this build (sm90 head dims: 64, 128 "
+               "where compiled)");
+  // TMA: 16-byte aligned bases and strides (the generic check below asks for multiples of 8
+  // elements, i.e. 16 bytes in 16-bit types).
+  return "";
+#endif
+}
+
+bool use_sm90_fwd(const AttnProblem& p) {
+  const Variant v = requested_variant();
+  if (v == Variant::kSm80) return false;
+  return sm90_fwd_reason(p, cuda::device_arch(p.device_id)).empty();
+}
+
 bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 bool strides8(const Strides& st) { return st.batch % 8 == 0 && st.seq % 8 == 0 && st.head % 8 == 0; }
 
@@ -101,6 +154,14 @@ std::string reason(const AttnProblem& p, bool backward) {
     if (ptrs[i] != nullptr && !strides8(*sts[i]))
       return str("flash: ", names[i], " strides must be multiples of 8 elements");
   }
+  const Variant variant = requested_variant();
+  if (variant == Variant::kInvalid)
+    return str("flash: PTE_FLASH_VARIANT=", std::getenv("PTE_FLASH_VARIANT"),
+               ": must be auto, sm80 or sm90");
+  if (variant == Variant::kSm90 && !backward) {
+    std::string why = sm90_fwd_reason(p, arch);
+    if (!why.empty()) return str(why, " (PTE_FLASH_VARIANT=sm90)");
+  }
   if (backward && p.lse == nullptr) return "flash: the backward needs lse from the forward";
   if (p.dropout > 0.f && p.lse == nullptr) return "flash: dropout needs lse";
   return "";
@@ -118,8 +179,25 @@ void call(const AttnProblem& p) {
   }
 }
 
+template <typename T>
+void dispatch_sm90_fwd(const AttnProblem& p) {
+#ifdef PTE_FLASH_SM90
+  switch (pick_sm90_hdim(p.d)) {
+#if defined(PTE_FLASH_HDIM_64)
+    case 64: return sm90::run_fwd<64, T>(p);
+#endif
+#if defined(PTE_FLASH_HDIM_128)
+    case 128: return sm90::run_fwd<128, T>(p);
+#endif
+    default: break;
+  }
+#endif
+  PTE_UNSUPPORTED("flash: head_dim=", p.d, ": no compiled sm90 forward");
+}
+
 template <bool kBwd, typename T>
 void dispatch(const AttnProblem& p) {
+  if (!kBwd && use_sm90_fwd(p)) return dispatch_sm90_fwd<T>(p);
   switch (pick_hdim(p.d)) {
     case 32: return call<32, kBwd, T>(p);
     case 64: return call<64, kBwd, T>(p);

@@ -1,0 +1,215 @@
+// The Hopper (sm_90a) flash-attention forward: TMA loads into a multi-stage shared-memory
+// pipeline, wgmma for S = Q K^T (both operands in shared memory) and O += P V (P from registers),
+// one producer warpgroup and two consumer warpgroups with setmaxnreg. The visibility rule, the
+// tile range, the dropout draws and the lse convention are the arch-neutral ones of cuda/attn/, so
+// this kernel computes what the sm80 family computes, element for element where the arithmetic is
+// exact (masks, dropout keep decisions, exact zeros).
+#pragma once
+
+#include <cstdint>
+
+#include <cute/tensor.hpp>
+#include <cutlass/arch/reg_reconfig.h>
+
+#include "core/problem.h"
+#include "cuda/attn/dropout.h"
+#include "cuda/attn/seqlen_mask.h"
+#include "cuda/attn/sm90/epilogue_fwd.h"
+#include "cuda/attn/sm90/pipeline.h"
+#include "cuda/attn/sm90/softmax.h"
+#include "cuda/attn/sm90/tile_scheduler.h"
+#include "cuda/attn/sm90/traits.h"
+
+namespace pte {
+namespace flash {
+namespace sm90 {
+
+template <class Traits>
+struct FwdParams {
+  typename Traits::TmaQ tma_q;
+  typename Traits::TmaKV tma_k;
+  typename Traits::TmaKV tma_v;
+  typename Traits::GmemShape q_shape, k_shape, v_shape;
+  AttnProblem p;
+};
+
+// One warpgroup-wide GEMM C (+)= A B over every k-block, issued asynchronously and waited for.
+template <bool kZeroInit, class Mma, class TA, class TB, class TC>
+__device__ __forceinline__ void wg_gemm(Mma& mma, TA const& a, TB const& b, TC& c) {
+  using namespace cute;
+  constexpr bool kRegA = !is_base_of<GMMA::DescriptorIterator, typename Mma::FrgTypeA>::value;
+  if constexpr (kRegA) warpgroup_fence_operand(const_cast<TA&>(a));
+  warpgroup_fence_operand(c);
+  warpgroup_arrive();
+  mma.accumulate_ = kZeroInit ? GMMA::ScaleOut::Zero : GMMA::ScaleOut::One;
+  CUTE_UNROLL
+  for (int kb = 0; kb < size<2>(a); ++kb) {
+    cute::gemm(mma, a(_, _, kb), b(_, _, kb), c);
+    mma.accumulate_ = GMMA::ScaleOut::One;
+  }
+  warpgroup_commit_batch();
+  warpgroup_wait<0>();
+  warpgroup_fence_operand(c);
+  if constexpr (kRegA) warpgroup_fence_operand(const_cast<TA&>(a));
+}
+
+// Producer: one thread issues Q once, then K and V of every visited key tile, each into the next
+// stage once the consumers have released it.
+template <class Traits>
+__device__ __forceinline__ void produce(const FwdParams<Traits>& params,
+                                        typename Traits::SharedStorage& ss, const SeqInfo& si,
+                                        const TileCoord& tc, int64_t hk, int64_t n_first,
+                                        int n_tiles) {
+  using namespace cute;
+  constexpr int BM = Traits::BM, BN = Traits::BN, D = Traits::D, kStages = Traits::kStages;
+  const AttnProblem& p = params.p;
+  const int b_idx = p.thd ? 0 : int(tc.batch);
+  Tensor mQ = params.tma_q.get_tma_tensor(params.q_shape);
+  Tensor mK = params.tma_k.get_tma_tensor(params.k_shape);
+  Tensor mV = params.tma_v.get_tma_tensor(params.v_shape);
+  Tensor gQ = local_tile(domain_offset(make_coord(int(si.q_start), _0{}), mQ(_, _, int(tc.head), b_idx)),
+                         Shape<Int<BM>, Int<D>>{}, make_coord(tc.m_block, _0{}));
+  Tensor gK = local_tile(domain_offset(make_coord(int(si.kv_start), _0{}), mK(_, _, int(hk), b_idx)),
+                         Shape<Int<BN>, Int<D>>{}, make_coord(_, _0{}));
+  Tensor gV = local_tile(domain_offset(make_coord(int(si.kv_start), _0{}), mV(_, _, int(hk), b_idx)),
+                         Shape<Int<BN>, Int<D>>{}, make_coord(_, _0{}));
+  Tensor sQ = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQ{});
+  Tensor sK = make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutKV{});
+  Tensor sV = make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutKV{});
+  auto [tQg, tQs] = tma_partition(params.tma_q, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sQ),
+                                  group_modes<0, 2>(gQ));
+  auto [tKg, tKs] = tma_partition(params.tma_k, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sK),
+                                  group_modes<0, 2>(gK));
+  auto [tVg, tVs] = tma_partition(params.tma_v, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sV),
+                                  group_modes<0, 2>(gV));
+
+  FullBarrier::arrive_and_expect_tx(&ss.q_full, Traits::kQBytes);
+  copy(params.tma_q.with(ss.q_full), tQg, tQs);
+  for (int t = 0; t < n_tiles; ++t) {
+    const StageIter<kStages> it{t};
+    const int s = it.stage();
+    const int n = int(n_first) + t;
+    if (it.must_wait_empty()) EmptyBarrier::wait(&ss.k_empty[s], it.empty_phase());
+    FullBarrier::arrive_and_expect_tx(&ss.k_full[s], Traits::kKVBytes);
+    copy(params.tma_k.with(ss.k_full[s]), tKg(_, n), tKs(_, s));
+    if (it.must_wait_empty()) EmptyBarrier::wait(&ss.v_empty[s], it.empty_phase());
+    FullBarrier::arrive_and_expect_tx(&ss.v_full[s], Traits::kKVBytes);
+    copy(params.tma_v.with(ss.v_full[s]), tVg(_, n), tVs(_, s));
+  }
+}
+
+template <class Traits, typename T, bool kDropout>
+__global__ void __launch_bounds__(Traits::kThreads, 1)
+    fwd_kernel(const __grid_constant__ FwdParams<Traits> params) {
+  using namespace cute;
+  constexpr int BM = Traits::BM, BN = Traits::BN, D = Traits::D, kStages = Traits::kStages;
+  using Element = typename Traits::Element;
+
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  auto& ss = *reinterpret_cast<typename Traits::SharedStorage*>(smem_raw);
+  const AttnProblem& p = params.p;
+
+  const TileCoord tc = LongestFirstScheduler::get(p.bottom_right || p.window_right >= 0);
+  const SeqInfo si(p, tc.batch);
+  const int64_t m0 = int64_t(tc.m_block) * BM;
+  if (p.thd && m0 >= si.L_q) return;  // those rows belong to the next sequence (whole CTA)
+  const Mask mask(p, si);
+  const int64_t hk = tc.head / (p.h / p.h_kv);
+  int64_t k_lo, k_hi;
+  mask.key_range(m0, m0 + BM, &k_lo, &k_hi);
+  const int64_t n_first = k_lo / BN;
+  const int n_tiles = k_hi >= k_lo ? int(k_hi / BN - n_first + 1) : 0;
+
+  if (threadIdx.x == 0) {
+    FullBarrier::init(&ss.q_full, 1);
+    for (int s = 0; s < kStages; ++s) {
+      FullBarrier::init(&ss.k_full[s], 1);
+      FullBarrier::init(&ss.v_full[s], 1);
+      EmptyBarrier::init(&ss.k_empty[s], Traits::kConsumerThreads);
+      EmptyBarrier::init(&ss.v_empty[s], Traits::kConsumerThreads);
+    }
+    cutlass::arch::fence_barrier_init();
+  }
+  __syncthreads();
+
+  const int wg = int(threadIdx.x) / 128;
+  if (wg == 0) {
+    cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
+    if (threadIdx.x == 0 && n_tiles > 0) produce<Traits>(params, ss, si, tc, hk, n_first, n_tiles);
+    return;
+  }
+  cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
+
+  const int tidx = int(threadIdx.x) - 128;  // 0..255 over both consumer warpgroups
+  typename Traits::MmaS mma_s;
+  typename Traits::MmaO mma_o;
+  auto thr_s = mma_s.get_thread_slice(tidx);
+  auto thr_o = mma_o.get_thread_slice(tidx);
+  Tensor sQ = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQ{});
+  Tensor sK = make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutKV{});
+  Tensor sVt = make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutVt{});
+  Tensor tSrQ = thr_s.partition_fragment_A(sQ);   // descriptors
+  Tensor tSrK = thr_s.partition_fragment_B(sK);   // (MMA, MMA_N, MMA_K, stage)
+  Tensor tOrV = thr_o.partition_fragment_B(sVt);  // (MMA, MMA_N, MMA_K, stage)
+  Tensor tSrS = partition_fragment_C(mma_s, Shape<Int<BM>, Int<BN>>{});
+  Tensor tOrO = partition_fragment_C(mma_o, Shape<Int<BM>, Int<D>>{});
+  Tensor tScS = thr_s.partition_C(make_identity_tensor(Shape<Int<BM>, Int<BN>>{}));
+  Tensor tOcO = thr_o.partition_C(make_identity_tensor(Shape<Int<BM>, Int<D>>{}));
+  // P in the A-operand register layout of the P V GEMM; for 16-bit types its flat order is the S
+  // accumulator's, so the conversion is element-wise.
+  Tensor tOrP = make_tensor<Element>(partition_shape_A(mma_o, Shape<Int<BM>, Int<BN>>{}));
+  static_assert(decltype(size(tOrP))::value == decltype(size(tSrS))::value, "P and S sizes differ");
+  clear(tOrO);
+
+  RowSoftmax sm;
+  const float scale_log2 = float(p.scale) * kLog2e;
+  const Dropout drop(p, tc.batch);
+  const int row0 = get<0>(tScS(0)), row1 = get<0>(tScS(2));  // tile rows of this thread
+
+  if (n_tiles > 0) FullBarrier::wait(&ss.q_full, 0);
+  for (int t = 0; t < n_tiles; ++t) {
+    const StageIter<kStages> it{t};
+    const int s = it.stage();
+    const int64_t n0 = (n_first + t) * BN;
+
+    FullBarrier::wait(&ss.k_full[s], it.phase());
+    wg_gemm<true>(mma_s, tSrQ, tSrK(_, _, _, s), tSrS);
+    EmptyBarrier::arrive(&ss.k_empty[s]);
+
+    if (!mask.tile_full(m0, m0 + BM, n0, n0 + BN)) {
+      int lo[2], hi[2];
+      mask.row_span(m0 + row0, n0, BN, &lo[0], &hi[0]);
+      mask.row_span(m0 + row1, n0, BN, &lo[1], &hi[1]);
+      CUTE_UNROLL
+      for (int i = 0; i < size(tSrS); ++i) {
+        const int r = frag_row(i), col = get<1>(tScS(i));
+        if (col < lo[r] || col >= hi[r]) tSrS(i) = -INFINITY;
+      }
+    }
+    sm.update(tSrS, tOrO, scale_log2);
+    if constexpr (kDropout) {
+      // Row sums above use the undropped probabilities; only P V sees the keep mask.
+      CUTE_UNROLL
+      for (int i = 0; i < size(tSrS); i += 2) {
+        bool k0, k1;
+        drop.keep_pair(tc.head, m0 + (frag_row(i) ? row1 : row0), n0 + get<1>(tScS(i)), &k0, &k1);
+        if (!k0) tSrS(i) = 0.f;
+        if (!k1) tSrS(i + 1) = 0.f;
+      }
+    }
+    CUTE_UNROLL
+    for (int i = 0; i < size(tSrS); ++i) tOrP(i) = Element(tSrS(i));
+
+    FullBarrier::wait(&ss.v_full[s], it.phase());
+    wg_gemm<false>(mma_o, tOrP, tOrV(_, _, _, s), tOrO);
+    EmptyBarrier::arrive(&ss.v_empty[s]);
+  }
+
+  const float drop_scale = kDropout ? 1.0f / (1.0f - float(p.dropout)) : 1.0f;
+  store_out<D>(p, si, tc.batch, tc.head, m0, tOrO, tOcO, sm, drop_scale,
+               reinterpret_cast<T*>(ss.q.data()), wg - 1, tidx % 128);
+}
+
+}  // namespace sm90
+}  // namespace flash
+}  // namespace pte

@@ -1,0 +1,21 @@
+// Entry points of the Hopper (sm_90a) flash kernels, declared for the arch-neutral dispatch
+// (flash_api.cu); defined in launch_fwd.h and instantiated per (head dim, dtype) in sm90/inst/,
+// which the build compiles for sm_90a only (group flash_sm90) and announces with PTE_FLASH_SM90.
+#pragma once
+
+#include "core/problem.h"
+
+namespace pte {
+namespace flash {
+namespace sm90 {
+
+// Head dims with an sm90 forward: a call with head dim d runs the smallest one >= d (TMA fills
+// the columns past d with zeros).
+constexpr int kFwdHdims[] = {64, 128};
+
+template <int D, typename T>
+void run_fwd(const AttnProblem& p);
+
+}  // namespace sm90
+}  // namespace flash
+}  // namespace pte
