@@ -33,9 +33,10 @@ struct FwdParams {
   AttnProblem p;
 };
 
-// One warpgroup-wide GEMM C (+)= A B over every k-block, issued asynchronously and waited for.
+// One warpgroup-wide GEMM C (+)= A B over every k-block, issued asynchronously as one wgmma
+// group. The caller waits with warpgroup_wait<N>() and then fences C (gemm_done).
 template <bool kZeroInit, class Mma, class TA, class TB, class TC>
-__device__ __forceinline__ void wg_gemm(Mma& mma, TA const& a, TB const& b, TC& c) {
+__device__ __forceinline__ void gemm_issue(Mma& mma, TA const& a, TB const& b, TC& c) {
   using namespace cute;
   constexpr bool kRegA = !is_base_of<GMMA::DescriptorIterator, typename Mma::FrgTypeA>::value;
   if constexpr (kRegA) warpgroup_fence_operand(const_cast<TA&>(a));
@@ -48,10 +49,42 @@ __device__ __forceinline__ void wg_gemm(Mma& mma, TA const& a, TB const& b, TC& 
     mma.accumulate_ = GMMA::ScaleOut::One;
   }
   warpgroup_commit_batch();
-  warpgroup_wait<0>();
-  warpgroup_fence_operand(c);
-  if constexpr (kRegA) warpgroup_fence_operand(const_cast<TA&>(a));
 }
+
+template <class TC>
+__device__ __forceinline__ void gemm_done(TC& c) {
+  cute::warpgroup_fence_operand(c);
+}
+
+// Consumer schedules (template parameter of the kernel):
+//   kSerial   S_t, softmax, P V_t, one after the other in each warpgroup;
+//   kOverlap  S_{t+1} is issued before P V_t, so the softmax of tile t+1 runs under the P V GEMM
+//             of tile t (FlashAttention-3's intra-warpgroup overlap);
+//   kPingpong kOverlap, and the two warpgroups take turns issuing their GEMMs (named barriers), so
+//             one warpgroup's softmax runs under the other's GEMMs.
+enum Schedule { kSerial = 0, kOverlap = 1, kPingpong = 2 };
+
+// Turn-taking of the two consumer warpgroups for kPingpong. Warpgroup w waits on barrier
+// kBarSched + w before issuing and then releases the other's. Both warpgroups of a CTA take the
+// same number of turns (they visit the same key tiles), so with warpgroup 0 released once at the
+// start and warpgroup 1 not releasing after its last turn, every barrier phase is completed.
+constexpr int kBarSched = 4;
+__device__ __forceinline__ void named_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+template <int kSched>
+struct Turns {
+  int wg;
+  __device__ __forceinline__ void start() const {
+    if (kSched == kPingpong && wg == 1) named_arrive(kBarSched + 0, 256);
+  }
+  __device__ __forceinline__ void wait() const {
+    if (kSched == kPingpong) named_sync(kBarSched + wg, 256);
+  }
+  __device__ __forceinline__ void pass(bool last) const {
+    if (kSched == kPingpong && (wg == 0 || !last)) named_arrive(kBarSched + (wg ^ 1), 256);
+  }
+};
 
 // Producer: one thread issues Q once, then K and V of every visited key tile, each into the next
 // stage once the consumers have released it.
@@ -98,7 +131,7 @@ __device__ __forceinline__ void produce(const FwdParams<Traits>& params,
   }
 }
 
-template <class Traits, typename T, bool kDropout>
+template <class Traits, typename T, bool kDropout, int kSched>
 __global__ void __launch_bounds__(Traits::kThreads, 1)
     fwd_kernel(const __grid_constant__ FwdParams<Traits> params) {
   using namespace cute;
@@ -166,16 +199,9 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   const Dropout drop(p, tc.batch);
   const int row0 = get<0>(tScS(0)), row1 = get<0>(tScS(2));  // tile rows of this thread
 
-  if (n_tiles > 0) FullBarrier::wait(&ss.q_full, 0);
-  for (int t = 0; t < n_tiles; ++t) {
-    const StageIter<kStages> it{t};
-    const int s = it.stage();
-    const int64_t n0 = (n_first + t) * BN;
-
-    FullBarrier::wait(&ss.k_full[s], it.phase());
-    wg_gemm<true>(mma_s, tSrQ, tSrK(_, _, _, s), tSrS);
-    EmptyBarrier::arrive(&ss.k_empty[s]);
-
+  // Mask, softmax and dropout of the S tile of key offset n0, in place: afterwards tSrS holds the
+  // probabilities that P V will use, alpha the rescale factors of the output rows.
+  auto scores_to_probs = [&](int64_t n0, float (&alpha)[2]) {
     if (!mask.tile_full(m0, m0 + BM, n0, n0 + BN)) {
       int lo[2], hi[2];
       mask.row_span(m0 + row0, n0, BN, &lo[0], &hi[0]);
@@ -186,9 +212,9 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         if (col < lo[r] || col >= hi[r]) tSrS(i) = -INFINITY;
       }
     }
-    sm.update(tSrS, tOrO, scale_log2);
+    sm.probs(tSrS, scale_log2, alpha);
     if constexpr (kDropout) {
-      // Row sums above use the undropped probabilities; only P V sees the keep mask.
+      // The row sums above use the undropped probabilities; only P V sees the keep mask.
       CUTE_UNROLL
       for (int i = 0; i < size(tSrS); i += 2) {
         bool k0, k1;
@@ -197,12 +223,76 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         if (!k1) tSrS(i + 1) = 0.f;
       }
     }
+  };
+  auto to_operand = [&]() {
     CUTE_UNROLL
     for (int i = 0; i < size(tSrS); ++i) tOrP(i) = Element(tSrS(i));
+  };
 
-    FullBarrier::wait(&ss.v_full[s], it.phase());
-    wg_gemm<false>(mma_o, tOrP, tOrV(_, _, _, s), tOrO);
-    EmptyBarrier::arrive(&ss.v_empty[s]);
+  if (n_tiles > 0) {
+    FullBarrier::wait(&ss.q_full, 0);
+    const Turns<kSched> turns{wg - 1};
+    turns.start();
+    float alpha[2];
+    if constexpr (kSched == kSerial) {
+      for (int t = 0; t < n_tiles; ++t) {
+        const StageIter<kStages> it{t};
+        const int s = it.stage();
+        FullBarrier::wait(&ss.k_full[s], it.phase());
+        gemm_issue<true>(mma_s, tSrQ, tSrK(_, _, _, s), tSrS);
+        warpgroup_wait<0>();
+        gemm_done(tSrS);
+        EmptyBarrier::arrive(&ss.k_empty[s]);
+        scores_to_probs((n_first + t) * BN, alpha);
+        RowSoftmax::rescale(tOrO, alpha);
+        to_operand();
+        FullBarrier::wait(&ss.v_full[s], it.phase());
+        gemm_issue<false>(mma_o, tOrP, tOrV(_, _, _, s), tOrO);
+        warpgroup_wait<0>();
+        gemm_done(tOrO);
+        EmptyBarrier::arrive(&ss.v_empty[s]);
+      }
+    } else {
+      // Turn 0: S_0 alone.
+      turns.wait();
+      FullBarrier::wait(&ss.k_full[0], 0);
+      gemm_issue<true>(mma_s, tSrQ, tSrK(_, _, _, 0), tSrS);
+      turns.pass(false);
+      warpgroup_wait<0>();
+      gemm_done(tSrS);
+      EmptyBarrier::arrive(&ss.k_empty[0]);
+      scores_to_probs(n_first * BN, alpha);  // O is still zero: no rescale
+      to_operand();
+      // Turn t: S_t, then P V_{t-1}; the softmax of S_t runs while P V_{t-1} is in flight, and
+      // only then may the output be rescaled and P overwritten.
+      for (int t = 1; t < n_tiles; ++t) {
+        const StageIter<kStages> it{t}, prev{t - 1};
+        turns.wait();
+        FullBarrier::wait(&ss.k_full[it.stage()], it.phase());
+        gemm_issue<true>(mma_s, tSrQ, tSrK(_, _, _, it.stage()), tSrS);
+        FullBarrier::wait(&ss.v_full[prev.stage()], prev.phase());
+        gemm_issue<false>(mma_o, tOrP, tOrV(_, _, _, prev.stage()), tOrO);
+        turns.pass(false);
+        warpgroup_wait<1>();
+        gemm_done(tSrS);
+        EmptyBarrier::arrive(&ss.k_empty[it.stage()]);
+        scores_to_probs((n_first + t) * BN, alpha);
+        warpgroup_wait<0>();
+        gemm_done(tOrO);
+        EmptyBarrier::arrive(&ss.v_empty[prev.stage()]);
+        RowSoftmax::rescale(tOrO, alpha);
+        to_operand();
+      }
+      // Last turn: P V of the last tile.
+      const StageIter<kStages> last{n_tiles - 1};
+      turns.wait();
+      FullBarrier::wait(&ss.v_full[last.stage()], last.phase());
+      gemm_issue<false>(mma_o, tOrP, tOrV(_, _, _, last.stage()), tOrO);
+      turns.pass(true);
+      warpgroup_wait<0>();
+      gemm_done(tOrO);
+      EmptyBarrier::arrive(&ss.v_empty[last.stage()]);
+    }
   }
 
   const float drop_scale = kDropout ? 1.0f / (1.0f - float(p.dropout)) : 1.0f;

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
 
 #include <cute/tensor.hpp>
 
@@ -38,6 +39,24 @@ typename Traits::GmemTensor gmem_view(const AttnProblem& p, const void* ptr, con
                      stride);
 }
 
+// Consumer schedule (fwd_kernel.h); PTE_SM90_SCHEDULE=0|1|2 selects one for measurements.
+inline int schedule() {
+  const char* v = std::getenv("PTE_SM90_SCHEDULE");
+  return (v != nullptr && v[0] >= '0' && v[0] <= '2' && v[1] == 0) ? v[0] - '0' : int(kPingpong);
+}
+
+template <class Traits, typename T>
+auto pick_kernel(bool dropout, int sched) {
+  if (dropout) {
+    return sched == kSerial ? fwd_kernel<Traits, T, true, kSerial>
+         : sched == kOverlap ? fwd_kernel<Traits, T, true, kOverlap>
+                             : fwd_kernel<Traits, T, true, kPingpong>;
+  }
+  return sched == kSerial ? fwd_kernel<Traits, T, false, kSerial>
+       : sched == kOverlap ? fwd_kernel<Traits, T, false, kOverlap>
+                           : fwd_kernel<Traits, T, false, kPingpong>;
+}
+
 template <int D, typename T>
 void run_fwd(const AttnProblem& p) {
   using namespace cute;
@@ -63,7 +82,7 @@ void run_fwd(const AttnProblem& p) {
 
   const dim3 grid(unsigned((p.s_q + Traits::BM - 1) / Traits::BM), unsigned(p.h), unsigned(p.b));
   constexpr int smem = Traits::kSmemBytes;
-  auto kernel = p.dropout > 0.f ? fwd_kernel<Traits, T, true> : fwd_kernel<Traits, T, false>;
+  auto kernel = pick_kernel<Traits, T>(p.dropout > 0.f, schedule());
   PTE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   kernel<<<grid, Traits::kThreads, smem, stream>>>(params);
   PTE_CUDA_CHECK_LAUNCH();

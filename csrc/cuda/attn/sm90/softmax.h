@@ -35,17 +35,17 @@ struct RowSoftmax {
     l[0] = l[1] = 0.f;
   }
 
-  // s: raw scores (masked = -inf) -> unnormalised probabilities; o is rescaled by
-  // exp2(m_old - m_new). A row with nothing visible yet is rescaled against 0 so -inf - -inf
-  // never appears.
-  template <class TS, class TO>
-  __device__ __forceinline__ void update(TS& s, TO& o, float scale_log2) {
+  // s: raw scores (masked = -inf) -> unnormalised probabilities; alpha[r] = exp2(m_old - m_new)
+  // is the factor the output rows must be rescaled by (rescale(), which the overlapped schedule
+  // applies only once the previous P V GEMM has completed). A row with nothing visible yet is
+  // rescaled against 0 so -inf - -inf never appears.
+  template <class TS>
+  __device__ __forceinline__ void probs(TS& s, float scale_log2, float (&alpha)[2]) {
     constexpr int NS = int(cute::size(TS{}.layout()));
-    constexpr int NO = int(cute::size(TO{}.layout()));
     float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int i = 0; i < NS; ++i) mx[frag_row(i)] = fmaxf(mx[frag_row(i)], s(i));
-    float m_use[2], alpha[2];
+    float m_use[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const float m_new = fmaxf(m[r], quad_allreduce_max(mx[r]) * scale_log2);
@@ -62,6 +62,11 @@ struct RowSoftmax {
     }
 #pragma unroll
     for (int r = 0; r < 2; ++r) l[r] = l[r] * alpha[r] + sum[r];
+  }
+
+  template <class TO>
+  __device__ __forceinline__ static void rescale(TO& o, const float (&alpha)[2]) {
+    constexpr int NO = int(cute::size(TO{}.layout()));
 #pragma unroll
     for (int i = 0; i < NO; ++i) o(i) *= alpha[frag_row(i)];
   }
