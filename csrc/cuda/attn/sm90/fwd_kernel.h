@@ -56,13 +56,13 @@ __device__ __forceinline__ void gemm_done(TC& c) {
   cute::warpgroup_fence_operand(c);
 }
 
-// Consumer schedules (template parameter of the kernel):
-//   kSerial   S_t, softmax, P V_t, one after the other in each warpgroup;
+// Consumer schedules (template parameter of the kernel; the launcher uses kPingpong, measured
+// fastest against a serial loop and kOverlap alone in docs/performance.md, sm90 forward v2-v3):
 //   kOverlap  S_{t+1} is issued before P V_t, so the softmax of tile t+1 runs under the P V GEMM
 //             of tile t (FlashAttention-3's intra-warpgroup overlap);
 //   kPingpong kOverlap, and the two warpgroups take turns issuing their GEMMs (named barriers), so
 //             one warpgroup's softmax runs under the other's GEMMs.
-enum Schedule { kSerial = 0, kOverlap = 1, kPingpong = 2 };
+enum Schedule { kOverlap = 1, kPingpong = 2 };
 
 // Turn-taking of the two consumer warpgroups for kPingpong. Warpgroup w waits on barrier
 // kBarSched + w before issuing and then releases the other's. Both warpgroups of a CTA take the
@@ -234,25 +234,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     const Turns<kSched> turns{wg - 1};
     turns.start();
     float alpha[2];
-    if constexpr (kSched == kSerial) {
-      for (int t = 0; t < n_tiles; ++t) {
-        const StageIter<kStages> it{t};
-        const int s = it.stage();
-        FullBarrier::wait(&ss.k_full[s], it.phase());
-        gemm_issue<true>(mma_s, tSrQ, tSrK(_, _, _, s), tSrS);
-        warpgroup_wait<0>();
-        gemm_done(tSrS);
-        EmptyBarrier::arrive(&ss.k_empty[s]);
-        scores_to_probs((n_first + t) * BN, alpha);
-        RowSoftmax::rescale(tOrO, alpha);
-        to_operand();
-        FullBarrier::wait(&ss.v_full[s], it.phase());
-        gemm_issue<false>(mma_o, tOrP, tOrV(_, _, _, s), tOrO);
-        warpgroup_wait<0>();
-        gemm_done(tOrO);
-        EmptyBarrier::arrive(&ss.v_empty[s]);
-      }
-    } else {
+    {
       // Turn 0: S_0 alone.
       turns.wait();
       FullBarrier::wait(&ss.k_full[0], 0);

@@ -5,7 +5,6 @@
 #pragma once
 
 #include <cstdint>
-#include <cstdlib>
 
 #include <cute/tensor.hpp>
 
@@ -21,6 +20,8 @@ namespace sm90 {
 
 // Key-tile width per head dim: S (64 x BN) and O (64 x D) accumulators of a consumer thread take
 // BN/2 + D/2 fp32 registers; two K/V stages of BN x D plus Q fit the 227 KB of an sm_90 block.
+// (A 176-key tile for unmasked d = 128, FlashAttention-3's choice, measured 25-30 % slower here:
+// docs/performance.md, sm90 forward v4.)
 template <int D>
 struct FwdConfig {
   static constexpr int BN = D <= 64 ? 128 : (D <= 128 ? 128 : 64);
@@ -39,33 +40,11 @@ typename Traits::GmemTensor gmem_view(const AttnProblem& p, const void* ptr, con
                      stride);
 }
 
-// Consumer schedule (fwd_kernel.h); PTE_SM90_SCHEDULE=0|1|2 selects one for measurements.
-inline int schedule() {
-  const char* v = std::getenv("PTE_SM90_SCHEDULE");
-  return (v != nullptr && v[0] >= '0' && v[0] <= '2' && v[1] == 0) ? v[0] - '0' : int(kPingpong);
-}
-
 template <class Traits, typename T>
-auto pick_kernel(bool dropout, int sched) {
-  if (dropout) {
-    return sched == kSerial ? fwd_kernel<Traits, T, true, kSerial>
-         : sched == kOverlap ? fwd_kernel<Traits, T, true, kOverlap>
-                             : fwd_kernel<Traits, T, true, kPingpong>;
-  }
-  return sched == kSerial ? fwd_kernel<Traits, T, false, kSerial>
-       : sched == kOverlap ? fwd_kernel<Traits, T, false, kOverlap>
-                           : fwd_kernel<Traits, T, false, kPingpong>;
-}
-
-template <int D, typename T>
-void run_fwd(const AttnProblem& p) {
+void launch(const AttnProblem& p) {
   using namespace cute;
-  using Cfg = FwdConfig<D>;
-  using Traits = FwdTraits<D, Cfg::BN, Cfg::kStages, T>;
+  constexpr int D = Traits::D;
   cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
-  if (p.thd) zero_thd_tail(static_cast<T*>(p.out), p.out_st, p.t_q, p.h, int(p.d), p.cu_q, p.b, stream);
-  if (p.b == 0 || p.s_q == 0) return;
-
   const int64_t rows_q = p.thd ? p.t_q : p.s_q, rows_kv = p.thd ? p.t_kv : p.s_kv;
   // A tensor map needs a non-empty extent; with no rows nothing is ever loaded from it.
   auto q = gmem_view<Traits>(p, p.q, p.q_st, rows_q > 0 ? rows_q : 1, p.h, p.d);
@@ -82,10 +61,20 @@ void run_fwd(const AttnProblem& p) {
 
   const dim3 grid(unsigned((p.s_q + Traits::BM - 1) / Traits::BM), unsigned(p.h), unsigned(p.b));
   constexpr int smem = Traits::kSmemBytes;
-  auto kernel = pick_kernel<Traits, T>(p.dropout > 0.f, schedule());
+  auto kernel = p.dropout > 0.f ? fwd_kernel<Traits, T, true, kPingpong>
+                                : fwd_kernel<Traits, T, false, kPingpong>;
   PTE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   kernel<<<grid, Traits::kThreads, smem, stream>>>(params);
   PTE_CUDA_CHECK_LAUNCH();
+}
+
+template <int D, typename T>
+void run_fwd(const AttnProblem& p) {
+  using Cfg = FwdConfig<D>;
+  cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
+  if (p.thd) zero_thd_tail(static_cast<T*>(p.out), p.out_st, p.t_q, p.h, int(p.d), p.cu_q, p.b, stream);
+  if (p.b == 0 || p.s_q == 0) return;
+  launch<FwdTraits<D, Cfg::BN, Cfg::kStages, T>, T>(p);
 }
 
 #define PTE_FLASH_SM90_INSTANTIATE_FWD(D, T) template void run_fwd<D, T>(const AttnProblem&);
