@@ -78,10 +78,11 @@ std::string compiled_hdims() {
   return s.empty() ? "none" : s;
 }
 
-// Kernel family of the forward. `auto` runs the sm90 (wgmma/TMA) kernels on sm_90 devices where
-// this build has them for the head dim, the sm80 (mma.sync) kernels elsewhere; the environment
-// variable PTE_FLASH_VARIANT=sm80|sm90 forces one (tests run the grid through both). The backward
-// runs the sm80 family on every device for now.
+// Kernel family. `auto` runs the sm90 (wgmma/TMA) kernels on sm_90 devices where this build has
+// them for the head dim, the sm80 (mma.sync) kernels elsewhere; the environment variable
+// PTE_FLASH_VARIANT=sm80|sm90 forces one (tests run the grid through both). The sm90 backward
+// covers the default (atomic-dQ) mode; `deterministic=True` runs the sm80 family's three-kernel
+// backward on every device.
 enum class Variant { kAuto, kSm80, kSm90, kInvalid };
 
 Variant requested_variant() {
@@ -120,10 +121,23 @@ std::string sm90_fwd_reason(const AttnProblem& p, int arch) {
 #endif
 }
 
-bool use_sm90_fwd(const AttnProblem& p) {
+// Why the sm90 backward cannot run p ("" when it can).
+std::string sm90_bwd_reason(const AttnProblem& p, int arch) {
+  std::string why = sm90_fwd_reason(p, arch);
+  if (!why.empty()) return why;
+  if (p.deterministic) return "flash: deterministic=True runs the sm80 backward";
+  // The dQ accumulator's row length is the compiled head dim of launch.h's workspace size.
+  if (pick_sm90_hdim(p.d) != pick_hdim(p.d))
+    return str("flash: head_dim=", p.d, ": the sm90 backward's head dim differs from the "
+               "workspace's (", pick_hdim(p.d), ")");
+  return "";
+}
+
+bool use_sm90(const AttnProblem& p, bool backward) {
   const Variant v = requested_variant();
   if (v == Variant::kSm80) return false;
-  return sm90_fwd_reason(p, cuda::device_arch(p.device_id)).empty();
+  const int arch = cuda::device_arch(p.device_id);
+  return (backward ? sm90_bwd_reason(p, arch) : sm90_fwd_reason(p, arch)).empty();
 }
 
 bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
@@ -158,7 +172,9 @@ std::string reason(const AttnProblem& p, bool backward) {
   if (variant == Variant::kInvalid)
     return str("flash: PTE_FLASH_VARIANT=", std::getenv("PTE_FLASH_VARIANT"),
                ": must be auto, sm80 or sm90");
-  if (variant == Variant::kSm90 && !backward) {
+  if (variant == Variant::kSm90) {
+    // Forcing sm90 refuses devices and head dims without sm90 kernels; a deterministic backward
+    // still runs (on the sm80 family, the only deterministic one).
     std::string why = sm90_fwd_reason(p, arch);
     if (!why.empty()) return str(why, " (PTE_FLASH_VARIANT=sm90)");
   }
@@ -179,25 +195,25 @@ void call(const AttnProblem& p) {
   }
 }
 
-template <typename T>
-void dispatch_sm90_fwd(const AttnProblem& p) {
+template <bool kBwd, typename T>
+void dispatch_sm90(const AttnProblem& p) {
 #ifdef PTE_FLASH_SM90
   switch (pick_sm90_hdim(p.d)) {
 #if defined(PTE_FLASH_HDIM_64)
-    case 64: return sm90::run_fwd<64, T>(p);
+    case 64: return kBwd ? sm90::run_bwd<64, T>(p) : sm90::run_fwd<64, T>(p);
 #endif
 #if defined(PTE_FLASH_HDIM_128)
-    case 128: return sm90::run_fwd<128, T>(p);
+    case 128: return kBwd ? sm90::run_bwd<128, T>(p) : sm90::run_fwd<128, T>(p);
 #endif
     default: break;
   }
 #endif
-  PTE_UNSUPPORTED("flash: head_dim=", p.d, ": no compiled sm90 forward");
+  PTE_UNSUPPORTED("flash: head_dim=", p.d, ": no compiled sm90 kernel");
 }
 
 template <bool kBwd, typename T>
 void dispatch(const AttnProblem& p) {
-  if (!kBwd && use_sm90_fwd(p)) return dispatch_sm90_fwd<T>(p);
+  if (use_sm90(p, kBwd)) return dispatch_sm90<kBwd, T>(p);
   switch (pick_hdim(p.d)) {
     case 32: return call<32, kBwd, T>(p);
     case 64: return call<64, kBwd, T>(p);

@@ -16,6 +16,13 @@ constexpr int kFwdHdims[] = {64, 128};
 template <int D, typename T>
 void run_fwd(const AttnProblem& p);
 
+// The backward (atomic-dQ mode; `deterministic` runs the sm80 family). Its dQ accumulator has
+// rows of D columns, so the dispatch uses it only where D is also the sm80 family's pick for d
+// (launch.h's workspace size).
+constexpr int kBwdHdims[] = {64, 128};
+template <int D, typename T>
+void run_bwd(const AttnProblem& p);
+
 }  // namespace sm90
 }  // namespace flash
 }  // namespace pte
