@@ -285,10 +285,13 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     // dQ_acc rows of this step (rows past L_q carry dS = 0 and may lie outside the accumulator).
     const int64_t row_base = p.thd ? hq * p.t_q + si.q_start + m0 : (bi * p.h + hq) * p.s_q + m0;
     float* dq = params.dq_accum + row_base * D;
+    // Adjacent columns of a fragment pair go as one 8-byte vector reduction (sm_90).
     CUTE_UNROLL
-    for (int i = 0; i < size(tdQrdQ); ++i) {
+    for (int i = 0; i < size(tdQrdQ); i += 2) {
       const int q = get<0>(tdQc(i)), col = get<1>(tdQc(i));
-      if (m0 + q < si.L_q) atomicAdd(dq + int64_t(q) * D + col, tdQrdQ(i));
+      if (m0 + q < si.L_q)
+        atomicAdd(reinterpret_cast<float2*>(dq + int64_t(q) * D + col),
+                  make_float2(tdQrdQ(i), tdQrdQ(i + 1)));
     }
   }
 
