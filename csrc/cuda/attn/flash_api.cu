@@ -93,13 +93,19 @@ Variant requested_variant() {
   return Variant::kInvalid;
 }
 
-// Smallest head dim >= d with a compiled sm90 forward, or 0.
-int pick_sm90_hdim(int64_t d) {
+// Smallest head dim >= d with a compiled sm90 forward (backward), or 0.
+int pick_sm90_hdim(int64_t d, bool backward = false) {
 #ifdef PTE_FLASH_SM90
+  if (backward) {
+    for (int D : sm90::kBwdHdims)
+      if (compiled(D) && d <= D) return D;
+    return 0;
+  }
   for (int D : sm90::kFwdHdims)
     if (compiled(D) && d <= D) return D;
 #else
   (void)d;
+  (void)backward;
 #endif
   return 0;
 }
@@ -113,8 +119,8 @@ std::string sm90_fwd_reason(const AttnProblem& p, int arch) {
 #else
   if (arch != 90) return str("flash: the sm90 kernels need compute capability 9.0, not ", arch / 10, ".", arch % 10);
   if (pick_sm90_hdim(p.d) == 0)
-    return str("flash: head_dim=", p.d, ": no sm90 forward for it in this build (sm90 head dims: 64, 128 "
-               "where compiled)");
+    return str("flash: head_dim=", p.d, ": no sm90 forward for it in this build (sm90 head dims: 64, "
+               "128, 192, 256 where compiled)");
   // TMA: 16-byte aligned bases and strides (the generic check below asks for multiples of 8
   // elements, i.e. 16 bytes in 16-bit types).
   return "";
@@ -127,7 +133,7 @@ std::string sm90_bwd_reason(const AttnProblem& p, int arch) {
   if (!why.empty()) return why;
   if (p.deterministic) return "flash: deterministic=True runs the sm80 backward";
   // The dQ accumulator's row length is the compiled head dim of launch.h's workspace size.
-  if (pick_sm90_hdim(p.d) != pick_hdim(p.d))
+  if (pick_sm90_hdim(p.d, true) != pick_hdim(p.d))
     return str("flash: head_dim=", p.d, ": the sm90 backward's head dim differs from the "
                "workspace's (", pick_hdim(p.d), ")");
   return "";
@@ -139,7 +145,7 @@ bool use_sm90(const AttnProblem& p, bool backward) {
   const int arch = cuda::device_arch(p.device_id);
   if (!backward) return sm90_fwd_reason(p, arch).empty();
 #ifdef PTE_FLASH_SM90
-  if (v == Variant::kAuto && !sm90::bwd_preferred(pick_sm90_hdim(p.d))) return false;
+  if (v == Variant::kAuto && !sm90::bwd_preferred(pick_sm90_hdim(p.d, true))) return false;
 #endif
   return sm90_bwd_reason(p, arch).empty();
 }
@@ -202,12 +208,18 @@ void call(const AttnProblem& p) {
 template <bool kBwd, typename T>
 void dispatch_sm90(const AttnProblem& p) {
 #ifdef PTE_FLASH_SM90
-  switch (pick_sm90_hdim(p.d)) {
+  switch (pick_sm90_hdim(p.d, kBwd)) {
 #if defined(PTE_FLASH_HDIM_64)
     case 64: return kBwd ? sm90::run_bwd<64, T>(p) : sm90::run_fwd<64, T>(p);
 #endif
 #if defined(PTE_FLASH_HDIM_128)
     case 128: return kBwd ? sm90::run_bwd<128, T>(p) : sm90::run_fwd<128, T>(p);
+#endif
+#if defined(PTE_FLASH_HDIM_192)
+    case 192: if constexpr (!kBwd) return sm90::run_fwd<192, T>(p); break;
+#endif
+#if defined(PTE_FLASH_HDIM_256)
+    case 256: if constexpr (!kBwd) return sm90::run_fwd<256, T>(p); break;
 #endif
     default: break;
   }

@@ -45,7 +45,9 @@ __device__ __forceinline__ int staged(int row, int chunk) {
   return row * D + ((chunk ^ (row & 7)) * 8);
 }
 
-template <int D, typename T, class TO, class TC>
+// kInQ: `stage` is Q's buffer, which both warpgroups' S GEMMs read until they are done; else a
+// buffer of O's own, which this warpgroup may still be reading from its previous tile.
+template <int D, bool kInQ, typename T, class TO, class TC>
 __device__ __forceinline__ void store_out(const AttnProblem& p, const SeqInfo& si, int64_t bi,
                                           int64_t hq, int64_t m0, TO& o, TC const& tOcO,
                                           const RowSoftmax& sm, float drop_scale, T* stage,
@@ -66,8 +68,10 @@ __device__ __forceinline__ void store_out(const AttnProblem& p, const SeqInfo& s
         p.lse[(bi * p.h + hq) * p.s_q + i] = -INFINITY;
     }
   }
-  // Every S GEMM of both warpgroups has completed (they read Q) before anyone overwrites it.
-  named_sync(kBarConsumers, 256);
+  if (kInQ)
+    named_sync(kBarConsumers, 256);  // every S GEMM of both warpgroups has completed
+  else
+    named_sync(kBarWarpgroup0 + wg, 128);  // this warpgroup is done reading its previous tile
   T* tile = stage + wg * 64 * D;
 #pragma unroll
   for (int i = 0; i < NO; i += 2) {

@@ -11,7 +11,7 @@ namespace sm90 {
 
 // Head dims with an sm90 forward: a call with head dim d runs the smallest one >= d (TMA fills
 // the columns past d with zeros).
-constexpr int kFwdHdims[] = {64, 128};
+constexpr int kFwdHdims[] = {64, 128, 192, 256};
 
 template <int D, typename T>
 void run_fwd(const AttnProblem& p);

@@ -4,7 +4,9 @@
 // compiled for sm_90a alone.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 
 #include <cute/tensor.hpp>
 
@@ -19,12 +21,15 @@ namespace flash {
 namespace sm90 {
 
 // Key-tile width per head dim: S (64 x BN) and O (64 x D) accumulators of a consumer thread take
-// BN/2 + D/2 fp32 registers; two K/V stages of BN x D plus Q fit the 227 KB of an sm_90 block.
+// BN/2 + D/2 fp32 registers (+ BN/4 for P); two K/V stages of BN x D plus Q fit the 227 KB of an
+// sm_90 block.
 // (A 176-key tile for unmasked d = 128, FlashAttention-3's choice, measured 25-30 % slower here:
 // docs/performance.md, sm90 forward v4.)
 template <int D>
 struct FwdConfig {
-  static constexpr int BN = D <= 64 ? 128 : (D <= 128 ? 128 : 64);
+  // D = 192: two 96-key stages (2 x 2 x 96 x 192 x 2 B + Q 48 KB = 195 KB); D = 256: 64 keys
+  // (O alone takes 128 registers).
+  static constexpr int BN = D <= 128 ? 128 : (D <= 192 ? 96 : 64);
   static constexpr int kStages = 2;
 };
 
@@ -40,6 +45,27 @@ typename Traits::GmemTensor gmem_view(const AttnProblem& p, const void* ptr, con
                      stride);
 }
 
+// Multiprocessors of a device (cached: the attribute query is a driver call).
+inline int sm_count(int device_id) {
+  static int counts[64] = {};
+  if (device_id < 0) PTE_CUDA_CHECK(cudaGetDevice(&device_id));
+  if (device_id >= 64) {
+    int n = 0;
+    PTE_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device_id));
+    return n;
+  }
+  if (counts[device_id] == 0)
+    PTE_CUDA_CHECK(cudaDeviceGetAttribute(&counts[device_id], cudaDevAttrMultiProcessorCount, device_id));
+  return counts[device_id];
+}
+
+// Persistent forward (PTE_SM90_PERSISTENT=1) — measured against one tile per CTA; see
+// docs/performance.md.
+inline bool persistent() {
+  const char* v = std::getenv("PTE_SM90_PERSISTENT");
+  return v != nullptr && v[0] == '1';
+}
+
 template <class Traits, typename T>
 void launch(const AttnProblem& p) {
   using namespace cute;
@@ -50,6 +76,8 @@ void launch(const AttnProblem& p) {
   auto q = gmem_view<Traits>(p, p.q, p.q_st, rows_q > 0 ? rows_q : 1, p.h, p.d);
   auto k = gmem_view<Traits>(p, p.k, p.k_st, rows_kv > 0 ? rows_kv : 1, p.h_kv, p.d);
   auto v = gmem_view<Traits>(p, p.v, p.v_st, rows_kv > 0 ? rows_kv : 1, p.h_kv, p.d_v);
+  const bool reverse = p.bottom_right || p.window_right >= 0;
+  const TileList tiles{int((p.s_q + Traits::BM - 1) / Traits::BM), p.h, p.b, reverse};
   FwdParams<Traits> params{
       make_tma_copy(SM90_TMA_LOAD{}, q, typename Traits::SmemLayoutQ{},
                     Shape<Int<Traits::BM>, Int<D>>{}, _1{}),
@@ -57,15 +85,24 @@ void launch(const AttnProblem& p) {
                     Shape<Int<Traits::BN>, Int<D>>{}, _1{}),
       make_tma_copy(SM90_TMA_LOAD{}, v, take<0, 2>(typename Traits::SmemLayoutKV{}),
                     Shape<Int<Traits::BN>, Int<D>>{}, _1{}),
-      q.shape(), k.shape(), v.shape(), p};
+      q.shape(), k.shape(), v.shape(), p, tiles};
 
-  const dim3 grid(unsigned((p.s_q + Traits::BM - 1) / Traits::BM), unsigned(p.h), unsigned(p.b));
   constexpr int smem = Traits::kSmemBytes;
-  auto kernel = p.dropout > 0.f ? fwd_kernel<Traits, T, true, kPingpong>
-                                : fwd_kernel<Traits, T, false, kPingpong>;
-  PTE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  kernel<<<grid, Traits::kThreads, smem, stream>>>(params);
-  PTE_CUDA_CHECK_LAUNCH();
+  const bool drop = p.dropout > 0.f;
+  auto run = [&](auto kernel, int64_t ctas) {
+    PTE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    kernel<<<dim3(unsigned(ctas)), Traits::kThreads, smem, stream>>>(params);
+    PTE_CUDA_CHECK_LAUNCH();
+  };
+  if constexpr (Traits::kSeparateO) {
+    if (persistent()) {
+      const int64_t ctas = std::min<int64_t>(tiles.total(), sm_count(p.device_id));
+      return drop ? run(fwd_kernel<Traits, T, true, kPingpong, true>, ctas)
+                  : run(fwd_kernel<Traits, T, false, kPingpong, true>, ctas);
+    }
+  }
+  drop ? run(fwd_kernel<Traits, T, true, kPingpong, false>, tiles.total())
+       : run(fwd_kernel<Traits, T, false, kPingpong, false>, tiles.total());
 }
 
 template <int D, typename T>

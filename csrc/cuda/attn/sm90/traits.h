@@ -85,17 +85,22 @@ struct FwdTraits {
 
   static constexpr int kQBytes = BM * D * int(sizeof(Element));
   static constexpr int kKVBytes = BN * D * int(sizeof(Element));  // one K (or V) stage
+  // O gets a staging buffer of its own (the persistent kernel) where it fits beside Q, K and V.
+  static constexpr bool kSeparateO = D <= 128;
 
   struct SharedStorage {
-    // Q's bytes are reused by the epilogue to stage O (each warpgroup its own 64 rows).
+    // Without a separate O buffer the epilogue stages O in Q's bytes.
     alignas(1024) cute::array_aligned<Element, cute::cosize_v<SmemLayoutQ>> q;
+    alignas(1024) cute::array_aligned<Element, kSeparateO ? BM * D : 8> o;
     alignas(1024) cute::array_aligned<Element, cute::cosize_v<SmemLayoutKV>> k;
     alignas(1024) cute::array_aligned<Element, cute::cosize_v<SmemLayoutKV>> v;
     alignas(8) uint64_t q_full;
+    uint64_t q_empty;                             // persistent: Q may be replaced
     uint64_t k_full[kStages], v_full[kStages];    // TMA landed (transaction counts)
     uint64_t k_empty[kStages], v_empty[kStages];  // every consumer thread is done with the stage
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
+  static_assert(kSmemBytes <= 227 * 1024, "more shared memory than an sm_90 block can have");
 };
 
 
@@ -183,6 +188,7 @@ struct BwdTraits {
     uint64_t q_empty[kStages];    // every consumer thread is done with the step
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
+  static_assert(kSmemBytes <= 227 * 1024, "more shared memory than an sm_90 block can have");
 };
 
 }  // namespace sm90
