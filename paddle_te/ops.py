@@ -15,6 +15,7 @@ shape checks skip dimensions that are unknown (-1).
 
 import math
 import numbers
+import warnings
 
 import numpy as np
 import paddle
@@ -409,6 +410,15 @@ def fused_attn(
 
     # ---- choose the path ---------------------------------------------------------------------
     p = dropout if training else 0.0
+    if backend == "cudnn" and p > 0.0:
+        warnings.warn(
+            f"backend='cudnn' with dropout={p}: cuDNN's dropout masks are correlated (the keep "
+            "rates of single key columns spread about twice as much as independent draws; "
+            "cuDNN's generator, not paddle_te's seeding: docs/backends.md). backend='auto' or "
+            "'flash' use paddle_te's documented Philox mask",
+            UserWarning,
+            stacklevel=2,
+        )
     q, k, v = _grad_guard(q, k, v)
     q, k, v = _amp_cast([q, k, v], on_gpu)
     dtype = _dtype_name(q.dtype)

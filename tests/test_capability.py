@@ -174,3 +174,27 @@ def test_explicit_backend_raises_with_the_core_reason(rng, simulated_gpu, monkey
     with pytest.raises(ValueError, match=r"backend='flash' cannot run this call: window \(3, 1\)"):
         paddle_te.fused_attn(x, x, x, window_size=(3, 1), backend="flash")
     assert not simulated_gpu
+
+
+def test_explicit_cudnn_with_dropout_warns(rng, simulated_gpu, monkeypatch):
+    """cuDNN's dropout masks are correlated (docs/backends.md): an explicit backend="cudnn" with
+    dropout warns; auto, flash, or cudnn without dropout (or in eval) do not."""
+    import warnings
+
+    monkeypatch.setattr(_ops_lib, "backend_available", lambda name: (True, ""))
+    monkeypatch.setattr(_ops_lib, "attn_check", lambda backend, **kw: "")
+    runs = []
+    monkeypatch.setattr(_ops_lib, "run_op", lambda *a, **k: runs.append(a[0]) or [None, None])
+    x = _t(rng.standard_normal((1, 8, 2, 64)))
+    with pytest.warns(UserWarning, match="cuDNN's dropout masks are correlated"):
+        paddle_te.fused_attn(x, x, x, dropout=0.1, backend="cudnn")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        paddle_te.fused_attn(x, x, x, dropout=0.1, backend="auto")
+        paddle_te.fused_attn(x, x, x, dropout=0.1, backend="flash")
+        paddle_te.fused_attn(x, x, x, dropout=0.0, backend="cudnn")
+        paddle_te.fused_attn(x, x, x, dropout=0.1, training=False, backend="cudnn")
+    layer = paddle_te.nn.DotProductAttention(2, 64, attention_dropout=0.2, backend="cudnn")
+    with pytest.warns(UserWarning, match="backend='cudnn' with dropout=0.2"):
+        layer(x, x, x)
+    assert runs == ["pte_fused_attn"] * 6
