@@ -582,9 +582,3 @@ def render_mask(masked):
     for i, row in enumerate(masked):
         lines.append(f"q{i} | " + "  ".join("1" if x else "0" for x in row))
     return "\n".join(lines)
-
-
-def parse_mask(text):
-    """Inverse of render_mask: the bool matrix of the 'qN | ...' rows."""
-    rows = [line.split("|", 1)[1].split() for line in text.splitlines() if "|" in line]
-    return np.array([[c == "1" for c in r] for r in rows], dtype=bool).reshape(len(rows), -1)

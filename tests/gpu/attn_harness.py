@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 import reference as R
+from gpu_util import poison, to_numpy64
 
 FLASH_VARIANT_ENV = "PTE_FLASH_VARIANT"
 
@@ -149,12 +150,12 @@ class Case:
                     cu_seqlens_q=self.cu_q, cu_seqlens_kv=self.cu_kv, softmax_scale=self.scale)
 
 
-def np64(t):
-    return t.detach().to("cpu", dtype=__import__("torch").float64).numpy()
+np64 = to_numpy64
 
 
 def poisoned(torch, shape, dtype):
-    return torch.full(shape, float("nan"), dtype=dtype, device="cuda")
+    """A new CUDA tensor filled with NaN, so unwritten elements show up."""
+    return poison(torch.empty(shape, dtype=dtype, device="cuda"))
 
 
 # --------------------------------------------------------------------------------------------
