@@ -146,15 +146,21 @@ def test_auto_checks_the_backward_when_gradients_are_needed(rng, simulated_gpu, 
     assert len(simulated_gpu) == 1  # the forward alone could run fused; the backward could not
 
 
-def test_auto_float32_on_gpu_runs_unfused_with_the_real_check(rng, simulated_gpu):
-    """No mock of the check: the core itself refuses (float32, or no device on this machine), and
-    auto runs the unfused path."""
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_auto_on_gpu_runs_unfused_with_the_real_check(rng, simulated_gpu, dtype):
+    """No mock of the check: for float32 the dtype rule refuses, for float16 the core's own
+    pte_attn_check through ctypes (here: no CUDA device on this machine), and auto runs the
+    unfused path instead of raising."""
+    if dtype == "float16":
+        assert _ops_lib.attn_check("auto", **_problem(dtype="float16", on_gpu=True)) != ""
     x = rng.standard_normal((1, 5, 2, 32))
-    out = paddle_te.fused_attn(_t(x, "float32"), _t(x, "float32"), _t(x, "float32"),
+    out = paddle_te.fused_attn(_t(x, dtype), _t(x, dtype), _t(x, dtype),
                                attn_mask_type="causal_bottom_right", window_size=(2, 0))
-    assert len(simulated_gpu) == 1
+    assert len(simulated_gpu) == 1 and out.dtype == getattr(paddle, dtype)
+    x = x.astype(dtype).astype(np.float64)
     want, _ = R.attention_fwd(x, x, x, attn_mask_type="causal_bottom_right", window_size=(2, 0))
-    np.testing.assert_allclose(out.numpy(), want, atol=1e-5)
+    np.testing.assert_allclose(out.astype("float32").numpy(), want,
+                               atol=1e-5 if dtype == "float32" else 2e-3)
 
 
 def test_auto_thd_that_no_backend_runs_names_the_reason(rng, simulated_gpu, monkeypatch):
