@@ -50,27 +50,31 @@ OP_NAMES = tuple(paddle.utils.cpp_extension.load_op_meta_info_and_register_op(LI
 _CLIB = ctypes.CDLL(LIB_PATH)  # already loaded above; this only resolves symbols
 _CLIB.pte_backend_available.restype = ctypes.c_int
 _CLIB.pte_backend_available.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)]
-_CLIB.pte_backend_name.restype = ctypes.c_char_p
-_CLIB.pte_backend_name.argtypes = [ctypes.c_int]
 _CLIB.pte_version.restype = ctypes.c_char_p
 _CLIB.pte_version.argtypes = []
 _CLIB.pte_last_error.restype = ctypes.c_char_p
 _CLIB.pte_last_error.argtypes = []
 
 
-def _core_backends():
-    """pte_backend_t value of every backend name, from the C API itself (pte_backend_name over
-    the enum until it answers "unknown"), so the Python side holds no copy of the enum."""
-    names = {}
+def _c_names(function):
+    """The words of one C API vocabulary, in enum order: `function` (pte_backend_name and, where
+    the library has them, pte_qkv_format_name / pte_mask_type_name) over 0, 1, ... until it
+    answers NULL or "unknown". None when the library lacks the function."""
+    fn = getattr(_CLIB, function, None)
+    if fn is None:
+        return None
+    fn.restype = ctypes.c_char_p
+    fn.argtypes = [ctypes.c_int]
+    names = []
     for value in range(64):
-        name = _CLIB.pte_backend_name(value).decode()
-        if name == "unknown":
+        name = fn(value)
+        if name is None or name == b"unknown":
             break
-        names[name] = value
-    return names
+        names.append(name.decode())
+    return tuple(names)
 
 
-_BACKEND_ENUM = _core_backends()
+_BACKEND_ENUM = {name: i for i, name in enumerate(_c_names("pte_backend_name"))}
 #: The C core's backends ("auto" first), in the order of its enum.
 CORE_BACKENDS = tuple(_BACKEND_ENUM)
 
@@ -150,8 +154,12 @@ _CLIB.pte_attn_check.argtypes = [ctypes.POINTER(_AttnParams), ctypes.c_int, ctyp
 # Enum values of the C API (common.h, attention.h). Formats and mask types: the index in the
 # one table of each (_vocab.py, in enum order).
 _DTYPE_ENUM = {"float32": 0, "float64": 1, "float16": 2, "bfloat16": 3, "int32": 4, "int64": 5, "bool": 6}
-_FORMAT_ENUM = {name: i for i, name in enumerate(_vocab.QKV_FORMATS)}
-_MASK_ENUM = {name: i for i, name in enumerate(_vocab.CORE_MASK_TYPES)}
+# Where the library names them itself (pte_qkv_format_name, pte_mask_type_name), its words are
+# used; tests/test_capability.py holds _vocab's tables to them and to the header.
+C_QKV_FORMATS = _c_names("pte_qkv_format_name")
+C_MASK_TYPES = _c_names("pte_mask_type_name")
+_FORMAT_ENUM = {name: i for i, name in enumerate(C_QKV_FORMATS or _vocab.QKV_FORMATS)}
+_MASK_ENUM = {name: i for i, name in enumerate(C_MASK_TYPES or _vocab.CORE_MASK_TYPES)}
 # The check dereferences no tensor data (CUDA cu_seqlens values are never read on the host; CPU
 # calls are not checked through here), only tests it for null: a stand-in address for tensors
 # that have none yet (outputs).

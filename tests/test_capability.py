@@ -62,6 +62,10 @@ def test_vocabularies_follow_the_c_enums():
     assert _enum_names(att, "pte_mask_type_t", "PTE_MASK_") == list(_vocab.CORE_MASK_TYPES)
     assert _enum_names(att, "pte_backend_t", "PTE_BACKEND_") == list(_ops_lib.CORE_BACKENDS)
     assert _enum_names(com, "pte_dtype_t", "PTE_") == list(_ops_lib._DTYPE_ENUM)
+    # Where the library names the words itself, they are the same.
+    for c_names, table in ((_ops_lib.C_QKV_FORMATS, _vocab.QKV_FORMATS),
+                           (_ops_lib.C_MASK_TYPES, _vocab.CORE_MASK_TYPES)):
+        assert c_names is None or c_names == table
     assert paddle_te.masks.MASK_TYPES is _vocab.MASK_TYPES
     assert ops.QKV_FORMATS is _vocab.QKV_FORMATS
     assert set(ops.BACKENDS) == set(_ops_lib.CORE_BACKENDS) | set(_vocab.PYTHON_BACKENDS)
