@@ -192,9 +192,36 @@ def attn_check(backend, *, q_shape, kv_shape, v_shape, dtype, qkv_format, mask_t
     None. Invalid arguments (which the Python validation has already excluded) come back as a
     reason too.
     """
+    if cu_len is not None and not on_gpu:
+        raise ValueError("attn_check: cu_seqlens on the CPU would be read; check CPU calls by running them")
+    key = (backend, bool(backward), tuple(q_shape), tuple(kv_shape), tuple(v_shape), dtype,
+           qkv_format, mask_type, tuple(window), float(softmax_scale), float(dropout),
+           int(max_seqlen_q), int(max_seqlen_kv), cu_len, bool(on_gpu), int(device_id),
+           os.environ.get("PTE_FLASH_VARIANT"))
+    why = _CHECKS.get(key)
+    if why is None:
+        why = _attn_check(key)
+        if len(_CHECKS) >= _CHECKS_MAX:
+            _CHECKS.clear()
+        _CHECKS[key] = why
+    return why
+
+
+# The answers of pte_attn_check by call description: a training step asks the same few questions
+# every time (11 us each through ctypes; a dict lookup here). The answer depends on nothing else
+# (tensor data is never read, the device and build do not change within a process; the flash
+# kernel family's environment variable is part of the key). Bounded; dict operations are atomic
+# under the GIL.
+_CHECKS = {}
+_CHECKS_MAX = 1024
+
+
+def _attn_check(key):
+    (backend, backward, q_shape, kv_shape, v_shape, dtype, qkv_format, mask_type, window,
+     softmax_scale, dropout, max_seqlen_q, max_seqlen_kv, cu_len, on_gpu, device_id, _) = key
+    q_shape, kv_shape, v_shape = list(q_shape), list(kv_shape), list(v_shape)
     p = _AttnParams()
     _CLIB.pte_attn_params_init(ctypes.byref(p))
-    q_shape, kv_shape, v_shape = list(q_shape), list(kv_shape), list(v_shape)
     args = (on_gpu, device_id)
     p.q = _tensor(q_shape, dtype, *args)
     p.k = _tensor(kv_shape, dtype, *args)

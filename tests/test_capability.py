@@ -94,6 +94,21 @@ def test_check_answers_like_the_core():
     assert "CPU" in _ops_lib.attn_check("cpu", **_problem(on_gpu=True))
 
 
+def test_check_answers_are_cached_per_call_description(monkeypatch):
+    _ops_lib._CHECKS.clear()
+    calls = []
+    real = _ops_lib._attn_check
+    monkeypatch.setattr(_ops_lib, "_attn_check", lambda key: calls.append(key) or real(key))
+    bad = _problem(kv_shape=[2, 7, 2, 8])
+    first = _ops_lib.attn_check("cpu", **bad)
+    assert _ops_lib.attn_check("cpu", **bad) == first and "head dim" in first
+    assert len(calls) == 1
+    _ops_lib.attn_check("cpu", backward=True, **bad)
+    monkeypatch.setenv("PTE_FLASH_VARIANT", "sm80")  # the kernel family is part of the question
+    _ops_lib.attn_check("cpu", **bad)
+    assert len(calls) == 3
+
+
 def _t(x, dtype="float16"):
     return paddle.to_tensor(np.asarray(x).astype(dtype))
 
