@@ -539,6 +539,37 @@ def assert_close_fa(actual, ref64, naive, floor, name="output"):
     assert err <= bound, f"{name}: max error {err:.3e} > 2 * naive {naive_err:.3e} + {floor:.1e}"
 
 
+# The one tolerance of attention outputs, for every backend and variant (CPU suite and GPU
+# harness alike): FlashAttention's rule above, with
+# * `naive` the reference run in the kernel's dtype. numpy has no bfloat16 arithmetic: a bfloat16
+#   kernel's naive run is done in float16 and its error scaled by the ratio of the unit roundoffs
+#   (2^-8 / 2^-11 = 8);
+# * the floor, relative to max(1, max |ref|): accumulation-order noise where the naive error is
+#   tiny (a row with one visible key is exact in any dtype). Gradients sum over a whole sequence
+#   per element, the forward over one row of probabilities: twice the forward's floor there.
+ATTN_NAIVE = {"float16": (np.float16, 1.0), "bfloat16": (np.float16, 8.0),
+              "float32": (np.float32, 1.0)}
+ATTN_FLOOR = {"float16": (2e-3, 4e-3), "bfloat16": (2e-3, 4e-3), "float32": (1e-5, 1e-5)}
+
+
+def naive_compute_dtype(dtype):
+    """The numpy dtype in which to run the naive reference of a kernel computing in `dtype`
+    ("float16", "bfloat16", "float32")."""
+    return ATTN_NAIVE[str(dtype)][0]
+
+
+def assert_attention_close(actual, ref64, naive, dtype, name="output", grad=False):
+    """FlashAttention's rule for attention outputs (out, lse, gradients) of a kernel computing in
+    `dtype`: max |actual - ref64| <= 2 * scale * max |naive - ref64| + floor * max(1, max |ref64|),
+    with `naive` from `naive_compute_dtype(dtype)`, and every value finite."""
+    dtype = str(dtype)
+    ref64 = np.asarray(ref64, dtype=np.float64)
+    naive = np.asarray(naive, dtype=np.float64)
+    scale = ATTN_NAIVE[dtype][1]
+    floor = ATTN_FLOOR[dtype][1 if grad else 0] * max(1.0, float(np.max(np.abs(ref64), initial=0.0)))
+    assert_close_fa(actual, ref64, ref64 + scale * (naive - ref64), floor, name=name)
+
+
 # --------------------------------------------------------------------------------------------
 # Pictures (docs/masks.md is generated from and checked against these)
 # --------------------------------------------------------------------------------------------
@@ -551,9 +582,3 @@ def render_mask(masked):
     for i, row in enumerate(masked):
         lines.append(f"q{i} | " + "  ".join("1" if x else "0" for x in row))
     return "\n".join(lines)
-
-
-def parse_mask(text):
-    """Inverse of render_mask: the bool matrix of the 'qN | ...' rows."""
-    rows = [line.split("|", 1)[1].split() for line in text.splitlines() if "|" in line]
-    return np.array([[c == "1" for c in r] for r in rows], dtype=bool).reshape(len(rows), -1)
