@@ -77,7 +77,9 @@ decode::Args<T> make_args(const DecodeProblem& p) {
   a.num_pages = int(p.num_pages);
   a.pages_per_seq = int(p.pages_per_seq);
   a.appended = p.k_new != nullptr ? int(p.s_q) : 0;
-  a.window_left = p.window_left < 0 ? -1 : int(p.window_left < INT_MAX ? p.window_left : INT_MAX);
+  // A window at least the capacity is unbounded; keeping it bounded by the capacity also keeps
+  // `last - window_left` in the kernel far from int overflow.
+  a.window_left = (p.window_left < 0 || p.window_left >= p.capacity) ? -1 : int(p.window_left);
   a.num_splits = p.num_splits;
   a.scale_log2 = float(p.scale * double(decode::kLog2e));
   if (p.num_splits > 1) {
@@ -110,6 +112,7 @@ const char* decode_check(const DecodeProblem& p) {
 int32_t decode_num_splits(const DecodeProblem& p) {
   if (p.num_splits > 0) return p.num_splits;
   const int64_t base = p.b * p.h_kv * row_chunks(p);
+  if (base == 0) return 1;
   const int64_t target = int64_t(kTargetBlocksPerSm) * sm_count(p.device_id);
   int64_t splits = (target + base - 1) / base;
   const int64_t by_len = p.capacity / kMinKeysPerSplit;
