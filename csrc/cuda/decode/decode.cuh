@@ -1,5 +1,5 @@
-// CUDA decode kernels (SPEC §10): in-place append, split-KV attention over a contiguous or paged
-// cache, and the lse combine of the splits.
+// CUDA decode kernels (SPEC §10): split-KV attention over a contiguous or paged cache with the
+// in-place append fused in, and the lse combine of the splits.
 //
 // Attention kernel: one block of kWarps warps per (row chunk, split, kv head, batch). The rows of
 // a block are up to kRows (query head of the GQA group, query position) pairs that share one kv
@@ -59,13 +59,14 @@ struct Args {
   float* part_lse;   // [num_splits, b*h*s_q]
 };
 
-// Keys of sequence bi after the append, clamped to the capacity.
+// Cached length of sequence bi before the append (clamped to [0, capacity]) and its key count
+// after the append (clamped to the capacity).
 template <typename T>
-__device__ __forceinline__ int num_keys(const Args<T>& a, int bi) {
-  int n = a.cache_seqlens[bi];
-  n = n < 0 ? 0 : n;
-  n += a.appended;
-  return n > a.capacity ? a.capacity : n;
+__device__ __forceinline__ void lengths(const Args<T>& a, int bi, int* old, int* n) {
+  int len = a.cache_seqlens[bi];
+  len = len < 0 ? 0 : (len > a.capacity ? a.capacity : len);
+  *old = len;
+  *n = len + a.appended > a.capacity ? a.capacity : len + a.appended;
 }
 
 // Element offset of (position pos, kv head hk) of sequence bi in a cache with strides st, or -1
@@ -77,26 +78,6 @@ __device__ __forceinline__ int64_t cache_offset(const Args<T>& a, const Strides&
   const int page = a.block_table[int64_t(bi) * a.pages_per_seq + pos / a.page_size];
   if (page < 0 || page >= a.num_pages) return -1;
   return int64_t(page) * st.batch + int64_t(pos % a.page_size) * st.seq + hk * st.head;
-}
-
-// ---- append -------------------------------------------------------------------------------------
-
-// One block per (new position, batch); threads over kv heads x head dims.
-template <typename T>
-__global__ void __launch_bounds__(kThreads) append_kernel(Args<T> a) {
-  const int i = blockIdx.x, bi = blockIdx.y;
-  int start = a.cache_seqlens[bi];
-  const int pos = start + i;
-  if (start < 0 || pos >= a.capacity) return;  // clamped: never write out of bounds
-  for (int hk = 0; hk < a.h_kv; ++hk) {
-    const int64_t ko = cache_offset(a, a.kc_st, bi, pos, hk);
-    const int64_t vo = cache_offset(a, a.vc_st, bi, pos, hk);
-    if (ko < 0 || vo < 0) return;
-    const T* kn = a.k_new + bi * a.kn_st.batch + int64_t(i) * a.kn_st.seq + hk * a.kn_st.head;
-    const T* vn = a.v_new + bi * a.vn_st.batch + int64_t(i) * a.vn_st.seq + hk * a.vn_st.head;
-    for (int e = threadIdx.x; e < a.d; e += blockDim.x) a.k_cache[ko + e] = kn[e];
-    for (int e = threadIdx.x; e < a.d_v; e += blockDim.x) a.v_cache[vo + e] = vn[e];
-  }
 }
 
 // ---- attention ----------------------------------------------------------------------------------
@@ -137,7 +118,8 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(Args<T> a) {
 
   const int m0 = chunk * kRows;
   const int nrows = min(kRows, a.rows - m0);
-  const int n = num_keys(a, bi);
+  int old, n;
+  lengths(a, bi, &old, &n);
 
   // Rows' query positions and the block's visible key range [lo, hi).
   int row_i[kRows], row_h[kRows];
@@ -186,15 +168,26 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(Args<T> a) {
     for (int u = 0; u < kUnroll; ++u) {
       key[u] = base + u * kBlockStep + kslot;
       ok[u] = key[u] < s_hi;
-      int64_t ko = -1, vo = -1;
+      const T* kp = nullptr;
+      const T* vp = nullptr;
       if (ok[u]) {
-        ko = cache_offset(a, a.kc_st, bi, key[u], hk);
-        vo = cache_offset(a, a.vc_st, bi, key[u], hk);
-        ok[u] = ko >= 0 && vo >= 0;
+        if (a.k_new != nullptr && key[u] >= old) {
+          // Appended keys are read from k_new / v_new: the cache rows are written by this same
+          // launch (below), and no block reads them, so there is no ordering to respect.
+          const int i = key[u] - old;
+          kp = a.k_new + bi * a.kn_st.batch + int64_t(i) * a.kn_st.seq + hk * a.kn_st.head;
+          vp = a.v_new + bi * a.vn_st.batch + int64_t(i) * a.vn_st.seq + hk * a.vn_st.head;
+        } else {
+          const int64_t ko = cache_offset(a, a.kc_st, bi, key[u], hk);
+          const int64_t vo = cache_offset(a, a.vc_st, bi, key[u], hk);
+          ok[u] = ko >= 0 && vo >= 0;
+          kp = a.k_cache + ko;
+          vp = a.v_cache + vo;
+        }
       }
       if (ok[u]) {
-        kr[u] = __ldg(reinterpret_cast<const uint4*>(a.k_cache + ko + sub * 8));
-        vr[u] = __ldg(reinterpret_cast<const uint4*>(a.v_cache + vo + sub * 8));
+        kr[u] = __ldg(reinterpret_cast<const uint4*>(kp + sub * 8));
+        vr[u] = __ldg(reinterpret_cast<const uint4*>(vp + sub * 8));
       } else {
         kr[u] = make_uint4(0, 0, 0, 0);
         vr[u] = make_uint4(0, 0, 0, 0);
@@ -228,6 +221,24 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(Args<T> a) {
         for (int e = 0; e < 8; ++e) acc[r][e] = fmaf(p, vf[e], acc[r][e] * corr);
         m_run[r] = m_new;
       }
+    }
+  }
+
+  // In-place append: the first block of each (kv head, sequence) writes the new rows. Positions
+  // past the capacity or on out-of-range pages are skipped (never written out of bounds).
+  if (a.k_new != nullptr && split == 0 && chunk == 0) {
+    constexpr int kVecs = D / 8;
+    for (int idx = threadIdx.x; idx < a.appended * kVecs; idx += kThreads) {
+      const int i = idx / kVecs, c = idx % kVecs;
+      const int pos = old + i;
+      if (pos >= a.capacity) continue;
+      const int64_t ko = cache_offset(a, a.kc_st, bi, pos, hk);
+      const int64_t vo = cache_offset(a, a.vc_st, bi, pos, hk);
+      if (ko < 0 || vo < 0) continue;
+      const T* kn = a.k_new + bi * a.kn_st.batch + int64_t(i) * a.kn_st.seq + hk * a.kn_st.head;
+      const T* vn = a.v_new + bi * a.vn_st.batch + int64_t(i) * a.vn_st.seq + hk * a.vn_st.head;
+      reinterpret_cast<uint4*>(a.k_cache + ko)[c] = reinterpret_cast<const uint4*>(kn)[c];
+      reinterpret_cast<uint4*>(a.v_cache + vo)[c] = reinterpret_cast<const uint4*>(vn)[c];
     }
   }
 
@@ -344,13 +355,9 @@ void launch_rows(const Args<T>& a, int rows_per, cudaStream_t stream) {
   }
 }
 
-// Append (when k_new is given), attention, and combine (num_splits > 1), in order on `stream`.
+// Attention with the fused in-place append, then the combine (num_splits > 1), on `stream`.
 template <typename T>
 void launch(const Args<T>& a, int rows_per, cudaStream_t stream) {
-  if (a.k_new != nullptr) {
-    append_kernel<T><<<dim3(a.s_q, a.b), kThreads, 0, stream>>>(a);
-    PTE_CUDA_CHECK_LAUNCH();
-  }
   switch (a.d) {
     case 64: launch_rows<T, 64>(a, rows_per, stream); break;
     case 128: launch_rows<T, 128>(a, rows_per, stream); break;

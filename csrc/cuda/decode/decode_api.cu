@@ -106,6 +106,9 @@ const char* decode_check(const DecodeProblem& p) {
   if (!vec_ok(p.q, p.q_st) || !vec_ok(p.k_cache, p.kc_st) || !vec_ok(p.v_cache, p.vc_st))
     return "q, k_cache and v_cache need 16-byte aligned rows (pointers and strides multiples of "
            "8 elements)";
+  if (p.k_new != nullptr && (!vec_ok(p.k_new, p.kn_st) || !vec_ok(p.v_new, p.vn_st)))
+    return "k_new and v_new need 16-byte aligned rows (pointers and strides multiples of 8 "
+           "elements)";
   return "";
 }
 
