@@ -202,7 +202,18 @@ def main():
                 ours_out = c.out.clone()
                 for backend in ("cudnn", "flash"):
                     try:
-                        fns = [sdpa_fn(torch, backend, *c.peer_qkv(i)) for i in range(copies)]
+                        try:
+                            fns = [sdpa_fn(torch, backend, *c.peer_qkv(i)) for i in range(copies)]
+                            fns[0]()
+                        except RuntimeError as e:
+                            # No native GQA in this backend: give it the kv heads expanded (it then
+                            # reads h/h_kv times the bytes; η still counts the h_kv bytes).
+                            print(f"# {name}: {backend} SDPA with enable_gqa failed ({e}); "
+                                  "running it on expanded kv heads")
+                            grp = h // h_kv
+                            fns = [sdpa_fn(torch, backend, qq, kk.repeat_interleave(grp, 1),
+                                           vv.repeat_interleave(grp, 1))
+                                   for qq, kk, vv in (c.peer_qkv(i) for i in range(copies))]
                         res[backend] = graph_time_us(torch, fns, args.iters, args.warmup)
                         if args.check and backend == "cudnn" and s_q == 1:
                             peer = fns[-1]().transpose(1, 2)
