@@ -101,6 +101,14 @@ __device__ __forceinline__ void unpack8(const uint4& u, float* f, __nv_bfloat16)
   }
 }
 
+// 2^x with the hardware approximation (ex2.approx: ~2 ulp, 2^-inf = 0); the reference rule
+// allows it (errors are dominated by the bf16/fp16 rounding of the inputs and output).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 // The rows of one block: row r of chunk c is m = c * kRows + r of the rows (i, g) of a kv head's
 // group, m = i * group + g (query position i, query head hk * group + g).
 template <typename T, int D, int kRows>
@@ -212,14 +220,19 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(Args<T> a) {
         float mx = s;
 #pragma unroll
         for (int o = kLanesPerKey; o < 32; o *= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-        const float m_new = fmaxf(m_run[r], mx);
-        const float m_use = m_new == -INFINITY ? 0.f : m_new;
-        const float corr = exp2f(m_run[r] - m_use);  // 0 while the row had no key
-        const float p = exp2f(s - m_use);            // 0 for masked keys
-        l_run[r] = l_run[r] * corr + p;
+        // Rescale only when the running max grows (mx and m_run are the same in every lane of
+        // the warp, so the branch is uniform): most steps of a long row skip it.
+        if (mx > m_run[r]) {
+          const float corr = fast_exp2(m_run[r] - mx);  // 0 while the row had no key
+          l_run[r] *= corr;
 #pragma unroll
-        for (int e = 0; e < 8; ++e) acc[r][e] = fmaf(p, vf[e], acc[r][e] * corr);
-        m_run[r] = m_new;
+          for (int e = 0; e < 8; ++e) acc[r][e] *= corr;
+          m_run[r] = mx;
+        }
+        const float p = fast_exp2(s - (m_run[r] == -INFINITY ? 0.f : m_run[r]));  // 0 if masked
+        l_run[r] += p;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[r][e] = fmaf(p, vf[e], acc[r][e]);
       }
     }
   }
