@@ -16,7 +16,7 @@ constexpr int kMaxGridYZ = 65535;
 // Splits: aim for this many blocks per SM (several resident blocks keep enough loads in flight
 // to saturate HBM), with at least kMinKeysPerSplit positions of capacity per split.
 constexpr int kTargetBlocksPerSm = 4;
-constexpr int kMinKeysPerSplit = 128;
+constexpr int kMinKeysPerSplit = 32;  // short caches (latency case) still spread over many SMs
 constexpr int kMaxAutoSplits = 64;
 constexpr int kVecElems = 8;  // one 16-byte load of fp16/bf16
 
