@@ -327,3 +327,31 @@ def test_core_decode_errors(rng):
     with pytest.raises(ValueError, match=r"backend=flash: the CUDA decode kernels need CUDA"):
         core.decode_attn(case["q"], case["k_cache"], case["v_cache"], case["cache_seqlens"], out,
                          block_table=case["block_table"], backend="flash")
+
+
+def test_core_decode_strided_views(rng):
+    """Strided views (heads of a wider buffer, a batch-strided q): read and appended in place
+    through their strides; the rest of the buffer is untouched."""
+    core = _import_core()
+    if core is None:
+        pytest.skip("paddle_te_core is not built (make core)")
+    b, s_q, h, h_kv, d, s_max = 2, 2, 4, 2, 8, 9
+    big_k = rng.standard_normal((b, s_max, h_kv + 3, d))
+    big_v = rng.standard_normal((b, s_max, h_kv + 3, d))
+    big_q = rng.standard_normal((b, 5, h, d))
+    before_k, before_v = big_k.copy(), big_v.copy()
+    kc, vc, q = big_k[:, :, 1:1 + h_kv], big_v[:, :, 1:1 + h_kv], big_q[:, 1:1 + s_q]
+    assert not kc.flags.c_contiguous and not q.flags.c_contiguous
+    kn = rng.standard_normal((b, s_q, h_kv, d))
+    vn = rng.standard_normal((b, s_q, h_kv, d))
+    lens = np.array([3, 6], dtype=np.int32)
+    out_r, lse_r, kc_r, vc_r = ref.decode_attn(q.copy(), kc.copy(), vc.copy(), lens, k_new=kn,
+                                               v_new=vn)
+    out = np.full((b, s_q, h, d), np.nan)
+    core.decode_attn(q, kc, vc, lens, out, k_new=kn, v_new=vn)
+    np.testing.assert_allclose(out, out_r, rtol=1e-10, atol=1e-10)
+    np.testing.assert_array_equal(big_k[:, :, 1:1 + h_kv], kc_r)
+    np.testing.assert_array_equal(big_v[:, :, 1:1 + h_kv], vc_r)
+    for lo, hi in ((0, 1), (1 + h_kv, h_kv + 3)):
+        np.testing.assert_array_equal(big_k[:, :, lo:hi], before_k[:, :, lo:hi])
+        np.testing.assert_array_equal(big_v[:, :, lo:hi], before_v[:, :, lo:hi])
