@@ -162,6 +162,7 @@ def build_config():
     if WITH_CUDA:
         # Same source selection as CMakeLists.txt (the framework-free core build).
         sources += _glob("csrc/cuda/*.cu", "csrc/cuda/*.cc", "csrc/cuda/softmax/*.cu", "csrc/cuda/softmax/*.cc")
+        sources += _glob("csrc/cuda/decode/*.cu")  # decode_attn (SPEC §10)
         defines = ["-DPTE_WITH_CUDA"]
         if not PADDLE_HAS_CUDA:
             # CUDA sources against a CPU Paddle (our CI): keep Paddle's headers from pulling in

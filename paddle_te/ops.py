@@ -31,6 +31,7 @@ from .masks import (
 
 __all__ = [
     "fused_attn",
+    "decode_attn",
     "mask_to_cu_seqlens",
     "scaled_softmax",
     "scaled_masked_softmax",
@@ -569,3 +570,6 @@ def scaled_aligned_causal_masked_softmax(x, scale=1.0):
     _, scale = _softmax_x(x, scale)
     return _run_softmax("pte_scaled_aligned_causal_masked_softmax", x, scale)
 
+
+# decode_attn (SPEC §10) lives in its own module; imported last because it uses the helpers above.
+from ._decode import decode_attn  # noqa: E402

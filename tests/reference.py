@@ -518,6 +518,66 @@ def mask_to_cu_seqlens(mask, mask_kv=None):
 # --------------------------------------------------------------------------------------------
 
 
+# --------------------------------------------------------------------------------------------
+# Decoding with a KV cache (SPEC §10)
+# --------------------------------------------------------------------------------------------
+
+
+def decode_append(k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, block_table=None):
+    """The caches after the in-place append, and each sequence's keys/values in order.
+
+    Returns (k_cache', v_cache', keys, values): copies of the caches with k_new/v_new written at
+    positions cache_seqlens[b] ... (paged: page block_table[b, p // page_size], row
+    p % page_size), and per sequence arrays [n_b, h_kv, d] / [n_b, h_kv, d_v].
+    """
+    kc, vc = np.array(k_cache, copy=True), np.array(v_cache, copy=True)
+    lens = np.asarray(cache_seqlens, dtype=np.int64)
+    s_new = 0 if k_new is None else k_new.shape[1]
+
+    def where(bi, pos):
+        if block_table is None:
+            return bi, pos
+        page_size = kc.shape[1]
+        return int(block_table[bi][pos // page_size]), pos % page_size
+
+    keys, values = [], []
+    for bi in range(lens.shape[0]):
+        for i in range(s_new):
+            slab, row = where(bi, int(lens[bi]) + i)
+            kc[slab, row] = k_new[bi, i]
+            vc[slab, row] = v_new[bi, i]
+        n = int(lens[bi]) + s_new
+        rows = [where(bi, j) for j in range(n)]
+        keys.append(np.stack([kc[a, r] for a, r in rows]) if n else kc[:0, 0])
+        values.append(np.stack([vc[a, r] for a, r in rows]) if n else vc[:0, 0])
+    return kc, vc, keys, values
+
+
+def decode_attn(q, k_cache, v_cache, cache_seqlens, *, k_new=None, v_new=None, block_table=None,
+                softmax_scale=None, window_size=None, compute_dtype=np.float64):
+    """Reference decode attention (SPEC §10). Returns (out [b, s_q, h, d_v], lse [b, h, s_q],
+    k_cache', v_cache').
+
+    Sequence b has n_b = cache_seqlens[b] (+ s_q with k_new) keys; query i sees key j iff
+    j <= n_b - s_q + i and, with window_size=(left, 0), j >= n_b - s_q + i - left: SPEC §2's
+    causal_bottom_right rule with L_q = s_q, L_k = n_b, evaluated by attention_fwd.
+    """
+    b, s_q, h, _ = q.shape
+    kc, vc, keys, values = decode_append(k_cache, v_cache, cache_seqlens, k_new, v_new, block_table)
+    d_v = vc.shape[-1]
+    out = np.zeros((b, s_q, h, d_v), dtype=compute_dtype)
+    lse = np.full((b, h, s_q), -np.inf)
+    window = None if window_size is None else (window_size[0], 0)
+    for bi in range(b):
+        if keys[bi].shape[0] == 0:
+            continue
+        o, l = attention_fwd(q[bi:bi + 1], keys[bi][None], values[bi][None],
+                             attn_mask_type="causal_bottom_right", window_size=window,
+                             softmax_scale=softmax_scale, compute_dtype=compute_dtype)
+        out[bi], lse[bi] = o[0], l[0]
+    return out, lse, kc, vc
+
+
 def max_abs_err(a, b):
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)

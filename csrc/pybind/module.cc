@@ -562,6 +562,59 @@ void mask_to_cu_seqlens(py::object mask, py::object cu_q, py::object cu_kv, py::
         "of a query and a key padding mask); use attn_mask_type=\"arbitrary\" for such a mask");
 }
 
+// ---- decode ---------------------------------------------------------------------------------
+
+void decode_attn(py::object q, py::object k_cache, py::object v_cache, py::object cache_seqlens,
+                 py::object out, py::object k_new, py::object v_new, py::object block_table,
+                 py::object lse, py::object softmax_scale, py::object window_size, int num_splits,
+                 const std::string& backend, py::object stream) {
+  Args a(stream_of(stream));
+  pte_decode_params_t p;
+  pte_decode_params_init(&p);
+  p.q = a.add(q, "q");
+  p.k_cache = a.add(k_cache, "k_cache");
+  p.v_cache = a.add(v_cache, "v_cache");
+  p.cache_seqlens = a.add(cache_seqlens, "cache_seqlens");
+  p.out = a.add(out, "out");
+  p.k_new = a.add(k_new, "k_new");
+  p.v_new = a.add(v_new, "v_new");
+  p.block_table = a.add(block_table, "block_table");
+  p.lse = a.add(lse, "lse");
+  if (softmax_scale.is_none()) {
+    const int64_t d = p.q.ndim > 0 ? p.q.shape[p.q.ndim - 1] : 0;
+    if (d <= 0) throw py::value_error("q: head dim must be > 0 to derive softmax_scale");
+    p.softmax_scale = 1.0 / std::sqrt(double(d));
+  } else {
+    p.softmax_scale = softmax_scale.cast<double>();
+  }
+  py::sequence w = window_size.cast<py::sequence>();
+  if (w.size() != 2)
+    throw py::value_error("window_size=" + std::string(py::repr(window_size)) +
+                          ": must be a pair (left, right)");
+  p.window_left = w[0].cast<int64_t>();
+  p.window_right = w[1].cast<int64_t>();
+  p.num_splits = num_splits;
+  p.backend = parse(backend, "backend", kBackends);
+  p.stream = a.stream();
+  DeviceGuard guard(a.cuda_device());
+  const bool cuda = p.q.device == PTE_DEVICE_CUDA;
+  pte_status_t st;
+  {
+    py::gil_scoped_release nogil;
+    size_t bytes = 0;
+    st = pte_decode_workspace_size(&p, &bytes);
+    if (st == PTE_SUCCESS) {
+      // cudaMallocAsync on the call's stream is capturable: a CUDA graph records it as a memory
+      // node, so a captured decode step replays without host work.
+      Workspace ws(bytes, cuda, p.stream);
+      p.workspace = ws.ptr();
+      p.workspace_size = bytes;
+      st = pte_decode_attn(&p);
+    }
+  }
+  check_status(st);
+}
+
 // ---- backends -------------------------------------------------------------------------------
 
 py::dict backends() {
@@ -681,6 +734,14 @@ PYBIND11_MODULE(paddle_te_core, m) {
         "ValueError, a CUDA mask is not checked; check=True: CUDA too (one device->host copy and "
         "a sync); check=False: never. `valid` (int32 [1]) receives the verdict (1 = right "
         "padding) for the caller to read when it likes; capturable in a CUDA graph.");
+  m.def("decode_attn", &decode_attn, py::arg("q"), py::arg("k_cache"), py::arg("v_cache"),
+        py::arg("cache_seqlens"), py::arg("out"), py::kw_only(), py::arg("k_new") = py::none(),
+        py::arg("v_new") = py::none(), py::arg("block_table") = py::none(),
+        py::arg("lse") = py::none(), py::arg("softmax_scale") = py::none(),
+        py::arg("window_size") = py::make_tuple(-1, 0), py::arg("num_splits") = 0,
+        py::arg("backend") = "auto", py::arg("stream") = py::none(),
+        "Attention of q [b, s_q, h, d] over a KV cache into `out` [b, s_q, h, d_v] (and `lse` "
+        "float32 [b, h, s_q]); k_new/v_new are appended in place at cache_seqlens (SPEC §10).");
   m.def("backends", &backends,
         "{name: {'available': bool, 'reason': str}} for this build and the current device.");
 }

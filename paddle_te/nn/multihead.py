@@ -16,7 +16,7 @@ from ..masks import (
     PADDING_MASK_TYPES,
     check_set_window_size,
 )
-from . import _core
+from . import _core, _kv_cache
 from ._core import given
 
 # A float mask element at or below this counts as masked out: it covers -inf and the -1e9 that
@@ -127,9 +127,22 @@ class MultiHeadAttention(paddle.nn.MultiHeadAttention):
         v = self.v_proj(value).reshape([0, 0, self.num_heads, self.head_dim])
         return k.transpose([0, 2, 1, 3]), v.transpose([0, 2, 1, 3])
 
-    def gen_cache(self, key, value=None, type=paddle.nn.MultiHeadAttention.Cache):
+    #: The preallocated cache of `gen_cache(..., max_length=N)` (SPEC §10).
+    InplaceCache = _kv_cache.InplaceCache
+
+    def gen_cache(self, key, value=None, type=paddle.nn.MultiHeadAttention.Cache, *,
+                  max_length=None):
         """Same contract as Paddle: `StaticCache` of `compute_kv(key, value)`; an empty `Cache`
-        `[b, num_heads, 0, head_dim]` when `value` is None; else `Cache(key, value)`."""
+        `[b, num_heads, 0, head_dim]` when `value` is None; else `Cache(key, value)`.
+
+        With `max_length` (type `Cache` only): an `InplaceCache` whose buffers
+        `[b, max_length, num_heads, head_dim]` are allocated once; each incremental step appends
+        its keys and values in place (`paddle_te.ops.decode_attn`) instead of concatenating."""
+        if max_length is not None:
+            if type != self.Cache:
+                raise ValueError("gen_cache(max_length=...) preallocates a Cache; a StaticCache "
+                                 "does not grow")
+            return _kv_cache.gen_inplace_cache(self, key, value, max_length)
         if type == self.StaticCache:
             return self.StaticCache(*self.compute_kv(key, value))
         if not given(value):
@@ -158,6 +171,9 @@ class MultiHeadAttention(paddle.nn.MultiHeadAttention):
 
         # q: [b, s_q, h, d]; the caches hold k, v as [b, h, s, d].
         q = self.q_proj(query).reshape([0, 0, self.num_heads, self.head_dim])
+        if isinstance(cache, self.InplaceCache):
+            out, cache = _kv_cache.step(self, q, key, value, attn_mask, cache, hint)
+            return self.out_proj(out.reshape([0, 0, self.embed_dim])), cache
         if isinstance(cache, self.StaticCache):
             k, v = cache.k, cache.v
             kv_layout = "bhsd"
@@ -237,6 +253,8 @@ class MultiHeadAttention(paddle.nn.MultiHeadAttention):
             "[batch_size, num_heads, query_length, key_length]")
 
     def _fused(self, q, k, v, kv_layout, attn_mask, hint):
+        if kv_layout == "bhsd" and _kv_cache.decodes(self, q, attn_mask, hint):
+            return _kv_cache.attend_cache(self, q, k, v, hint)  # incremental step (SPEC §10)
         if kv_layout == "bhsd":
             k, v = k.transpose([0, 2, 1, 3]), v.transpose([0, 2, 1, 3])
         q, k, v = _core.amp_cast(q, k, v)
