@@ -1,10 +1,12 @@
 """Fused attention benchmark: paddle_te's CUDA backends against torch SDPA, side by side.
 
     python bench/bench_attention.py [--cases dense,short,gqa,varlen,window] [--csv out.csv]
-                                    [--iters 30] [--backends cudnn,flash] [--dtype bf16]
+                                    [--iters 30] [--backends cudnn,flash,flash_sm80] [--dtype bf16]
 
 Every case of the PERFORMANCE.md grid runs, in one process and on the same input tensors:
   * ours: paddle_te_core.fused_attn_fwd / _bwd with each available CUDA backend (cudnn, flash);
+    `flash_sm80` is the flash backend with PTE_FLASH_VARIANT=sm80 (the mma.sync family even on
+    sm_90, so both flash kernel families are measured in one process; `flash` is `auto`);
   * peers: torch SDPA restricted to its flash backend and to its cuDNN backend (where torch can
     express the case: dense, short, GQA; the varlen and sliding-window cases have no SDPA form,
     so their peer is the cuDNN figure PERFORMANCE.md records for the same machine).
@@ -112,6 +114,22 @@ def time_ms(fn, iters, warmup=3, busy=False):
 
 
 def run_ours(core, case, backend, dtype, iters):
+    """backend "flash_<variant>" runs the flash backend with PTE_FLASH_VARIANT=<variant>."""
+    name, _, variant = backend.partition("_")
+    old = os.environ.get("PTE_FLASH_VARIANT")
+    if variant:
+        os.environ["PTE_FLASH_VARIANT"] = variant
+    try:
+        return _run_ours(core, case, name, dtype, iters)
+    finally:
+        if variant:
+            if old is None:
+                os.environ.pop("PTE_FLASH_VARIANT", None)
+            else:
+                os.environ["PTE_FLASH_VARIANT"] = old
+
+
+def _run_ours(core, case, backend, dtype, iters):
     dev = "cuda"
     kw = dict(backend=backend, attn_mask_type="causal" if case.causal else "no_mask")
     if case.lens is not None:
@@ -185,7 +203,7 @@ def tflops(flops, ms):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--cases", default="dense,short,gqa,varlen,window")
-    ap.add_argument("--backends", default="cudnn,flash")
+    ap.add_argument("--backends", default="cudnn,flash,flash_sm80")
     ap.add_argument("--peers", default="cudnn,flash")
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
     ap.add_argument("--iters", type=int, default=30)
@@ -194,10 +212,12 @@ def main():
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
     core = import_core()
     avail = core.backends()
-    ours = [b for b in args.backends.split(",") if avail.get(b, {}).get("available")]
+    ours = [b for b in args.backends.split(",")
+            if avail.get(b.partition("_")[0], {}).get("available")]
     for b in args.backends.split(","):
         if b not in ours:
-            print(f"# backend {b} skipped: {avail.get(b, {}).get('reason', 'unknown')}")
+            why = avail.get(b.partition("_")[0], {}).get("reason", "unknown")
+            print(f"# backend {b} skipped: {why}")
     kinds = set(args.cases.split(","))
     rows = []
     dev = torch.cuda.get_device_name()

@@ -17,6 +17,7 @@ from . import _ops_lib  # noqa: E402  (registers the custom ops; must come first
 from . import masks, ops  # noqa: E402
 from .masks import check_set_window_size  # noqa: E402
 from .ops import (  # noqa: E402
+    decode_attn,
     fused_attn,
     mask_to_cu_seqlens,
     scaled_aligned_causal_masked_softmax,
@@ -31,6 +32,7 @@ __all__ = [
     "ops",
     "check_set_window_size",
     "fused_attn",
+    "decode_attn",
     "mask_to_cu_seqlens",
     "scaled_softmax",
     "scaled_masked_softmax",

@@ -13,9 +13,12 @@ import numpy as np
 
 import paddle
 
-#: Backends in the order they are reported (SPEC §3).
-BACKENDS = ("flash", "cudnn", "unfused", "cpu")
-_CORE_BACKENDS = ("flash", "cudnn", "cpu")  # the C core's; "unfused" is matmul + masked softmax
+from ._vocab import PYTHON_BACKENDS
+from .ops import BACKENDS as _ALL_BACKENDS
+from .ops import CUDA_BACKENDS
+
+#: Backends in the order they are reported (SPEC §3): every concrete one ("auto" picks among them).
+BACKENDS = tuple(b for b in _ALL_BACKENDS if b != "auto")
 
 # Self-check tolerances: max |error| relative to the largest |reference| value. float32 agrees
 # with float64 up to accumulation error over a few dozen terms. float64 is limited by the softmax
@@ -169,12 +172,12 @@ def backend_status():
     gpu = _gpu_available()
     status = {}
     for name in BACKENDS:
-        on_gpu = name in ("flash", "cudnn") or (name == "unfused" and gpu)
+        on_gpu = name in CUDA_BACKENDS or (name in PYTHON_BACKENDS and gpu)
         place = paddle.CUDAPlace(0) if on_gpu and gpu else paddle.CPUPlace()
         dtypes = ["float16", "bfloat16"] if on_gpu else ["float32", "float64"]
         head_dim = 64 if on_gpu else 8  # 64: a head dim every GPU build compiles
         available, reason = True, ""
-        if name in _CORE_BACKENDS and hasattr(_ops_lib, "backend_available"):
+        if name not in PYTHON_BACKENDS:
             available, reason = _ops_lib.backend_available(name)
         if available and on_gpu and not gpu:
             available, reason = False, (

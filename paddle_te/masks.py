@@ -8,7 +8,10 @@ Boolean masks follow the canonical convention: ``True`` = masked out.
 """
 
 import numbers
+import os
 import warnings
+
+from ._vocab import MASK_TYPES  # the one table of mask types
 
 __all__ = [
     "MASK_TYPES",
@@ -17,23 +20,16 @@ __all__ = [
     "BOTTOM_RIGHT_MASK_TYPES",
     "check_mask_type",
     "check_set_window_size",
+    "check_window_for",
     "is_causal",
     "is_padding",
     "is_bottom_right",
     "with_padding",
     "without_padding",
+    "MASK_CHECK_MODES",
+    "set_mask_check",
+    "get_mask_check",
 ]
-
-#: Every attention mask type, in the order of SPEC §2.
-MASK_TYPES = (
-    "no_mask",
-    "padding",
-    "causal",
-    "padding_causal",
-    "causal_bottom_right",
-    "padding_causal_bottom_right",
-    "arbitrary",
-)
 
 #: Types whose window has ``right = 0``.
 CAUSAL_MASK_TYPES = (
@@ -117,7 +113,14 @@ def check_set_window_size(attn_mask_type, window_size):
     * anything else (``l`` or ``r`` < -1, not a pair of ints, unknown mask type) ->
       ``ValueError``.
     """
-    check_mask_type(attn_mask_type)
+    return check_window_for(attn_mask_type, window_size, stacklevel=3)
+
+
+def check_window_for(attn_mask_type, window_size, *, type_arg="attn_mask_type",
+                     window_arg="window_size", stacklevel=2):
+    """:func:`check_set_window_size` whose messages name the caller's arguments (e.g.
+    TransformerLayer's ``enc_dec_attn_mask_type`` / ``enc_dec_window_size``)."""
+    check_mask_type(attn_mask_type, type_arg)
     if window_size is None:
         return (-1, 0) if attn_mask_type in CAUSAL_MASK_TYPES else (-1, -1)
     if (
@@ -125,21 +128,71 @@ def check_set_window_size(attn_mask_type, window_size):
         or len(window_size) != 2
         or not all(_is_int(w) for w in window_size)
     ):
-        raise ValueError(f"window_size={window_size!r}: must be None or a pair of ints (left, right), each >= -1")
+        raise ValueError(f"{window_arg}={window_size!r}: must be None or a pair of ints (left, right), each >= -1")
     left, right = int(window_size[0]), int(window_size[1])
     if left < -1 or right < -1:
         raise ValueError(
-            f"window_size={window_size!r}: left and right must be >= -1 (-1 = unbounded on that side)"
+            f"{window_arg}={window_size!r}: left and right must be >= -1 (-1 = unbounded on that side)"
         )
     if attn_mask_type in CAUSAL_MASK_TYPES:
         if (left, right) == (-1, -1):
             return (-1, 0)
         if right != 0:
             warnings.warn(
-                f"window_size={window_size!r} with attn_mask_type={attn_mask_type!r}: causal masks "
-                f"have right = 0; using window_size=({left}, 0)",
+                f"{window_arg}={window_size!r} with {type_arg}={attn_mask_type!r}: causal masks "
+                f"have right = 0; using {window_arg}=({left}, 0)",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=stacklevel + 1,
             )
         return (left, 0)
     return (left, right)
+
+
+# ---- when the layers check padding masks (docs/masks.md, "What is checked when") -----------------
+#: Values of :func:`set_mask_check`.
+MASK_CHECK_MODES = ("no_sync", "always", "never")
+_ENV_MASK_CHECK = "PTE_CHECK_MASKS"
+
+
+def _initial_mask_check():
+    mode = os.environ.get(_ENV_MASK_CHECK, "no_sync") or "no_sync"
+    if mode not in MASK_CHECK_MODES:
+        raise ValueError(
+            f"{_ENV_MASK_CHECK}={mode!r}: must be one of {', '.join(map(repr, MASK_CHECK_MODES))}"
+        )
+    return mode
+
+
+# Process-wide setting of the Python layers (read on the host, never by a kernel).
+_mask_check = [_initial_mask_check()]
+
+
+def set_mask_check(mode):
+    """When the layers (``DotProductAttention``, ``MultiHeadAttention``, ``TransformerLayer``)
+    check in dygraph that a padding mask is right padding before turning it into ``cu_seqlens``:
+
+    * ``"no_sync"`` (default): where the check is free -- masks on the CPU. A mask on a GPU is
+      not checked, so a training step with padding masks makes no device->host copy;
+    * ``"always"``: GPU masks too, at the cost of one device->host copy (a sync) per mask;
+    * ``"never"``: not even on the CPU.
+
+    The environment variable ``PTE_CHECK_MASKS`` sets the initial mode. Returns the previous
+    mode. ``paddle_te.ops.mask_to_cu_seqlens`` itself always checks in dygraph unless called
+    with ``check=False``; static graphs are never checked (values are unknown while a program is
+    built)."""
+    if not isinstance(mode, str) or mode not in MASK_CHECK_MODES:
+        raise ValueError(f"mode={mode!r}: must be one of {', '.join(map(repr, MASK_CHECK_MODES))}")
+    previous = _mask_check[0]
+    _mask_check[0] = mode
+    return previous
+
+
+def get_mask_check():
+    """The current :func:`set_mask_check` mode."""
+    return _mask_check[0]
+
+
+def layer_checks_mask(on_gpu):
+    """Whether a layer checks a padding mask that lives on the GPU (``on_gpu``) or the CPU."""
+    mode = _mask_check[0]
+    return mode == "always" or (mode == "no_sync" and not on_gpu)

@@ -15,22 +15,23 @@ shape checks skip dimensions that are unknown (-1).
 
 import math
 import numbers
+import warnings
 
 import numpy as np
 import paddle
 from paddle.jit.marker import unified
 
-from . import _ops_lib
+from . import _ops_lib, _unfused, _vocab
 from .masks import (
     check_mask_type,
     check_set_window_size,
-    is_bottom_right,
     is_padding,
     with_padding,
 )
 
 __all__ = [
     "fused_attn",
+    "decode_attn",
     "mask_to_cu_seqlens",
     "scaled_softmax",
     "scaled_masked_softmax",
@@ -38,17 +39,19 @@ __all__ = [
     "scaled_aligned_causal_masked_softmax",
     "QKV_FORMATS",
     "BACKENDS",
+    "CUDA_BACKENDS",
 ]
 
-#: Layouts of q, k, v.
-QKV_FORMATS = ("bshd", "sbhd", "thd")
-#: Values of ``backend``.
-BACKENDS = ("auto", "flash", "cudnn", "unfused", "cpu")
+#: Layouts of q, k, v (the one table: paddle_te/_vocab.py).
+QKV_FORMATS = _vocab.QKV_FORMATS
+#: Values of ``backend``: the C core's (from its own enum, ``auto`` first, ``cpu`` last) and the
+#: Python path ``unfused``.
+BACKENDS = tuple(b for b in _ops_lib.CORE_BACKENDS if b != "cpu") + _vocab.PYTHON_BACKENDS + ("cpu",)
+#: The core's CUDA backends.
+CUDA_BACKENDS = tuple(b for b in _ops_lib.CORE_BACKENDS if b not in ("auto", "cpu"))
 
 _FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 _GPU_FUSED_DTYPES = ("float16", "bfloat16")
-_GPU_MAX_HEAD_DIM = 256
-_GPU_HEAD_DIM_MULTIPLE = 8
 # Upper bound (exclusive) of the seed/offset values drawn from Paddle's generator: randint
 # draws int32-range values.
 _SEED_HIGH = 2**31 - 1
@@ -200,7 +203,7 @@ def _check_cu_seqlens(cu, name, qkv_format, batch, padded_len, total, max_seqlen
 
 def _check_backend_runs(backend, on_gpu, qkv_format):
     """Python-side reasons why an explicitly requested backend cannot run the call."""
-    if backend in ("flash", "cudnn"):
+    if backend in CUDA_BACKENDS:
         if not on_gpu:
             raise ValueError(f"backend={backend!r} cannot run this call: it runs on CUDA devices and the tensors are on the CPU")
         ok, why = _ops_lib.backend_available(backend)
@@ -212,14 +215,39 @@ def _check_backend_runs(backend, on_gpu, qkv_format):
         raise ValueError("backend='unfused' cannot run this call: it takes qkv_format 'bshd' or 'sbhd', not 'thd'")
 
 
-def _gpu_fused_can_run(dtype, d, d_v):
-    """Python-side rule: can a CUDA fused backend (flash/cudnn) take this call at all?"""
+def _device_id(x):
+    if paddle.in_dynamic_mode():
+        return x.place.gpu_device_id()
+    dev = paddle.device.get_device()
+    return int(dev.split(":")[1]) if ":" in dev else 0
+
+
+def _needs_backward(tensors):
+    """Whether a backward pass will run (static mode: assume so)."""
+    if not paddle.in_dynamic_mode():
+        return True
+    return paddle.is_grad_enabled() and not all(t.stop_gradient for t in tensors)
+
+
+def _fused_reason(backend, q, k, v, dtype, **problem):
+    """The C core's capability check (pte_attn_check) for a GPU call: "" when ``backend``
+    ("auto": any CUDA backend) can run it, forward and (when gradients will be needed) backward,
+    else the reason. Also "" when shapes are not known yet (static mode: the op decides at run
+    time, as before)."""
+    shapes = [list(t.shape) for t in (q, k, v)]
+    cu_len = problem.get("cu_len")
+    if not all(_known(*shp) for shp in shapes) or (cu_len is not None and not _known(cu_len)):
+        return ""
     if dtype not in _GPU_FUSED_DTYPES:
-        return False
-    for dim in (d, d_v):
-        if _known(dim) and (dim > _GPU_MAX_HEAD_DIM or dim % _GPU_HEAD_DIM_MULTIPLE):
-            return False
-    return True
+        return f"q has dtype {dtype}: the CUDA fused backends take float16 or bfloat16"
+    kw = dict(q_shape=shapes[0], kv_shape=shapes[1], v_shape=shapes[2], dtype=dtype,
+              on_gpu=True, device_id=_device_id(q), **problem)
+    why = _ops_lib.attn_check(backend, **kw)
+    if not why and _needs_backward((q, k, v)):
+        why = _ops_lib.attn_check(backend, backward=True, **kw)
+        if why:
+            why = f"backward: {why}"
+    return why
 
 
 def _seed_offset(dropout, place_like):
@@ -326,12 +354,6 @@ def fused_attn(
     # ---- device and backend ------------------------------------------------------------------
     on_gpu = _is_gpu(q)
     _check_backend_runs(backend, on_gpu, qkv_format)
-    if on_gpu and backend in ("flash", "cudnn") and not _gpu_fused_can_run(dtype, d, d_v):
-        if dtype not in _GPU_FUSED_DTYPES and not paddle.amp.is_autocast_enabled():
-            raise ValueError(
-                f"backend={backend!r} cannot run this call: q has dtype {dtype}; the CUDA fused "
-                "backends take float16 or bfloat16 (use paddle.amp.auto_cast, or backend='unfused')"
-            )
 
     # ---- sequence lengths --------------------------------------------------------------------
     if qkv_format == "thd":
@@ -389,16 +411,45 @@ def fused_attn(
 
     # ---- choose the path ---------------------------------------------------------------------
     p = dropout if training else 0.0
+    if backend == "cudnn" and p > 0.0:
+        warnings.warn(
+            f"backend='cudnn' with dropout={p}: cuDNN's dropout masks are correlated (the keep "
+            "rates of single key columns spread about twice as much as independent draws; "
+            "cuDNN's generator, not paddle_te's seeding: docs/backends.md). backend='auto' or "
+            "'flash' use paddle_te's documented Philox mask",
+            UserWarning,
+            stacklevel=2,
+        )
     q, k, v = _grad_guard(q, k, v)
     q, k, v = _amp_cast([q, k, v], on_gpu)
     dtype = _dtype_name(q.dtype)
     use_unfused = backend == "unfused"
-    if backend == "auto" and on_gpu and not _gpu_fused_can_run(dtype, d, d_v) and qkv_format != "thd":
-        use_unfused = True  # e.g. float32 on the GPU, or head dims the fused kernels lack
+    if on_gpu and backend != "unfused":
+        # One capability source: the core's check, with its reason (STYLE habit 7).
+        has_cu = cu_seqlens_q is not None
+        why = _fused_reason(
+            backend, q, k, v, dtype, qkv_format=qkv_format, mask_type=mask_type,
+            window=(left, right), softmax_scale=softmax_scale, dropout=p,
+            max_seqlen_q=max_seqlen_q, max_seqlen_kv=max_seqlen_kv,
+            cu_len=list(cu_seqlens_q.shape)[0] if has_cu else None,
+        )
+        if why and backend != "auto":
+            hint = " (use paddle.amp.auto_cast, or backend='unfused')" if dtype not in _GPU_FUSED_DTYPES else ""
+            raise ValueError(f"backend={backend!r} cannot run this call: {why}{hint}")
+        if why:
+            # auto never fails where the unfused path can run (SPEC §3): float32 on the GPU, a
+            # head dim no compiled kernel has, a window cuDNN lacks with flash absent, ...
+            if qkv_format == "thd":
+                raise ValueError(
+                    f"backend='auto' cannot run this call: no fused backend can ({why}), and the "
+                    "unfused path takes qkv_format 'bshd' or 'sbhd', not 'thd'"
+                )
+            use_unfused = True
     if use_unfused:
-        out, lse = _unfused_attn(
-            q, k, v, cu_seqlens_q, cu_seqlens_kv, qkv_format, attn_mask_type, left, right,
-            softmax_scale, p, return_softmax_lse,
+        out, lse = _unfused.fused_attn_unfused(
+            q, k, v, cu_q=cu_seqlens_q, cu_kv=cu_seqlens_kv, qkv_format=qkv_format,
+            mask_type=attn_mask_type, window=(left, right), scale=softmax_scale, dropout=p,
+            want_lse=return_softmax_lse,
         )
         return (out, lse) if return_softmax_lse else out
 
@@ -418,80 +469,19 @@ def fused_attn(
     return (out, lse) if return_softmax_lse else out
 
 
-def _visibility_mask(cu_q, cu_kv, batch, s_q, s_kv, left, right, bottom_right):
-    """bool [b or 1, 1, s_q, s_kv], True = masked out, from the window rule of SPEC §2 and the
-    sequence lengths (padded positions are masked). Built from paddle ops: works in static mode."""
-    i = paddle.arange(s_q, dtype="int64").reshape([1, 1, s_q, 1])
-    j = paddle.arange(s_kv, dtype="int64").reshape([1, 1, 1, s_kv])
-    if cu_q is not None:
-        len_q = (cu_q[1:] - cu_q[:-1]).astype("int64").reshape([-1, 1, 1, 1])
-        len_kv = (cu_kv[1:] - cu_kv[:-1]).astype("int64").reshape([-1, 1, 1, 1])
-    else:
-        len_q = paddle.full([1, 1, 1, 1], s_q, dtype="int64")
-        len_kv = paddle.full([1, 1, 1, 1], s_kv, dtype="int64")
-    delta = (len_kv - len_q) if bottom_right else paddle.zeros_like(len_q)
-    visible = (i < len_q) & (j < len_kv)
-    if left >= 0:
-        visible = visible & (j >= i + delta - left)
-    if right >= 0:
-        visible = visible & (j <= i + delta + right)
-    return paddle.logical_not(visible)
-
-
-def _unfused_attn(q, k, v, cu_q, cu_kv, qkv_format, mask_type, left, right, scale, p, want_lse):
-    """backend='unfused': paddle matmul + paddle_te's masked softmax (+ paddle dropout).
-
-    Same visibility rules as the fused kernels. Dropout here uses Paddle's own dropout (its own
-    random stream), not the Philox mask of the fused kernels.
-    """
-    orig_dtype = q.dtype
-    # Paddle's CPU matmul has no float16/bfloat16 kernels: compute in float32 (SPEC §3).
-    if not _is_gpu(q) and _dtype_name(orig_dtype) in ("float16", "bfloat16"):
-        q, k, v = (t.astype("float32") for t in (q, k, v))
-    perm = [0, 2, 1, 3] if qkv_format == "bshd" else [1, 2, 0, 3]
-    qh, kh, vh = (paddle.transpose(t, perm) for t in (q, k, v))  # [b, h, s, d]
-    h, h_kv = qh.shape[1], kh.shape[1]
-    if h != h_kv:
-        groups = h // h_kv
-        kh = paddle.repeat_interleave(kh, groups, axis=1)
-        vh = paddle.repeat_interleave(vh, groups, axis=1)
-    scores = paddle.matmul(qh, kh, transpose_y=True)  # [b, h, s_q, s_kv]
-    s_q, s_kv = qh.shape[2], kh.shape[2]
-    need_mask = cu_q is not None or left >= 0 or right >= 0
-    if need_mask:
-        mask = _visibility_mask(cu_q, cu_kv, qh.shape[0], s_q, s_kv, left, right, is_bottom_right(mask_type))
-        probs = scaled_masked_softmax(scores, mask, scale)
-    else:
-        mask = None
-        probs = scaled_softmax(scores, scale)
-    if p > 0.0:
-        probs = paddle.nn.functional.dropout(probs, p=p, training=True)
-    out = paddle.matmul(probs, vh)  # [b, h, s_q, d_v]
-    out = paddle.transpose(out, [0, 2, 1, 3] if qkv_format == "bshd" else [2, 0, 1, 3])  # back to q's layout
-    if out.dtype != orig_dtype:
-        out = out.astype(orig_dtype)
-    lse = None
-    if want_lse:
-        with paddle.no_grad():
-            z = (scores.detach() * scale).astype("float32")
-            if mask is not None:
-                neg_inf = paddle.full([1], float("-inf"), dtype="float32")
-                z = paddle.where(mask, neg_inf, z)
-                any_visible = paddle.logical_not(mask).any(axis=-1)
-            lse = paddle.logsumexp(z, axis=-1)  # [b, h, s_q]
-            if mask is not None:
-                lse = paddle.where(any_visible, lse, paddle.full([1], float("-inf"), dtype="float32"))
-    return out, lse
-
-
 # ------------------------------------------------------------------------------------------------
 # mask -> cu_seqlens
 # ------------------------------------------------------------------------------------------------
 @unified
-def mask_to_cu_seqlens(mask, mask_kv=None):
+def mask_to_cu_seqlens(mask, mask_kv=None, *, check=True):
     """Right-padding masks (bool, True = padding) -> ``(cu_seqlens_q, cu_seqlens_kv)``, int32
     ``[b+1]`` each (SPEC §3). A mask that is not right padding raises ``ValueError`` in dygraph
-    (naming ``attn_mask_type="arbitrary"``); in static mode it cannot be checked."""
+    (naming ``attn_mask_type="arbitrary"``); in static mode it cannot be checked.
+
+    ``check=False`` skips that check: the op writes its verdict on the device and nobody reads it,
+    so a GPU call makes no device->host copy (the layers' choice, ``paddle_te.masks.set_mask_check``).
+    With ``check=True`` on the GPU, reading the verdict is one device->host copy."""
+    check = _check_bool(check, "check")
     shape = _check_tensor(mask, "mask", ranks=(4,), dtypes=("bool",))
     b = shape[0]
     if _known(shape[1]) and shape[1] != 1:
@@ -513,7 +503,7 @@ def mask_to_cu_seqlens(mask, mask_kv=None):
         [],
         ["cu_seqlens_q", "cu_seqlens_kv", "valid"],
     )
-    if paddle.in_dynamic_mode() and int(valid.numpy().reshape(-1)[0]) == 0:
+    if check and paddle.in_dynamic_mode() and int(valid.numpy().reshape(-1)[0]) == 0:
         raise ValueError(
             "mask: not a right-padding mask (left padding, holes, or a full mask that is not the "
             "outer OR of a q and a kv padding mask); use attn_mask_type=\"arbitrary\" with the mask "
@@ -580,3 +570,6 @@ def scaled_aligned_causal_masked_softmax(x, scale=1.0):
     _, scale = _softmax_x(x, scale)
     return _run_softmax("pte_scaled_aligned_causal_masked_softmax", x, scale)
 
+
+# decode_attn (SPEC §10) lives in its own module; imported last because it uses the helpers above.
+from ._decode import decode_attn  # noqa: E402

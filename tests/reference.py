@@ -518,6 +518,66 @@ def mask_to_cu_seqlens(mask, mask_kv=None):
 # --------------------------------------------------------------------------------------------
 
 
+# --------------------------------------------------------------------------------------------
+# Decoding with a KV cache (SPEC §10)
+# --------------------------------------------------------------------------------------------
+
+
+def decode_append(k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, block_table=None):
+    """The caches after the in-place append, and each sequence's keys/values in order.
+
+    Returns (k_cache', v_cache', keys, values): copies of the caches with k_new/v_new written at
+    positions cache_seqlens[b] ... (paged: page block_table[b, p // page_size], row
+    p % page_size), and per sequence arrays [n_b, h_kv, d] / [n_b, h_kv, d_v].
+    """
+    kc, vc = np.array(k_cache, copy=True), np.array(v_cache, copy=True)
+    lens = np.asarray(cache_seqlens, dtype=np.int64)
+    s_new = 0 if k_new is None else k_new.shape[1]
+
+    def where(bi, pos):
+        if block_table is None:
+            return bi, pos
+        page_size = kc.shape[1]
+        return int(block_table[bi][pos // page_size]), pos % page_size
+
+    keys, values = [], []
+    for bi in range(lens.shape[0]):
+        for i in range(s_new):
+            slab, row = where(bi, int(lens[bi]) + i)
+            kc[slab, row] = k_new[bi, i]
+            vc[slab, row] = v_new[bi, i]
+        n = int(lens[bi]) + s_new
+        rows = [where(bi, j) for j in range(n)]
+        keys.append(np.stack([kc[a, r] for a, r in rows]) if n else kc[:0, 0])
+        values.append(np.stack([vc[a, r] for a, r in rows]) if n else vc[:0, 0])
+    return kc, vc, keys, values
+
+
+def decode_attn(q, k_cache, v_cache, cache_seqlens, *, k_new=None, v_new=None, block_table=None,
+                softmax_scale=None, window_size=None, compute_dtype=np.float64):
+    """Reference decode attention (SPEC §10). Returns (out [b, s_q, h, d_v], lse [b, h, s_q],
+    k_cache', v_cache').
+
+    Sequence b has n_b = cache_seqlens[b] (+ s_q with k_new) keys; query i sees key j iff
+    j <= n_b - s_q + i and, with window_size=(left, 0), j >= n_b - s_q + i - left: SPEC §2's
+    causal_bottom_right rule with L_q = s_q, L_k = n_b, evaluated by attention_fwd.
+    """
+    b, s_q, h, _ = q.shape
+    kc, vc, keys, values = decode_append(k_cache, v_cache, cache_seqlens, k_new, v_new, block_table)
+    d_v = vc.shape[-1]
+    out = np.zeros((b, s_q, h, d_v), dtype=compute_dtype)
+    lse = np.full((b, h, s_q), -np.inf)
+    window = None if window_size is None else (window_size[0], 0)
+    for bi in range(b):
+        if keys[bi].shape[0] == 0:
+            continue
+        o, l = attention_fwd(q[bi:bi + 1], keys[bi][None], values[bi][None],
+                             attn_mask_type="causal_bottom_right", window_size=window,
+                             softmax_scale=softmax_scale, compute_dtype=compute_dtype)
+        out[bi], lse[bi] = o[0], l[0]
+    return out, lse, kc, vc
+
+
 def max_abs_err(a, b):
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
@@ -539,6 +599,37 @@ def assert_close_fa(actual, ref64, naive, floor, name="output"):
     assert err <= bound, f"{name}: max error {err:.3e} > 2 * naive {naive_err:.3e} + {floor:.1e}"
 
 
+# The one tolerance of attention outputs, for every backend and variant (CPU suite and GPU
+# harness alike): FlashAttention's rule above, with
+# * `naive` the reference run in the kernel's dtype. numpy has no bfloat16 arithmetic: a bfloat16
+#   kernel's naive run is done in float16 and its error scaled by the ratio of the unit roundoffs
+#   (2^-8 / 2^-11 = 8);
+# * the floor, relative to max(1, max |ref|): accumulation-order noise where the naive error is
+#   tiny (a row with one visible key is exact in any dtype). Gradients sum over a whole sequence
+#   per element, the forward over one row of probabilities: twice the forward's floor there.
+ATTN_NAIVE = {"float16": (np.float16, 1.0), "bfloat16": (np.float16, 8.0),
+              "float32": (np.float32, 1.0)}
+ATTN_FLOOR = {"float16": (2e-3, 4e-3), "bfloat16": (2e-3, 4e-3), "float32": (1e-5, 1e-5)}
+
+
+def naive_compute_dtype(dtype):
+    """The numpy dtype in which to run the naive reference of a kernel computing in `dtype`
+    ("float16", "bfloat16", "float32")."""
+    return ATTN_NAIVE[str(dtype)][0]
+
+
+def assert_attention_close(actual, ref64, naive, dtype, name="output", grad=False):
+    """FlashAttention's rule for attention outputs (out, lse, gradients) of a kernel computing in
+    `dtype`: max |actual - ref64| <= 2 * scale * max |naive - ref64| + floor * max(1, max |ref64|),
+    with `naive` from `naive_compute_dtype(dtype)`, and every value finite."""
+    dtype = str(dtype)
+    ref64 = np.asarray(ref64, dtype=np.float64)
+    naive = np.asarray(naive, dtype=np.float64)
+    scale = ATTN_NAIVE[dtype][1]
+    floor = ATTN_FLOOR[dtype][1 if grad else 0] * max(1.0, float(np.max(np.abs(ref64), initial=0.0)))
+    assert_close_fa(actual, ref64, ref64 + scale * (naive - ref64), floor, name=name)
+
+
 # --------------------------------------------------------------------------------------------
 # Pictures (docs/masks.md is generated from and checked against these)
 # --------------------------------------------------------------------------------------------
@@ -551,9 +642,3 @@ def render_mask(masked):
     for i, row in enumerate(masked):
         lines.append(f"q{i} | " + "  ".join("1" if x else "0" for x in row))
     return "\n".join(lines)
-
-
-def parse_mask(text):
-    """Inverse of render_mask: the bool matrix of the 'qN | ...' rows."""
-    rows = [line.split("|", 1)[1].split() for line in text.splitlines() if "|" in line]
-    return np.array([[c == "1" for c in r] for r in rows], dtype=bool).reshape(len(rows), -1)

@@ -23,8 +23,6 @@ import reference as R
 
 paddle.set_device("cpu")
 
-F32_FLOOR = 1e-5
-
 
 # --------------------------------------------------------------------------------------------
 # Helpers
@@ -58,8 +56,7 @@ def assert_matches(actual, ref64, naive, dtype, name):
     if np.dtype(dtype) == np.float64:
         np.testing.assert_allclose(actual, ref64, rtol=1e-10, atol=1e-10, err_msg=name)
     else:
-        floor = F32_FLOOR * max(1.0, float(np.max(np.abs(ref64), initial=0.0)))
-        R.assert_close_fa(actual, ref64, naive, floor=floor, name=name)
+        R.assert_attention_close(actual, ref64, naive, "float32", name=name)
 
 
 def rows_to_layout(lse, fmt):

@@ -1,5 +1,6 @@
-"""Bad input to every public function of paddle_te.ops (SPEC §7): each wrong call raises
-ValueError or TypeError whose message names the argument; none crashes, aborts or hangs.
+"""Bad input to every public function of paddle_te.ops and every public layer of paddle_te.nn
+(SPEC §7, issue 17): each wrong call raises ValueError or TypeError whose message names the
+argument; none crashes, aborts, hangs or surfaces one of Paddle's internal messages.
 
 The calls run in a subprocess (this file is also the worker: `python test_bad_input.py OUT`),
 one JSON line per call, so a segfault or abort in an op fails the tests instead of killing
@@ -70,7 +71,145 @@ def _cases():
         finally:
             paddle.disable_static()
 
+    nn = paddle_te.nn
+    DPA, MHA, TL = nn.DotProductAttention, nn.MultiHeadAttention, nn.TransformerLayer
+    dq, dk = t([2, 5, 4, 8]), t([2, 6, 2, 8])  # DPA(4, 8, num_gqa_groups=2): b=2, s_q=5, s_kv=6
+    pad_kv = b(np.zeros([2, 1, 1, 6]))
+    e, mem = t([2, 5, 16]), t([2, 7, 16])  # MHA(16, 4) / TransformerLayer(16, 32, 4) inputs
+
+    def dpa(mask_type="no_mask", **kw):
+        return DPA(4, 8, num_gqa_groups=2, attn_mask_type=mask_type, **kw)
+
+    def decoder(**kw):
+        return TL(16, 32, 4, layer_type="decoder", hidden_dropout=0.0, attention_dropout=0.0, **kw)
+
     return [
+        # ---- the four cases of issue 17 ---------------------------------------------------------
+        ("dpa_arbitrary_mask_shape", lambda: dpa("arbitrary")(dq, dk, dk, b(np.zeros([2, 1, 9, 6]))),
+         V, "attention_mask has shape [2, 1, 9, 6]"),
+        ("dpa_bias_not_broadcastable", lambda: dpa("causal")(dq, dk, dk, core_attention_bias=t([2, 3, 5, 6])),
+         V, "core_attention_bias has shape [2, 3, 5, 6]"),
+        ("mha_attn_mask_not_broadcastable", lambda: MHA(16, 4)(e, attn_mask=b(np.ones([2, 1, 5, 9]))),
+         V, "attn_mask has shape [2, 1, 5, 9]"),
+        ("tl_enc_dec_window", lambda: decoder(enc_dec_window_size=(-3, 0)), V, "enc_dec_window_size=(-3, 0)"),
+        # ---- DotProductAttention: constructor ---------------------------------------------
+        ("dpa_heads_zero", lambda: DPA(0, 8), V, "num_attention_heads=0"),
+        ("dpa_heads_float", lambda: DPA(4.0, 8), T, "num_attention_heads=4.0"),
+        ("dpa_heads_bool", lambda: DPA(True, 8), T, "num_attention_heads=True"),
+        ("dpa_kv_channels", lambda: DPA(4, -8), V, "kv_channels=-8"),
+        ("dpa_gqa_not_dividing", lambda: DPA(4, 8, num_gqa_groups=3), V, "num_gqa_groups=3"),
+        ("dpa_gqa_str", lambda: DPA(4, 8, num_gqa_groups="2"), T, "num_gqa_groups='2'"),
+        ("dpa_dropout_str", lambda: DPA(4, 8, attention_dropout="0.1"), T, "attention_dropout='0.1'"),
+        ("dpa_dropout_none", lambda: DPA(4, 8, attention_dropout=None), T, "attention_dropout=None"),
+        ("dpa_dropout_one", lambda: DPA(4, 8, attention_dropout=1.0), V, "attention_dropout=1.0"),
+        ("dpa_mask_type", lambda: DPA(4, 8, attn_mask_type="sliding"), V, "attn_mask_type='sliding'"),
+        ("dpa_window", lambda: DPA(4, 8, window_size=(1, -2)), V, "window_size=(1, -2)"),
+        ("dpa_attention_type", lambda: DPA(4, 8, attention_type="both"), V, "attention_type='both'"),
+        ("dpa_qkv_format", lambda: DPA(4, 8, qkv_format="bhsd"), V, "qkv_format='bhsd'"),
+        ("dpa_scale_nan", lambda: DPA(4, 8, softmax_scale=math.nan), V, "softmax_scale=nan"),
+        ("dpa_scale_bool", lambda: DPA(4, 8, softmax_scale=True), T, "softmax_scale=True"),
+        ("dpa_deterministic", lambda: DPA(4, 8, deterministic="yes"), T, "deterministic='yes'"),
+        ("dpa_backend", lambda: DPA(4, 8, backend="fast"), V, "backend='fast'"),
+        # ---- DotProductAttention: forward ---------------------------------------------------
+        ("dpa_query_not_tensor", lambda: dpa()(np.zeros([2, 5, 4, 8]), dk, dk), T, "query"),
+        ("dpa_query_rank", lambda: dpa()(t([2, 5, 32]), dk, dk), V, "query has shape [2, 5, 32]"),
+        ("dpa_query_int", lambda: dpa()(t([2, 5, 4, 8], "int32"), dk, dk), T, "query has dtype"),
+        ("dpa_query_heads", lambda: dpa()(t([2, 5, 3, 8]), dk, dk), V, "num_attention_heads=4"),
+        ("dpa_key_heads", lambda: dpa()(dq, t([2, 6, 4, 8]), dk), V, "num_gqa_groups=2"),
+        ("dpa_query_head_dim", lambda: dpa()(t([2, 5, 4, 16]), t([2, 6, 2, 16]), t([2, 6, 2, 16])),
+         V, "kv_channels=8"),
+        ("dpa_key_head_dim", lambda: dpa()(dq, t([2, 6, 2, 4]), dk), V, "key has shape [2, 6, 2, 4]"),
+        ("dpa_value_length", lambda: dpa()(dq, dk, t([2, 7, 2, 8])), V, "value has shape [2, 7, 2, 8]"),
+        ("dpa_key_batch", lambda: dpa()(dq, t([3, 6, 2, 8]), t([3, 6, 2, 8])), V, "key has shape [3, 6, 2, 8]"),
+        ("dpa_mask_with_no_mask_type", lambda: dpa("causal")(dq, dk, dk, pad_kv), V, "attention_mask"),
+        ("dpa_padding_mask_float", lambda: dpa("padding")(dq, dk, dk, t([2, 1, 1, 6])), T, "attention_mask"),
+        ("dpa_padding_mask_length", lambda: dpa("padding")(dq, dk, dk, (b(np.zeros([2, 1, 1, 5])),
+                                                                        b(np.zeros([2, 1, 1, 7])))),
+         V, "attention_mask[1] (mask_kv) has shape [2, 1, 1, 7]"),
+        ("dpa_padding_mask_batch", lambda: dpa("padding")(dq, dk, dk, b(np.zeros([3, 1, 5, 6]))),
+         V, "attention_mask has shape [3, 1, 5, 6]"),
+        ("dpa_padding_self_mask_cross_lengths", lambda: dpa("padding")(dq, dk, dk, b(np.zeros([2, 1, 1, 5]))),
+         V, "attention_mask has shape [2, 1, 1, 5]"),
+        ("dpa_padding_tuple_of_three", lambda: dpa("padding")(dq, dk, dk, (pad_kv, pad_kv, pad_kv)),
+         V, "attention_mask"),
+        ("dpa_padding_mask_and_cu_seqlens", lambda: dpa("padding")(dq, dk, dk, pad_kv, cu_seqlens_q=pq,
+                                                                   cu_seqlens_kv=pkv), V, "cu_seqlens"),
+        ("dpa_arbitrary_mask_not_tensor", lambda: dpa("arbitrary")(dq, dk, dk, np.zeros([5, 6], bool)),
+         T, "attention_mask is a ndarray"),
+        ("dpa_arbitrary_mask_int", lambda: dpa("arbitrary")(dq, dk, dk, i32(np.zeros([5, 6]))),
+         T, "attention_mask has dtype"),
+        ("dpa_arbitrary_mask_rank5", lambda: dpa("arbitrary")(dq, dk, dk, b(np.zeros([1, 2, 1, 5, 6]))),
+         V, "attention_mask has shape [1, 2, 1, 5, 6]"),
+        ("dpa_bias_not_tensor", lambda: dpa()(dq, dk, dk, core_attention_bias=0.5), T, "core_attention_bias"),
+        ("dpa_bias_bool", lambda: dpa()(dq, dk, dk, core_attention_bias=b(np.zeros([5, 6]))),
+         T, "core_attention_bias has dtype"),
+        ("dpa_cu_seqlens_int64", lambda: dpa("padding")(dq, dk, dk, cu_seqlens_q=i32([0, 3, 5], "int64"),
+                                                       cu_seqlens_kv=pkv), T, "cu_seqlens_q"),
+        ("dpa_max_seqlen_negative", lambda: dpa("padding")(dq, dk, dk, cu_seqlens_q=pq, cu_seqlens_kv=pkv,
+                                                          max_seqlen_q=-4), V, "max_seqlen_q"),
+        # ---- MultiHeadAttention ----------------------------------------------------------------
+        ("mha_embed_dim", lambda: MHA(0, 4), V, "embed_dim=0"),
+        ("mha_num_heads_str", lambda: MHA(16, "4"), T, "num_heads='4'"),
+        ("mha_not_divisible", lambda: MHA(16, 3), V, "num_heads=3"),
+        ("mha_dropout", lambda: MHA(16, 4, dropout=1.5), V, "dropout=1.5"),
+        ("mha_kdim", lambda: MHA(16, 4, kdim=-1), V, "kdim=-1"),
+        ("mha_need_weights", lambda: MHA(16, 4, need_weights=None), T, "need_weights=None"),
+        ("mha_mask_type", lambda: MHA(16, 4, attn_mask_type="full"), V, "attn_mask_type='full'"),
+        ("mha_window", lambda: MHA(16, 4, window_size=(0, 1, 2)), V, "window_size=(0, 1, 2)"),
+        ("mha_backend", lambda: MHA(16, 4, backend="cuda"), V, "backend='cuda'"),
+        ("mha_query_rank", lambda: MHA(16, 4)(t([2, 5, 4, 4])), V, "query has shape [2, 5, 4, 4]"),
+        ("mha_query_width", lambda: MHA(16, 4)(t([2, 5, 12])), V, "embed_dim=16"),
+        ("mha_key_width", lambda: MHA(16, 4, kdim=8)(e, t([2, 7, 16]), t([2, 7, 16])), V, "kdim=8"),
+        ("mha_key_batch", lambda: MHA(16, 4)(e, t([3, 7, 16]), t([3, 7, 16])), V, "key has shape [3, 7, 16]"),
+        ("mha_value_length", lambda: MHA(16, 4)(e, mem, t([2, 6, 16])), V, "value has shape [2, 6, 16]"),
+        ("mha_query_not_tensor", lambda: MHA(16, 4)([[0.0] * 16]), T, "query"),
+        ("mha_attn_mask_not_tensor", lambda: MHA(16, 4)(e, attn_mask=np.ones([5, 5], bool)), T, "attn_mask"),
+        ("mha_attn_mask_rank5", lambda: MHA(16, 4)(e, attn_mask=b(np.ones([1, 2, 4, 5, 5]))),
+         V, "attn_mask has shape [1, 2, 4, 5, 5]"),
+        ("mha_padding_hint_per_head_mask", lambda: MHA(16, 4, attn_mask_type="padding")(
+            e, attn_mask=b(np.ones([2, 4, 1, 5]))), V, "attn_mask"),
+        ("mha_attn_mask_dtype", lambda: MHA(16, 4)(e, attn_mask=paddle.to_tensor(np.ones([5, 5], np.complex64))),
+         T, "attn_mask has dtype"),
+        ("mha_cache_type", lambda: MHA(16, 4)(e, cache=(1, 2)), T, "cache"),
+        # ---- TransformerLayer ------------------------------------------------------------------
+        ("tl_hidden_size", lambda: TL(-16, 32, 4), V, "hidden_size=-16"),
+        ("tl_ffn_hidden_size", lambda: TL(16, 0, 4), V, "ffn_hidden_size=0"),
+        ("tl_heads_not_dividing", lambda: TL(16, 32, 5), V, "num_attention_heads=5"),
+        ("tl_gqa", lambda: TL(16, 32, 4, num_gqa_groups=3), V, "num_gqa_groups=3"),
+        ("tl_layer_type", lambda: TL(16, 32, 4, layer_type="encoder_decoder"), V, "layer_type='encoder_decoder'"),
+        ("tl_self_mask_type", lambda: TL(16, 32, 4, self_attn_mask_type="sliding"), V,
+         "self_attn_mask_type='sliding'"),
+        ("tl_window", lambda: TL(16, 32, 4, window_size=(-2, 0)), V, "window_size=(-2, 0)"),
+        ("tl_enc_dec_mask_type", lambda: decoder(enc_dec_attn_mask_type="full"), V,
+         "enc_dec_attn_mask_type='full'"),
+        ("tl_hidden_dropout", lambda: TL(16, 32, 4, hidden_dropout="0.1"), T, "hidden_dropout='0.1'"),
+        ("tl_attention_dropout", lambda: TL(16, 32, 4, attention_dropout=-0.5), V, "attention_dropout=-0.5"),
+        ("tl_layernorm_epsilon", lambda: TL(16, 32, 4, layernorm_epsilon=0.0), V, "layernorm_epsilon=0.0"),
+        ("tl_activation", lambda: TL(16, 32, 4, activation=["gelu"]), V, "activation=['gelu']"),
+        ("tl_backend", lambda: TL(16, 32, 4, backend="cudnn9"), V, "backend='cudnn9'"),
+        ("tl_hidden_states_width", lambda: TL(16, 32, 4)(t([2, 5, 12])), V, "hidden_states has shape [2, 5, 12]"),
+        ("tl_hidden_states_not_tensor", lambda: TL(16, 32, 4)(None), T, "hidden_states"),
+        ("tl_encoder_output_width", lambda: decoder()(e, encoder_output=t([2, 7, 8])), V,
+         "encoder_output has shape [2, 7, 8]"),
+        ("tl_encoder_output_batch", lambda: decoder()(e, encoder_output=t([3, 7, 16])), V,
+         "encoder_output has shape [3, 7, 16]"),
+        ("tl_decoder_without_encoder_output", lambda: decoder()(e), V, "encoder_output"),
+        ("tl_encoder_with_encoder_output", lambda: TL(16, 32, 4)(e, encoder_output=mem), V, "encoder_output"),
+        ("tl_enc_dec_mask_shape", lambda: decoder()(e, encoder_output=mem, enc_dec_attn_mask=(
+            b(np.zeros([2, 1, 1, 5])), b(np.zeros([2, 1, 1, 9])))), V, "enc_dec_attn_mask[1] (mask_kv)"),
+        ("tl_enc_dec_mask_float", lambda: decoder()(e, encoder_output=mem, enc_dec_attn_mask=t([2, 1, 5, 7])),
+         T, "enc_dec_attn_mask"),
+        ("tl_self_mask_shape", lambda: TL(16, 32, 4, self_attn_mask_type="padding")(
+            e, attention_mask=b(np.zeros([2, 1, 1, 4]))), V, "attention_mask has shape [2, 1, 1, 4]"),
+        # ---- replace_multihead_attention, mask check mode ----------------------------------
+        ("replace_not_layer", lambda: nn.replace_multihead_attention([paddle.nn.MultiHeadAttention(16, 4)]),
+         T, "model"),
+        ("replace_backend", lambda: nn.replace_multihead_attention(
+            paddle.nn.Sequential(paddle.nn.MultiHeadAttention(16, 4)), backend="gpu"), V, "backend='gpu'"),
+        ("set_mask_check", lambda: paddle_te.masks.set_mask_check(True), V, "mode=True"),
+        ("m2c_check_not_bool", lambda: ops.mask_to_cu_seqlens(pad_kv, check="no"), T, "check='no'"),
+        ("fa_deterministic_not_bool", lambda: fa(q, k, v, deterministic=1), T, "deterministic"),
+        ("fa_return_lse_not_bool", lambda: fa(q, k, v, return_softmax_lse="yes"), T, "return_softmax_lse"),
         # ---- fused_attn: tensors -------------------------------------------------------------
         ("q_rank", lambda: fa(t([2, 5, 32]), k, v), V, "q"),
         ("k_rank", lambda: fa(q, t([2, 6, 2, 8, 1]), v), V, "k"),

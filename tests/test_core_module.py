@@ -90,6 +90,32 @@ def test_mask_to_cu_seqlens_not_right_padding():
     valid = np.full(1, 7, np.int32)
     core.mask_to_cu_seqlens(mask, cu_q, cu_kv, valid=valid)  # verdict only, no exception
     assert valid[0] == 0
+    core.mask_to_cu_seqlens(mask, cu_q, cu_kv, check=False)  # asked not to look
+    with pytest.raises(ValueError, match='attn_mask_type="arbitrary"'):
+        core.mask_to_cu_seqlens(mask, cu_q, cu_kv, check=True)
+    with pytest.raises(ValueError, match="check=True"):
+        core.mask_to_cu_seqlens(mask, cu_q, cu_kv, valid=valid, check=True)
+    with pytest.raises(TypeError, match="check"):
+        core.mask_to_cu_seqlens(mask, cu_q, cu_kv, check=1)
+
+
+def test_attn_check():
+    """The capability check without a call: "" or the core's reason; bad arguments raise."""
+    q = np.zeros((2, 5, 4, 16))
+    kv = np.zeros((2, 7, 2, 16))
+    out = np.zeros_like(q)
+    assert core.attn_check(q, kv, kv, out, backend="cpu", attn_mask_type="causal") == ""
+    assert core.attn_check(q, kv, kv, out, backend="auto", backward=True, dropout=0.3) == ""
+    assert "CUDA" in core.attn_check(q, kv, kv, out, backend="flash")
+    assert "CUDA" in core.attn_check(q, kv, kv, out, backend="cudnn", backward=True)
+    t = np.zeros((9, 4, 16))
+    cu = np.array([0, 4, 9], np.int32)
+    assert core.attn_check(t, t, t, t.copy(), qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
+                           backend="cpu", backward=True) == ""
+    with pytest.raises(ValueError, match="head dim"):
+        core.attn_check(q, np.zeros((2, 7, 2, 8)), kv, out, backend="cpu")
+    with pytest.raises(ValueError, match="backend"):
+        core.attn_check(q, kv, kv, out, backend="unfused")
 
 
 @pytest.mark.parametrize("mask_type", ["no_mask", "causal", "padding_causal_bottom_right"])

@@ -61,6 +61,7 @@ def test_losses_match(demo):
 def test_served_model_decodes_like_dygraph(demo):
     _, summary, stdout = demo
     assert summary["served_matches_dygraph"]
+    assert summary["incremental_matches_full"]  # decode_attn with in-place KV caches (SPEC §10)
     assert "paddle.inference" in stdout
 
 

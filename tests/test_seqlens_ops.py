@@ -105,3 +105,77 @@ def test_rejects_masks_that_are_not_right_padding(name):
     assert not R.is_right_padding(mask, mask_kv)
     with pytest.raises(ValueError, match=ARBITRARY):
         op(mask, mask_kv)
+
+
+# --------------------------------------------------------------------------------------------
+# What is checked when (issue 17, docs/masks.md): the op checks unless check=False; the layers
+# follow paddle_te.masks.set_mask_check, by default only where the check is free (CPU masks).
+# --------------------------------------------------------------------------------------------
+
+LEFT = np.array([True, False, False, False]).reshape(1, 1, 1, 4)
+
+
+def test_check_false_reads_no_verdict():
+    cq, ck = paddle_te.ops.mask_to_cu_seqlens(paddle.to_tensor(LEFT), check=False)
+    assert cq.numpy().tolist() == [0, 3]  # the count of unpadded keys; meaningless as lengths
+    with pytest.raises(TypeError, match="check=1"):
+        paddle_te.ops.mask_to_cu_seqlens(paddle.to_tensor(LEFT), check=1)
+
+
+@pytest.fixture
+def mask_check():
+    """Restores the process-wide mode after the test."""
+    previous = paddle_te.masks.get_mask_check()
+    yield paddle_te.masks.set_mask_check
+    paddle_te.masks.set_mask_check(previous)
+
+
+def _layer_calls(monkeypatch):
+    calls = []
+    real = paddle_te.ops.mask_to_cu_seqlens
+
+    def spy(*a, check=True, **k):
+        calls.append(check)
+        return real(*a, check=check, **k)
+
+    monkeypatch.setattr(paddle_te.ops, "mask_to_cu_seqlens", spy)
+    return calls
+
+
+def _dpa_and_mha(mask_np):
+    """One DotProductAttention and one MultiHeadAttention call with a padding mask."""
+    x = paddle.to_tensor(np.random.default_rng(0).standard_normal((1, 4, 2, 8)).astype("float32"))
+    paddle_te.nn.DotProductAttention(2, 8, attn_mask_type="padding")(
+        x, x, x, paddle.to_tensor(mask_np))
+    e = x.reshape([1, 4, 16])
+    mha = paddle_te.nn.MultiHeadAttention(16, 2, attn_mask_type="padding")
+    mha(e, attn_mask=paddle.to_tensor(~mask_np))  # Paddle's convention: True = keep
+
+
+@pytest.mark.parametrize("mode,on_gpu,checked", [
+    ("no_sync", False, True), ("no_sync", True, False),
+    ("always", False, True), ("always", True, True),
+    ("never", False, False), ("never", True, False),
+])
+def test_layers_follow_the_mask_check_mode(monkeypatch, mask_check, mode, on_gpu, checked):
+    from paddle_te.nn import _core
+
+    calls = _layer_calls(monkeypatch)
+    monkeypatch.setattr(_core, "_on_gpu", lambda t: on_gpu)  # where the mask seems to live
+    mask_check(mode)
+    right = np.array([False, False, True, True]).reshape(1, 1, 1, 4)
+    _dpa_and_mha(right)
+    assert calls == [checked, checked]
+    if checked:
+        with pytest.raises(ValueError, match=ARBITRARY):
+            _dpa_and_mha(LEFT)
+    else:
+        _dpa_and_mha(LEFT)  # not looked at: no host sync, no error
+
+
+def test_set_mask_check_validates(mask_check):
+    assert paddle_te.masks.get_mask_check() in paddle_te.masks.MASK_CHECK_MODES
+    with pytest.raises(ValueError, match="mode='sometimes'.*'no_sync', 'always', 'never'"):
+        mask_check("sometimes")
+    assert mask_check("always") in paddle_te.masks.MASK_CHECK_MODES
+    assert paddle_te.masks.get_mask_check() == "always"

@@ -165,7 +165,31 @@ def attention_cases(core, A):
                         "no_mask", (-1, -1), 0.1)
 
 
-CASES = [softmax_cases, seqlens_cases, attention_cases]
+def decode_cases(core, A):
+    """decode_attn (SPEC §10): a paged cache with an odd page size, GQA, s_q = 3 (two row chunks),
+    forced splits, a window; then bad values (lengths past the capacity, page indices out of
+    range) that the kernels must clamp and mask without touching memory out of bounds."""
+    g = np.random.default_rng(5)
+    b, s_q, h, h_kv, d, page, pps = 2, 3, 8, 2, 128, 7, 40
+    table = g.permutation(b * pps).reshape(b, pps).astype(np.int32)
+    kc = A.half(g.standard_normal((b * pps, page, h_kv, d)), "float16")
+    vc = A.half(g.standard_normal((b * pps, page, h_kv, d)), "float16")
+    q = A.half(g.standard_normal((b, s_q, h, d)), "float16")
+    kn = A.half(g.standard_normal((b, s_q, h_kv, d)), "float16")
+    vn = A.half(g.standard_normal((b, s_q, h_kv, d)), "float16")
+    out = A.half(np.zeros((b, s_q, h, d)), "float16")
+    lse = A.dev(np.zeros((b, h, s_q), np.float32))
+    for lens, tbl, splits, window in (([0, 200], table, 5, (-1, 0)), ([100, 1], table, 0, (16, 0))):
+        core.decode_attn(q, kc, vc, A.dev(np.asarray(lens, np.int32)), out, k_new=kn, v_new=vn,
+                         block_table=A.dev(tbl), lse=lse, num_splits=splits, window_size=window)
+    bad = table.copy()
+    bad[0, :3] = [b * pps, -1, 10**6]
+    core.decode_attn(q, kc, vc, A.dev(np.asarray([10**6, -4], np.int32)), out, k_new=kn,
+                     v_new=vn, block_table=A.dev(bad), lse=lse)
+    A.sync()
+
+
+CASES = [softmax_cases, seqlens_cases, attention_cases, decode_cases]
 
 
 def main():

@@ -14,9 +14,9 @@
 // * Workspace of the attention calls: allocated per call. On CUDA with cudaMallocAsync on the
 //   call's stream and released with cudaFreeAsync right after the launch (stream ordered, no
 //   sync); on the CPU from the heap.
-// * mask_to_cu_seqlens checks the right-padding verdict, which on CUDA means one device->host
-//   copy and a stream sync (documented in SPEC §3 as allowed in dygraph). Passing `valid=` (an
-//   int32 [1] tensor) skips the check: the verdict is written there and nothing syncs, so the
+// * mask_to_cu_seqlens makes no device->host copy on CUDA (issue 17): the right-padding verdict
+//   is checked where that is free (CPU masks), on CUDA only with check=True (one copy and a
+//   sync); `valid=` (an int32 [1] tensor) receives the verdict for the caller to read. So the
 //   call can be captured in a CUDA graph.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -391,6 +391,59 @@ void fused_attn_bwd(py::object q, py::object k, py::object v, py::object out, py
   run_attn(&p, a, true);
 }
 
+// The capability check (pte_attn_check) of one call, without running it: "" when `backend` can
+// run it, else the core's reason (NOT_SUPPORTED). Bad arguments (INVALID_ARGUMENT) raise, since
+// they are no backend's limitation. backward=True checks the backward pass; its gradient
+// tensors are taken to be shaped like q, k, v and out, and a missing lse like the one the call
+// needs (the check reads no data).
+std::string attn_check(py::object q, py::object k, py::object v, py::object out, py::object lse,
+                       const AttnKw& kw, bool backward) {
+  Args a(stream_of(kw.stream));
+  pte_attn_params_t p;
+  pte_attn_params_init(&p);
+  p.q = a.add(q, "q");
+  p.k = a.add(k, "k");
+  p.v = a.add(v, "v");
+  p.out = a.add(out, "out");
+  p.lse = a.add(lse, "lse");
+  fill_attn(&p, a, kw);
+  if (p.lse.data == nullptr && p.q.data != nullptr && (backward || p.dropout > 0.f)) {
+    // The lse these calls need, described from q's shape (float32 [b, h, s_q] / [h, t_q]).
+    const pte_tensor_t& q_t = p.q;
+    p.lse = q_t;
+    p.lse.dtype = PTE_FLOAT32;
+    if (p.qkv_format == PTE_QKV_THD && q_t.ndim == 3) {
+      p.lse.ndim = 2;
+      p.lse.shape[0] = q_t.shape[1];
+      p.lse.shape[1] = q_t.shape[0];
+    } else if (q_t.ndim == 4) {
+      const bool bshd = p.qkv_format == PTE_QKV_BSHD;
+      p.lse.ndim = 3;
+      p.lse.shape[0] = bshd ? q_t.shape[0] : q_t.shape[1];
+      p.lse.shape[1] = q_t.shape[2];
+      p.lse.shape[2] = bshd ? q_t.shape[1] : q_t.shape[0];
+    }
+    for (int i = p.lse.ndim - 1, st = 1; i >= 0; st *= int(p.lse.shape[i]), --i)
+      p.lse.strides[i] = st;
+  }
+  if (backward) {
+    p.d_out = p.out;
+    p.d_q = p.q;
+    p.d_k = p.k;
+    p.d_v = p.v;
+  }
+  const pte_backend_t backend = p.backend;
+  DeviceGuard guard(a.cuda_device());
+  pte_status_t st;
+  {
+    py::gil_scoped_release nogil;
+    st = pte_attn_check(&p, backend, backward ? 1 : 0);
+  }
+  if (st == PTE_SUCCESS) return "";
+  if (st == PTE_ERROR_NOT_SUPPORTED) return pte_last_error();
+  raise_status(st);
+}
+
 // ---- softmax ----------------------------------------------------------------------------------
 
 void softmax_fwd(py::object x, py::object y, py::object mask, double scale, py::object causal,
@@ -435,8 +488,11 @@ void softmax_bwd(py::object y, py::object d_y, py::object d_x, double scale, py:
 
 // ---- mask -> cu_seqlens -----------------------------------------------------------------------
 
+// `check`: None = check where it is free (CPU masks), never on CUDA; True = check on CUDA too
+// (one device->host copy and a stream sync); False = never. `valid` (int32 [1]) receives the
+// verdict instead, read by nobody here (then `check` must not be True).
 void mask_to_cu_seqlens(py::object mask, py::object cu_q, py::object cu_kv, py::object mask_kv,
-                        py::object valid, py::object stream) {
+                        py::object valid, py::object check_arg, py::object stream) {
   Args a(stream_of(stream));
   pte_seqlens_params_t p;
   pte_seqlens_params_init(&p);
@@ -445,17 +501,24 @@ void mask_to_cu_seqlens(py::object mask, py::object cu_q, py::object cu_kv, py::
   p.cu_seqlens_q = a.add(cu_q, "cu_seqlens_q");
   p.cu_seqlens_kv = a.add(cu_kv, "cu_seqlens_kv");
   p.stream = a.stream();
-  const bool check = valid.is_none();
-  if (!check) p.valid = a.add(valid, "valid");
+  const bool cuda = p.mask.device == PTE_DEVICE_CUDA;
+  const bool own_valid = valid.is_none();
+  if (!check_arg.is_none() && !PyBool_Check(check_arg.ptr()))
+    throw py::type_error("check=" + std::string(py::repr(check_arg)) +
+                         ": must be None, True or False");
+  const bool check = check_arg.is_none() ? (own_valid && !cuda) : check_arg.cast<bool>();
+  if (check && !own_valid)
+    throw py::value_error("check=True with valid=...: the verdict goes to `valid` for the caller "
+                          "to read; pass one of them");
+  if (!own_valid) p.valid = a.add(valid, "valid");
   DeviceGuard guard(a.cuda_device());
   int32_t host_valid = 1;
   pte_status_t st;
   std::string cuda_error;
   {
     py::gil_scoped_release nogil;
-    const bool cuda = p.mask.device == PTE_DEVICE_CUDA;
     [[maybe_unused]] void* dev_valid = nullptr;
-    if (check) {
+    if (own_valid) {
       // An internal int32 [1] for the verdict, on the mask's device.
       p.valid = p.mask;
       p.valid.dtype = PTE_INT32;
@@ -465,6 +528,7 @@ void mask_to_cu_seqlens(py::object mask, py::object cu_q, py::object cu_kv, py::
       p.valid.data = &host_valid;
 #ifdef PTE_WITH_CUDA
       if (cuda) {
+        // Stream-ordered, so the call stays capturable in a CUDA graph when nothing is read.
         cudaError_t e = cudaMallocAsync(&dev_valid, sizeof(int32_t),
                                         static_cast<cudaStream_t>(p.stream));
         if (e != cudaSuccess) cuda_error = std::string("cudaMallocAsync: ") + cudaGetErrorString(e);
@@ -476,8 +540,8 @@ void mask_to_cu_seqlens(py::object mask, py::object cu_q, py::object cu_kv, py::
 #ifdef PTE_WITH_CUDA
     if (dev_valid != nullptr) {
       cudaStream_t s = static_cast<cudaStream_t>(p.stream);
-      if (st == PTE_SUCCESS && cuda_error.empty()) {
-        // The documented sync of the dygraph check.
+      if (check && st == PTE_SUCCESS && cuda_error.empty()) {
+        // check=True on CUDA: the one documented device->host copy (and sync).
         cudaError_t e = cudaMemcpyAsync(&host_valid, dev_valid, sizeof(int32_t),
                                         cudaMemcpyDeviceToHost, s);
         if (e == cudaSuccess) e = cudaStreamSynchronize(s);
@@ -485,8 +549,6 @@ void mask_to_cu_seqlens(py::object mask, py::object cu_q, py::object cu_kv, py::
       }
       cudaFreeAsync(dev_valid, s);
     }
-#else
-    (void)cuda;
 #endif
   }
   if (!cuda_error.empty()) throw std::runtime_error(cuda_error);
@@ -495,6 +557,59 @@ void mask_to_cu_seqlens(py::object mask, py::object cu_q, py::object cu_kv, py::
     throw py::value_error(
         "mask is not right padding (left padding, holes, or a full mask that is not the outer OR "
         "of a query and a key padding mask); use attn_mask_type=\"arbitrary\" for such a mask");
+}
+
+// ---- decode ---------------------------------------------------------------------------------
+
+void decode_attn(py::object q, py::object k_cache, py::object v_cache, py::object cache_seqlens,
+                 py::object out, py::object k_new, py::object v_new, py::object block_table,
+                 py::object lse, py::object softmax_scale, py::object window_size, int num_splits,
+                 const std::string& backend, py::object stream) {
+  Args a(stream_of(stream));
+  pte_decode_params_t p;
+  pte_decode_params_init(&p);
+  p.q = a.add(q, "q");
+  p.k_cache = a.add(k_cache, "k_cache");
+  p.v_cache = a.add(v_cache, "v_cache");
+  p.cache_seqlens = a.add(cache_seqlens, "cache_seqlens");
+  p.out = a.add(out, "out");
+  p.k_new = a.add(k_new, "k_new");
+  p.v_new = a.add(v_new, "v_new");
+  p.block_table = a.add(block_table, "block_table");
+  p.lse = a.add(lse, "lse");
+  if (softmax_scale.is_none()) {
+    const int64_t d = p.q.ndim > 0 ? p.q.shape[p.q.ndim - 1] : 0;
+    if (d <= 0) throw py::value_error("q: head dim must be > 0 to derive softmax_scale");
+    p.softmax_scale = 1.0 / std::sqrt(double(d));
+  } else {
+    p.softmax_scale = softmax_scale.cast<double>();
+  }
+  py::sequence w = window_size.cast<py::sequence>();
+  if (w.size() != 2)
+    throw py::value_error("window_size=" + std::string(py::repr(window_size)) +
+                          ": must be a pair (left, right)");
+  p.window_left = w[0].cast<int64_t>();
+  p.window_right = w[1].cast<int64_t>();
+  p.num_splits = num_splits;
+  p.backend = parse(backend, "backend", kBackends);
+  p.stream = a.stream();
+  DeviceGuard guard(a.cuda_device());
+  const bool cuda = p.q.device == PTE_DEVICE_CUDA;
+  pte_status_t st;
+  {
+    py::gil_scoped_release nogil;
+    size_t bytes = 0;
+    st = pte_decode_workspace_size(&p, &bytes);
+    if (st == PTE_SUCCESS) {
+      // cudaMallocAsync on the call's stream is capturable: a CUDA graph records it as a memory
+      // node, so a captured decode step replays without host work.
+      Workspace ws(bytes, cuda, p.stream);
+      p.workspace = ws.ptr();
+      p.workspace_size = bytes;
+      st = pte_decode_attn(&p);
+    }
+  }
+  check_status(st);
 }
 
 // ---- backends -------------------------------------------------------------------------------
@@ -579,6 +694,28 @@ PYBIND11_MODULE(paddle_te_core, m) {
       py::arg("deterministic") = false,
       "Fused attention backward into d_q, d_k, d_v.");
 
+  m.def(
+      "attn_check",
+      [attn_kw](py::object q, py::object k, py::object v, py::object out, py::object lse,
+                py::object cu_q, py::object cu_kv, py::object mq, py::object mkv,
+                std::string fmt, std::string mt, py::object win, py::object scale,
+                double dropout, std::string backend, bool backward) {
+        return attn_check(q, k, v, out, lse,
+                          attn_kw(cu_q, cu_kv, mq, mkv, fmt, mt, win, scale, dropout,
+                                  py::int_(0), py::int_(0), backend, py::none(), false),
+                          backward);
+      },
+      py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::kw_only(),
+      py::arg("lse") = py::none(), py::arg("cu_seqlens_q") = py::none(),
+      py::arg("cu_seqlens_kv") = py::none(), py::arg("max_seqlen_q") = py::none(),
+      py::arg("max_seqlen_kv") = py::none(), py::arg("qkv_format") = "bshd",
+      py::arg("attn_mask_type") = "no_mask", py::arg("window_size") = py::make_tuple(-1, -1),
+      py::arg("softmax_scale") = py::none(), py::arg("dropout") = 0.0,
+      py::arg("backend") = "auto", py::arg("backward") = false,
+      "The capability check of a fused_attn_fwd (backward=True: fused_attn_bwd) call, without "
+      "running it: '' when `backend` can run it, else the reason. Bad arguments raise "
+      "ValueError as the call would.");
+
   m.def("softmax_fwd", &softmax_fwd, py::arg("x"), py::arg("y"), py::kw_only(),
         py::arg("mask") = py::none(), py::arg("scale") = 1.0, py::arg("causal") = py::none(),
         py::arg("stream") = py::none(),
@@ -589,10 +726,21 @@ PYBIND11_MODULE(paddle_te_core, m) {
         "d_x = scale * y * (d_y - sum(d_y * y)).");
   m.def("mask_to_cu_seqlens", &mask_to_cu_seqlens, py::arg("mask"), py::arg("cu_seqlens_q"),
         py::arg("cu_seqlens_kv"), py::kw_only(), py::arg("mask_kv") = py::none(),
-        py::arg("valid") = py::none(), py::arg("stream") = py::none(),
-        "Padding mask(s) -> int32 cu_seqlens [b+1]. Without `valid`, raises ValueError when the "
-        "mask is not right padding (syncs on CUDA); with `valid` (int32 [1]) the verdict is "
-        "written there instead and nothing syncs.");
+        py::arg("valid") = py::none(), py::arg("check") = py::none(),
+        py::arg("stream") = py::none(),
+        "Padding mask(s) -> int32 cu_seqlens [b+1]. Never copies to the host on CUDA unless "
+        "check=True. check=None (default): a CPU mask that is not right padding raises "
+        "ValueError, a CUDA mask is not checked; check=True: CUDA too (one device->host copy and "
+        "a sync); check=False: never. `valid` (int32 [1]) receives the verdict (1 = right "
+        "padding) for the caller to read when it likes; capturable in a CUDA graph.");
+  m.def("decode_attn", &decode_attn, py::arg("q"), py::arg("k_cache"), py::arg("v_cache"),
+        py::arg("cache_seqlens"), py::arg("out"), py::kw_only(), py::arg("k_new") = py::none(),
+        py::arg("v_new") = py::none(), py::arg("block_table") = py::none(),
+        py::arg("lse") = py::none(), py::arg("softmax_scale") = py::none(),
+        py::arg("window_size") = py::make_tuple(-1, 0), py::arg("num_splits") = 0,
+        py::arg("backend") = "auto", py::arg("stream") = py::none(),
+        "Attention of q [b, s_q, h, d] over a KV cache into `out` [b, s_q, h, d_v] (and `lse` "
+        "float32 [b, h, s_q]); k_new/v_new are appended in place at cache_seqlens (SPEC §10).");
   m.def("backends", &backends,
         "{name: {'available': bool, 'reason': str}} for this build and the current device.");
 }

@@ -1,53 +1,43 @@
-"""Attention core shared by the layers: routes a call to the fused op or to the unfused path.
+"""Helpers shared by the layers: dtype tests, the AMP cast, and the unfused path's names.
 
 The fused path (`paddle_te.ops.fused_attn`) handles every mask that is a window plus sequence
 lengths. Anything else -- an arbitrary boolean mask, an additive bias, or a request for the
-attention weights -- runs through the unfused path: matmul, paddle_te masked softmax, dropout,
-matmul. Both paths follow the visibility rule of SPEC §2, so a call gives the same result on
-either (up to dropout's random stream).
+attention weights -- runs through the unfused path, whose one implementation is
+`paddle_te._unfused` (also `fused_attn(backend="unfused")` and `auto`'s fallback). Both paths
+follow the visibility rule of SPEC §2, so a call gives the same result on either (up to dropout's
+random stream).
 
 Masks in this module use the canonical convention: a boolean element that is True is masked out.
 """
 
+import math
+import numbers
+
 import paddle
-import paddle.nn.functional as F
+from paddle.jit.marker import unified
 
 from .. import ops
-from ..masks import BOTTOM_RIGHT_MASK_TYPES, CAUSAL_MASK_TYPES
 
+# The unfused path and its shape helpers, used by the layers as `_core.<name>`.
+from .._unfused import (  # noqa: F401
+    as4d,
+    dim,
+    expand_bool,
+    from_bhsd,
+    given,
+    or_masks,
+    seqlens_from_cu,
+    static_dim,
+    to_bhsd,
+    type_rule,
+    unfused_attention_bhsd,
+    window_mask,
+)
+from .._unfused import on_gpu as _on_gpu
+from ..masks import layer_checks_mask
 
 _INT_DTYPES = (paddle.int8, paddle.int16, paddle.int32, paddle.int64, paddle.uint8)
 _FLOAT_DTYPES = (paddle.float16, paddle.bfloat16, paddle.float32, paddle.float64)
-
-
-def given(x):
-    """`x is not None`, as a value.
-
-    The layers test optional tensors with `if given(x):` rather than `if x is not None:`. Python
-    3.11 compiles the latter to a jump on the tensor itself (POP_JUMP_IF_NONE), which
-    `paddle.jit.to_static`'s default SOT mode (Paddle 3.3) treats as a data-dependent branch and
-    breaks the graph at; a jump on a plain bool does not. For the same reason the traced code has
-    no closures or generator expressions (SOT cannot resume a broken frame that has them).
-    """
-    return x is not None
-
-
-def dim(x, axis):
-    """Size of `x` along `axis`: a Python int when static, else a 0-D int tensor (static mode)."""
-    n = x.shape[axis]
-    if n is not None and n >= 0:
-        return n
-    return paddle.shape(x)[axis]
-
-
-@paddle.jit.not_to_static
-def static_dim(x, axis):
-    """Size of `x` along `axis` when it is known at trace time, else None.
-
-    Not converted by to_static: traced, its conditional would become a graph `cond` with a None
-    branch (dynamic lengths make `x.shape[axis]` a tensor there)."""
-    n = x.shape[axis]
-    return n if (n is not None and n >= 0) else None
 
 
 def is_float(x):
@@ -77,153 +67,92 @@ def amp_cast(*tensors):
     return tuple(out)
 
 
-def _on_gpu(t):
-    """Whether `t` lives (dygraph) or will run (static graph: the expected place) on a GPU."""
-    if paddle.in_dynamic_mode():
-        return t.place.is_gpu_place()
-    return paddle.device.get_device().startswith("gpu")
+# ---- argument validation of the layers (SPEC §7: name the argument, its value, what is allowed) --
+def check_positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}={value!r}: must be a positive int")
+    if value <= 0:
+        raise ValueError(f"{name}={value!r}: must be a positive int")
+    return int(value)
 
 
-def window_mask(s_q, s_kv, window, bottom_right, len_q=None, len_kv=None):
-    """Boolean masked-out tensor for the SPEC §2 rule, or None when nothing is masked.
-
-    Query i sees key j iff i + δ − left <= j <= i + δ + right (a side of −1 is unbounded), and,
-    when lengths are given, i < len_q and j < len_kv. δ is 0 (top-left) or len_kv − len_q
-    (bottom-right), with the padded sizes standing in for missing lengths.
-
-    s_q, s_kv: ints (or 0-D int tensors in static mode); len_q, len_kv: int [b] tensors or None.
-    Returns bool [b or 1, 1, s_q, s_kv], True = masked out.
-    """
-    left, right = window
-    has_len = given(len_q)
-    if left < 0 and right < 0 and not has_len:
-        return None
-    i = paddle.arange(s_q, dtype="int64").reshape([1, 1, -1, 1])  # [1, 1, s_q, 1]
-    j = paddle.arange(s_kv, dtype="int64").reshape([1, 1, 1, -1])  # [1, 1, 1, s_kv]
-    if has_len:
-        lq = len_q.astype("int64").reshape([-1, 1, 1, 1])  # [b, 1, 1, 1]
-        lk = len_kv.astype("int64").reshape([-1, 1, 1, 1])
-    if bottom_right:
-        if has_len:
-            delta = lk - lq
-        else:
-            delta = paddle.to_tensor(s_kv, dtype="int64") - paddle.to_tensor(s_q, dtype="int64")
-        center = i + delta
-    else:
-        center = i
-    masked = None
-    if left >= 0:
-        masked = or_masks(masked, j < center - left)
-    if right >= 0:
-        masked = or_masks(masked, j > center + right)
-    if has_len:
-        masked = or_masks(masked, paddle.logical_or(i >= lq, j >= lk))
-    return masked
+def check_optional_positive_int(value, name):
+    return None if value is None else check_positive_int(value, name)
 
 
-def type_rule(s_q, s_kv, window, mask_type, len_q=None, len_kv=None):
-    """(masked, causal) for the unfused path: a plain causal type (no window, no lengths) maps to
-    the dedicated causal softmax kernels (`causal` = "top_left"/"bottom_right", masked None);
-    anything else to an explicit mask from `window_mask` (or None)."""
-    bottom_right = mask_type in BOTTOM_RIGHT_MASK_TYPES
-    if mask_type in CAUSAL_MASK_TYPES and tuple(window) == (-1, 0) and not given(len_q):
-        return None, ("bottom_right" if bottom_right else "top_left")
-    return window_mask(s_q, s_kv, window, bottom_right, len_q, len_kv), None
+def check_probability(value, name):
+    """A dropout probability in [0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}={value!r}: must be a float in [0, 1)")
+    if not (0.0 <= float(value) < 1.0):
+        raise ValueError(f"{name}={value!r}: must be in [0, 1)")
+    return float(value)
 
 
-def or_masks(a, b):
-    """Union of two masked-out masks, either of which may be None (nothing masked); ranks are
-    aligned to 4 first."""
-    if not given(a):
-        return b
-    if not given(b):
-        return a
-    return paddle.logical_or(as4d(a), as4d(b))
+def check_positive_float(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}={value!r}: must be a finite float > 0")
+    if not (math.isfinite(float(value)) and float(value) > 0):
+        raise ValueError(f"{name}={value!r}: must be a finite float > 0")
+    return float(value)
 
 
-def as4d(m):
-    """Prepend size-1 axes up to rank 4."""
-    while m.ndim < 4:
-        m = m.unsqueeze(0)
-    return m
+def check_bool(value, name):
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}={value!r}: must be a bool")
+    return value
 
 
-def to_bhsd(x, qkv_format):
-    """[b, s, h, d] (bshd) or [s, b, h, d] (sbhd) -> [b, h, s, d]."""
-    return x.transpose([0, 2, 1, 3] if qkv_format == "bshd" else [1, 2, 0, 3])
+def check_choice(value, name, allowed):
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name}={value!r}: must be one of {', '.join(map(repr, allowed))}")
+    return value
 
 
-def from_bhsd(x, qkv_format):
-    """[b, h, s, d] -> [b, s, h, d] (bshd) or [s, b, h, d] (sbhd)."""
-    return x.transpose([0, 2, 1, 3] if qkv_format == "bshd" else [2, 0, 1, 3])
+def check_backend(value):
+    from ..ops import BACKENDS
+
+    return check_choice(value, "backend", BACKENDS)
 
 
-def unfused_attention_bhsd(q, k, v, *, masked, bias, scale, dropout, training, causal=None):
-    """Matmul + paddle_te masked softmax (+ bias, dropout) + matmul, heads first.
-
-    q: [b, h, s_q, d]; k: [b, h_kv, s_kv, d]; v: [b, h_kv, s_kv, d_v] with h % h_kv == 0.
-    masked: bool broadcastable to [b, h, s_q, s_kv] (True = masked out) or None.
-    bias: float broadcastable to [b, h, s_q, s_kv], added after scaling, or None.
-    causal: None, "top_left" or "bottom_right" -- a causal mask with no other masking, which has
-    a dedicated softmax kernel (used only when `masked` is None).
-    Returns (out [b, h, s_q, d_v], probabilities after dropout [b, h, s_q, s_kv]).
-    """
-    h = static_dim(q, 1)
-    h_kv = static_dim(k, 1)
-    if h is not None and h_kv is not None and h != h_kv:
-        # GQA/MQA: query head i uses kv head i // (h / h_kv) (SPEC §8).
-        k = _repeat_heads(k, h // h_kv)
-        v = _repeat_heads(v, h // h_kv)
-    scores = paddle.matmul(q, k, transpose_y=True)  # [b, h, s_q, s_kv]
-    softmax_scale = scale
-    if given(bias):
-        scores = scores * scale + bias.astype(scores.dtype)
-        softmax_scale = 1.0
-    if not given(masked):
-        if causal == "top_left":
-            probs = ops.scaled_upper_triang_masked_softmax(scores, scale=softmax_scale)
-        elif causal == "bottom_right":
-            probs = ops.scaled_aligned_causal_masked_softmax(scores, scale=softmax_scale)
-        else:
-            probs = ops.scaled_softmax(scores, scale=softmax_scale)
-    else:
-        probs = _masked_softmax(scores, masked, softmax_scale)
-    if dropout > 0.0:
-        probs = F.dropout(probs, dropout, training=training, mode="upscale_in_train")
-    return paddle.matmul(probs, v), probs
+def is_tensor(x):
+    """A dygraph tensor or a static-graph value (not a numpy array)."""
+    return ops._is_tensor(x)
 
 
-def _repeat_heads(x, group):
-    """[b, h_kv, s, d] -> [b, h_kv * group, s, d], each kv head repeated `group` times in a row.
-    (Written with expand + reshape: repeat_interleave takes a tensor of repeats under SOT.)"""
-    b, h_kv, s, d = dim(x, 0), dim(x, 1), dim(x, 2), dim(x, 3)
-    x = x.unsqueeze(2).expand([b, h_kv, group, s, d])
-    return x.reshape([b, h_kv * group, s, d])
+def check_tensor(x, name, what="a paddle.Tensor"):
+    if not is_tensor(x):
+        raise TypeError(f"{name} is a {type(x).__name__}: must be {what}")
+    return x
 
 
-def _masked_softmax(scores, masked, scale):
-    """scores [b, h, s_q, s_kv]; masked bool broadcastable to it. The softmax op takes a mask of
-    shape [b or 1, 1, s_q, s_kv]: a per-head mask is handled by folding heads into the batch."""
-    masked = as4d(masked)
-    b, h = dim(scores, 0), dim(scores, 1)
-    s_q, s_kv = dim(scores, 2), dim(scores, 3)
-    mask_h = static_dim(masked, 1)
-    if mask_h == 1:
-        masked = expand_bool(masked, [-1, 1, s_q, s_kv])
-        return ops.scaled_masked_softmax(scores, masked, scale=scale)
-    masked = expand_bool(masked, [b, h, s_q, s_kv]).reshape([-1, 1, s_q, s_kv])
-    folded = scores.reshape([-1, 1, s_q, s_kv])
-    probs = ops.scaled_masked_softmax(folded, masked, scale=scale)
-    return probs.reshape([b, h, s_q, s_kv])
+@paddle.jit.not_to_static
+def check_broadcastable(x, name, target, target_desc):
+    """`x` (rank <= len(target)) broadcasts to `target` (ints; None = not known yet): each of its
+    dims, aligned to the right, is 1 or the target's. Unknown dims (static mode) pass."""
+    shape = list(x.shape)
+    if not 1 <= len(shape) <= len(target):
+        raise ValueError(
+            f"{name} has shape {shape}: must be broadcastable to {target_desc} = {_show(target)}"
+        )
+    for size, want in zip(shape[::-1], target[::-1]):
+        if size is None or size < 0 or want is None or size in (1, want):
+            continue
+        raise ValueError(
+            f"{name} has shape {shape}: must be broadcastable to {target_desc} = {_show(target)} "
+            f"(each dim 1 or equal, aligned to the right)"
+        )
 
 
-def expand_bool(mask, shape):
-    """paddle.expand of a bool tensor. Static mode refuses a bool input that is marked as needing
-    a gradient (a graph input usually is); a mask never has one."""
-    mask.stop_gradient = True
-    return paddle.expand(mask, shape)
+def _show(shape):
+    return "[" + ", ".join("?" if s is None else str(s) for s in shape) + "]"
 
 
-def seqlens_from_cu(cu):
-    """int32 [b+1] cumulative lengths -> int [b] lengths."""
-    return cu[1:] - cu[:-1]
+@unified
+def padding_mask_to_cu_seqlens(mask, mask_kv=None):
+    """ops.mask_to_cu_seqlens for the layers: the right-padding check follows
+    paddle_te.masks.set_mask_check (by default only where it is free: a mask on the CPU, so a GPU
+    step has no host sync). Marked unified: to_static calls it as it is (reading the place would
+    be a graph break under SOT)."""
+    check = paddle.in_dynamic_mode() and layer_checks_mask(_on_gpu(mask))
+    return ops.mask_to_cu_seqlens(mask, mask_kv, check=check)

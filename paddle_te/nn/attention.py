@@ -6,7 +6,11 @@ import paddle
 from paddle import nn
 
 from .. import ops
-from ..masks import BOTTOM_RIGHT_MASK_TYPES, PADDING_MASK_TYPES, check_set_window_size
+from ..masks import (
+    BOTTOM_RIGHT_MASK_TYPES,
+    PADDING_MASK_TYPES,
+    check_set_window_size,
+)
 from ..ops import QKV_FORMATS
 from . import _core
 from ._core import given
@@ -47,35 +51,23 @@ class DotProductAttention(nn.Layer):
         backend="auto",
     ):
         super().__init__()
-        if not isinstance(num_attention_heads, int) or num_attention_heads <= 0:
-            raise ValueError(
-                f"num_attention_heads={num_attention_heads!r}: must be a positive int"
-            )
-        if not isinstance(kv_channels, int) or kv_channels <= 0:
-            raise ValueError(f"kv_channels={kv_channels!r}: must be a positive int")
+        num_attention_heads = _core.check_positive_int(num_attention_heads, "num_attention_heads")
+        kv_channels = _core.check_positive_int(kv_channels, "kv_channels")
         if num_gqa_groups is None:
             num_gqa_groups = num_attention_heads
-        if (
-            not isinstance(num_gqa_groups, int)
-            or num_gqa_groups <= 0
-            or num_attention_heads % num_gqa_groups != 0
-        ):
+        num_gqa_groups = _core.check_positive_int(num_gqa_groups, "num_gqa_groups")
+        if num_attention_heads % num_gqa_groups != 0:
             raise ValueError(
                 f"num_gqa_groups={num_gqa_groups!r}: must be a positive int that divides "
                 f"num_attention_heads={num_attention_heads}"
             )
-        if not (0.0 <= float(attention_dropout) < 1.0):
-            raise ValueError(f"attention_dropout={attention_dropout!r}: must be in [0, 1)")
-        if attention_type not in ("self", "cross"):
-            raise ValueError(f"attention_type={attention_type!r}: must be 'self' or 'cross'")
-        if qkv_format not in QKV_FORMATS:
-            raise ValueError(f"qkv_format={qkv_format!r}: must be one of {QKV_FORMATS}")
-        if softmax_scale is not None and not (
-            isinstance(softmax_scale, (int, float))
-            and math.isfinite(softmax_scale)
-            and softmax_scale > 0
-        ):
-            raise ValueError(f"softmax_scale={softmax_scale!r}: must be a finite number > 0")
+        attention_dropout = _core.check_probability(attention_dropout, "attention_dropout")
+        _core.check_choice(attention_type, "attention_type", ("self", "cross"))
+        _core.check_choice(qkv_format, "qkv_format", QKV_FORMATS)
+        if softmax_scale is not None:
+            softmax_scale = _core.check_positive_float(softmax_scale, "softmax_scale")
+        _core.check_bool(deterministic, "deterministic")
+        _core.check_backend(backend)
         # Validates the mask type too (unknown type -> ValueError); warns for a causal type
         # given a right window, once, here.
         self.window_size = check_set_window_size(attn_mask_type, window_size)
@@ -91,6 +83,9 @@ class DotProductAttention(nn.Layer):
         )
         self.deterministic = deterministic
         self.backend = backend
+        # The name users know the mask by, for messages (TransformerLayer's cross-attention says
+        # enc_dec_attn_mask).
+        self._mask_name = "attention_mask"
 
     def extra_repr(self):
         return (
@@ -130,44 +125,42 @@ class DotProductAttention(nn.Layer):
         if given(attention_mask):
             if has_cu:
                 raise ValueError(
-                    "attention_mask and cu_seqlens_q/cu_seqlens_kv were both given: pass one "
+                    f"{self._mask_name} and cu_seqlens_q/cu_seqlens_kv were both given: pass one "
                     "(a padding mask is converted to cu_seqlens)"
                 )
             if fmt == "thd":
                 raise ValueError(
-                    "attention_mask with qkv_format='thd': thd takes cu_seqlens_q/cu_seqlens_kv"
+                    f"{self._mask_name} with qkv_format='thd': thd takes cu_seqlens_q/cu_seqlens_kv"
                 )
             if mask_type in PADDING_MASK_TYPES:
-                mask_q, mask_kv = self._check_padding_mask(attention_mask)
+                mask_q, mask_kv = self._check_padding_mask(attention_mask, query, key)
             elif mask_type == "arbitrary":
-                arbitrary_mask = self._check_arbitrary_mask(attention_mask)
+                arbitrary_mask = self._check_arbitrary_mask(attention_mask, query, key)
             else:
                 raise ValueError(
-                    f"attention_mask was given but attn_mask_type={mask_type!r} takes no mask: "
+                    f"{self._mask_name} was given but attn_mask_type={mask_type!r} takes no mask: "
                     f"use a 'padding*' type for a padding mask or 'arbitrary' for any other "
                     f"(True = masked out)"
                 )
         if mask_type == "arbitrary" and has_cu:
             raise ValueError(
                 "cu_seqlens_q/cu_seqlens_kv with attn_mask_type='arbitrary': the arbitrary mask "
-                "is passed as attention_mask"
+                f"is passed as {self._mask_name}"
             )
 
         bias = core_attention_bias
         if given(bias):
+            _core.check_tensor(bias, "core_attention_bias", "a float paddle.Tensor")
             if not _core.is_float(bias):
                 raise TypeError(
                     f"core_attention_bias has dtype {bias.dtype}: must be a float tensor"
-                )
-            if bias.ndim > 4:
-                raise ValueError(
-                    f"core_attention_bias has shape {list(bias.shape)}: must be broadcastable "
-                    f"to [b, h, s_q, s_kv]"
                 )
             if fmt == "thd":
                 raise ValueError(
                     "core_attention_bias with qkv_format='thd' is not supported: use bshd/sbhd"
                 )
+            _core.check_broadcastable(bias, "core_attention_bias", self._bhss(query, key),
+                                      "[b, h, s_q, s_kv]")
 
         query, key, value, bias = _core.amp_cast(query, key, value, bias)
 
@@ -203,7 +196,7 @@ class DotProductAttention(nn.Layer):
         # Unfused path: arbitrary mask and/or bias (bshd/sbhd only).
         if mask_type in PADDING_MASK_TYPES and not given(cu_q):
             raise ValueError(
-                f"attn_mask_type={mask_type!r} needs a padding attention_mask or cu_seqlens_q/"
+                f"attn_mask_type={mask_type!r} needs a padding {self._mask_name} or cu_seqlens_q/"
                 f"cu_seqlens_kv"
             )
         if mask_type not in PADDING_MASK_TYPES and has_cu:
@@ -227,7 +220,7 @@ class DotProductAttention(nn.Layer):
         q = _core.to_bhsd(query, fmt)
         k = _core.to_bhsd(key, fmt)
         v = _core.to_bhsd(value, fmt)
-        out, _ = _core.unfused_attention_bhsd(
+        out, _, _ = _core.unfused_attention_bhsd(
             q,
             k,
             v,
@@ -241,79 +234,143 @@ class DotProductAttention(nn.Layer):
         return _core.from_bhsd(out, fmt)
 
     # ---- validation helpers -------------------------------------------------------------
+    @paddle.jit.not_to_static
+    def _bhss(self, query, key):
+        """[b, h, s_q, s_kv] of this call (None where not known yet)."""
+        seq_axis = 1 if self.qkv_format == "bshd" else 0
+        b = _core.static_dim(query, 0 if self.qkv_format == "bshd" else 1)
+        return [b, self.num_attention_heads, _core.static_dim(query, seq_axis),
+                _core.static_dim(key, seq_axis)]
+
+    @paddle.jit.not_to_static
     def _check_qkv(self, query, key, value):
-        nd = 3 if self.qkv_format == "thd" else 4
+        fmt = self.qkv_format
+        nd = 3 if fmt == "thd" else 4
+        layout = {"bshd": "[b, s, h, d]", "sbhd": "[s, b, h, d]", "thd": "[t, h, d]"}[fmt]
         for name, t in (("query", query), ("key", key), ("value", value)):
-            if not _is_tensor(t):
-                raise TypeError(f"{name} is a {type(t).__name__}: must be a paddle.Tensor")
+            _core.check_tensor(t, name)
             if t.ndim != nd:
                 raise ValueError(
-                    f"{name} has shape {list(t.shape)}: qkv_format={self.qkv_format!r} takes "
-                    f"rank {nd}"
+                    f"{name} has shape {list(t.shape)}: qkv_format={fmt!r} takes rank {nd} {layout}"
+                )
+            if not _core.is_float(t):
+                raise TypeError(
+                    f"{name} has dtype {t.dtype}: allowed float16, bfloat16, float32, float64"
                 )
         h_axis = nd - 2
         hq = _core.static_dim(query, h_axis)
-        hk = _core.static_dim(key, h_axis)
-        hv = _core.static_dim(value, h_axis)
         if hq is not None and hq != self.num_attention_heads:
             raise ValueError(
-                f"query has {hq} heads: num_attention_heads={self.num_attention_heads}"
+                f"query has shape {list(query.shape)}: {hq} heads, but "
+                f"num_attention_heads={self.num_attention_heads}"
             )
-        for name, hh in (("key", hk), ("value", hv)):
+        for name, t in (("key", key), ("value", value)):
+            hh = _core.static_dim(t, h_axis)
             if hh is not None and hh != self.num_gqa_groups:
-                raise ValueError(f"{name} has {hh} heads: num_gqa_groups={self.num_gqa_groups}")
+                raise ValueError(
+                    f"{name} has shape {list(t.shape)}: {hh} heads, but "
+                    f"num_gqa_groups={self.num_gqa_groups}"
+                )
+        dq, dk = _core.static_dim(query, nd - 1), _core.static_dim(key, nd - 1)
+        if dq is not None and dq != self.kv_channels:
+            raise ValueError(
+                f"query has shape {list(query.shape)}: head dim {dq}, but "
+                f"kv_channels={self.kv_channels}"
+            )
+        if dk is not None and dq is not None and dk != dq:
+            raise ValueError(
+                f"key has shape {list(key.shape)}: head dim {dk} must equal query's {dq}"
+            )
+        seq_axis = 0 if fmt in ("sbhd", "thd") else 1
+        sk, sv = _core.static_dim(key, seq_axis), _core.static_dim(value, seq_axis)
+        if sk is not None and sv is not None and sk != sv:
+            raise ValueError(
+                f"value has shape {list(value.shape)}: {sv} tokens, but key has {sk}"
+            )
+        if fmt != "thd":
+            b_axis = 1 - seq_axis
+            bq = _core.static_dim(query, b_axis)
+            for name, t in (("key", key), ("value", value)):
+                bb = _core.static_dim(t, b_axis)
+                if bq is not None and bb is not None and bb != bq:
+                    raise ValueError(
+                        f"{name} has shape {list(t.shape)}: batch {bb} must equal query's {bq}"
+                    )
 
-    def _check_padding_mask(self, mask):
+    @paddle.jit.not_to_static
+    def _check_padding_mask(self, mask, query, key):
         """A padding mask: a bool [b, 1, 1, s] / [b, 1, s_q, s_kv] tensor or a (mask_q, mask_kv)
         tuple of [b, 1, 1, s_q] and [b, 1, 1, s_kv]. Returns (mask_q_or_full, mask_kv_or_None)."""
+        name = self._mask_name
+        b, _, s_q, s_kv = self._bhss(query, key)
         if isinstance(mask, (tuple, list)):
             if len(mask) != 2:
                 raise ValueError(
-                    f"attention_mask is a sequence of {len(mask)}: a padding mask tuple is "
+                    f"{name} is a sequence of {len(mask)}: a padding mask tuple is "
                     f"(mask_q, mask_kv)"
                 )
-            _check_bool_4d(mask[0], "attention_mask[0] (mask_q)")
-            _check_bool_4d(mask[1], "attention_mask[1] (mask_kv)")
+            _check_bool_4d(mask[0], f"{name}[0] (mask_q)")
+            _check_bool_4d(mask[1], f"{name}[1] (mask_kv)")
+            _check_mask_dims(mask[0], f"{name}[0] (mask_q)", [b, 1, 1, s_q], "[b, 1, 1, s_q]")
+            _check_mask_dims(mask[1], f"{name}[1] (mask_kv)", [b, 1, 1, s_kv], "[b, 1, 1, s_kv]")
             return mask[0], mask[1]
-        _check_bool_4d(mask, "attention_mask")
+        _check_bool_4d(mask, name)
+        if _core.static_dim(mask, 2) == 1:
+            if s_q is not None and s_kv is not None and s_q != s_kv:
+                raise ValueError(
+                    f"{name} has shape {list(mask.shape)}: one [b, 1, 1, s] mask serves queries "
+                    f"and keys alike, but s_q={s_q} != s_kv={s_kv}; pass (mask_q, mask_kv) or a "
+                    f"full [b, 1, s_q, s_kv] mask"
+                )
+            _check_mask_dims(mask, name, [b, 1, 1, s_q], "[b, 1, 1, s]")
+        else:
+            _check_mask_dims(mask, name, [b, 1, s_q, s_kv], "[b, 1, s_q, s_kv]")
         return mask, None
 
-    def _check_arbitrary_mask(self, mask):
+    @paddle.jit.not_to_static
+    def _check_arbitrary_mask(self, mask, query, key):
+        name = self._mask_name
         if isinstance(mask, (tuple, list)):
             raise TypeError(
-                "attention_mask is a tuple: attn_mask_type='arbitrary' takes one bool tensor "
+                f"{name} is a tuple: attn_mask_type='arbitrary' takes one bool tensor "
                 "broadcastable to [b, h, s_q, s_kv]"
             )
+        _core.check_tensor(mask, name, "a bool paddle.Tensor")
         if mask.dtype != paddle.bool:
             raise TypeError(
-                f"attention_mask has dtype {mask.dtype}: attn_mask_type='arbitrary' takes a bool "
+                f"{name} has dtype {mask.dtype}: attn_mask_type='arbitrary' takes a bool "
                 f"mask (True = masked out); pass additive values as core_attention_bias"
             )
-        if mask.ndim > 4 or mask.ndim < 2:
+        if mask.ndim < 2:
             raise ValueError(
-                f"attention_mask has shape {list(mask.shape)}: must be broadcastable to "
-                f"[b, h, s_q, s_kv]"
+                f"{name} has shape {list(mask.shape)}: must be broadcastable to "
+                f"[b, h, s_q, s_kv] (rank 2 to 4)"
             )
+        _core.check_broadcastable(mask, name, self._bhss(query, key), "[b, h, s_q, s_kv]")
         return mask
 
 
+@paddle.jit.not_to_static
+def _check_mask_dims(mask, name, want, desc):
+    """Every known dim of a padding mask equals the call's (None = not known)."""
+    shape = list(mask.shape)
+    for size, w in zip(shape, want):
+        if size is not None and size >= 0 and w is not None and size != w:
+            wanted = "[" + ", ".join("?" if x is None else str(x) for x in want) + "]"
+            raise ValueError(f"{name} has shape {shape}: expected {desc} = {wanted} for this call")
+
+
 def _mask_to_cu_seqlens(mask_q, mask_kv):
-    """ops.mask_to_cu_seqlens in a function of its own. In dygraph the op checks the mask on the
-    host, which under paddle.jit.to_static's default (SOT) mode breaks the graph; a break in the
-    middle of forward() made the resumed forward fail inside SOT (UnboundLocalError
-    '___graph_fn_saved_orig_1', Paddle 3.3.1), a break inside a helper does not."""
-    if not given(mask_kv):
-        return ops.mask_to_cu_seqlens(mask_q)
-    return ops.mask_to_cu_seqlens(mask_q, mask_kv)
-
-
-def _is_tensor(x):
-    """A dygraph tensor or a static-graph value (duck-typed: both have dtype and shape)."""
-    return hasattr(x, "dtype") and hasattr(x, "shape") and hasattr(x, "ndim")
+    """The padding mask -> cu_seqlens conversion in a function of its own. In dygraph it may
+    check the mask on the host (paddle_te.masks.set_mask_check), which under paddle.jit.to_static's
+    default (SOT) mode breaks the graph; a break in the middle of forward() made the resumed
+    forward fail inside SOT (UnboundLocalError '___graph_fn_saved_orig_1', Paddle 3.3.1), a break
+    inside a helper does not."""
+    return _core.padding_mask_to_cu_seqlens(mask_q, mask_kv)
 
 
 def _check_bool_4d(m, name):
-    if not _is_tensor(m):
+    if not _core.is_tensor(m):
         raise TypeError(f"{name} is a {type(m).__name__}: must be a bool paddle.Tensor")
     if m.dtype != paddle.bool:
         raise TypeError(

@@ -16,7 +16,7 @@ from ..masks import (
     PADDING_MASK_TYPES,
     check_set_window_size,
 )
-from . import _core
+from . import _core, _kv_cache
 from ._core import given
 
 # A float mask element at or below this counts as masked out: it covers -inf and the -1e9 that
@@ -85,6 +85,20 @@ class MultiHeadAttention(paddle.nn.MultiHeadAttention):
         window_size=None,
         backend="auto",
     ):
+        # Checked here first: Paddle's own constructor asserts (AssertionError) or fails later.
+        embed_dim = _core.check_positive_int(embed_dim, "embed_dim")
+        num_heads = _core.check_positive_int(num_heads, "num_heads")
+        if embed_dim % num_heads != 0:
+            raise ValueError(
+                f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}"
+            )
+        dropout = _core.check_probability(dropout, "dropout")
+        kdim = _core.check_optional_positive_int(kdim, "kdim")
+        vdim = _core.check_optional_positive_int(vdim, "vdim")
+        _core.check_bool(need_weights, "need_weights")
+        if attn_mask_type is not None:
+            _core.check_choice(attn_mask_type, "attn_mask_type", MASK_TYPES)
+        _core.check_backend(backend)
         super().__init__(
             embed_dim,
             num_heads,
@@ -95,12 +109,6 @@ class MultiHeadAttention(paddle.nn.MultiHeadAttention):
             weight_attr=weight_attr,
             bias_attr=bias_attr,
         )
-        if attn_mask_type is not None and attn_mask_type not in MASK_TYPES:
-            raise ValueError(
-                f"attn_mask_type={attn_mask_type!r}: must be None or one of {MASK_TYPES}"
-            )
-        if not (0.0 <= float(dropout) < 1.0):
-            raise ValueError(f"dropout={dropout!r}: must be in [0, 1)")
         self.attn_mask_type = attn_mask_type
         # Warns here, once, for a causal hint with a right window.
         self.window_size = check_set_window_size(attn_mask_type or "no_mask", window_size)
@@ -119,9 +127,22 @@ class MultiHeadAttention(paddle.nn.MultiHeadAttention):
         v = self.v_proj(value).reshape([0, 0, self.num_heads, self.head_dim])
         return k.transpose([0, 2, 1, 3]), v.transpose([0, 2, 1, 3])
 
-    def gen_cache(self, key, value=None, type=paddle.nn.MultiHeadAttention.Cache):
+    #: The preallocated cache of `gen_cache(..., max_length=N)` (SPEC §10).
+    InplaceCache = _kv_cache.InplaceCache
+
+    def gen_cache(self, key, value=None, type=paddle.nn.MultiHeadAttention.Cache, *,
+                  max_length=None):
         """Same contract as Paddle: `StaticCache` of `compute_kv(key, value)`; an empty `Cache`
-        `[b, num_heads, 0, head_dim]` when `value` is None; else `Cache(key, value)`."""
+        `[b, num_heads, 0, head_dim]` when `value` is None; else `Cache(key, value)`.
+
+        With `max_length` (type `Cache` only): an `InplaceCache` whose buffers
+        `[b, max_length, num_heads, head_dim]` are allocated once; each incremental step appends
+        its keys and values in place (`paddle_te.ops.decode_attn`) instead of concatenating."""
+        if max_length is not None:
+            if type != self.Cache:
+                raise ValueError("gen_cache(max_length=...) preallocates a Cache; a StaticCache "
+                                 "does not grow")
+            return _kv_cache.gen_inplace_cache(self, key, value, max_length)
         if type == self.StaticCache:
             return self.StaticCache(*self.compute_kv(key, value))
         if not given(value):
@@ -137,6 +158,7 @@ class MultiHeadAttention(paddle.nn.MultiHeadAttention):
             key = query
         if not given(value):
             value = query
+        self._check_inputs(query, key, value, attn_mask, cache)
         has_mask = given(attn_mask)
         hint = self.attn_mask_type
         if hint in _WITH_CACHE and isinstance(cache, self.Cache):
@@ -149,6 +171,9 @@ class MultiHeadAttention(paddle.nn.MultiHeadAttention):
 
         # q: [b, s_q, h, d]; the caches hold k, v as [b, h, s, d].
         q = self.q_proj(query).reshape([0, 0, self.num_heads, self.head_dim])
+        if isinstance(cache, self.InplaceCache):
+            out, cache = _kv_cache.step(self, q, key, value, attn_mask, cache, hint)
+            return self.out_proj(out.reshape([0, 0, self.embed_dim])), cache
         if isinstance(cache, self.StaticCache):
             k, v = cache.k, cache.v
             kv_layout = "bhsd"
@@ -185,7 +210,51 @@ class MultiHeadAttention(paddle.nn.MultiHeadAttention):
             outs.append(cache)
         return out if len(outs) == 1 else tuple(outs)
 
+    @paddle.jit.not_to_static
+    def _check_inputs(self, query, key, value, attn_mask, cache):
+        """[b, s_q, embed_dim], [b, s_kv, kdim], [b, s_kv, vdim]; a mask broadcastable to
+        [b, num_heads, s_q, s_kv] (s_kv counting a Cache's earlier keys)."""
+        static = isinstance(cache, self.StaticCache)  # its k, v replace key and value
+        checked = [("query", query, self.embed_dim, "embed_dim")]
+        if not static:
+            checked += [("key", key, self.kdim, "kdim"), ("value", value, self.vdim, "vdim")]
+        for name, t, width, width_name in checked:
+            _core.check_tensor(t, name)
+            if t.ndim != 3:
+                raise ValueError(
+                    f"{name} has shape {list(t.shape)}: must be [batch_size, length, {width_name}]"
+                )
+            last = _core.static_dim(t, 2)
+            if last is not None and last != width:
+                raise ValueError(
+                    f"{name} has shape {list(t.shape)}: its last dim must be "
+                    f"{width_name}={width}"
+                )
+        b = _core.static_dim(query, 0)
+        for name, t in () if static else (("key", key), ("value", value)):
+            bb = _core.static_dim(t, 0)
+            if b is not None and bb is not None and bb != b:
+                raise ValueError(f"{name} has shape {list(t.shape)}: batch {bb} must equal query's {b}")
+        s_k, s_v = (None, None) if static else (_core.static_dim(key, 1), _core.static_dim(value, 1))
+        if s_k is not None and s_v is not None and s_k != s_v:
+            raise ValueError(f"value has shape {list(value.shape)}: length {s_v} must equal key's {s_k}")
+        if not given(attn_mask):
+            return
+        _core.check_tensor(attn_mask, "attn_mask")
+        if static:
+            s_kv = _core.static_dim(cache.k, 2)
+        elif isinstance(cache, self.Cache):
+            prev = _core.static_dim(cache.k, 2)
+            s_kv = None if prev is None or s_k is None else prev + s_k
+        else:
+            s_kv = s_k
+        _core.check_broadcastable(
+            attn_mask, "attn_mask", [b, self.num_heads, _core.static_dim(query, 1), s_kv],
+            "[batch_size, num_heads, query_length, key_length]")
+
     def _fused(self, q, k, v, kv_layout, attn_mask, hint):
+        if kv_layout == "bhsd" and _kv_cache.decodes(self, q, attn_mask, hint):
+            return _kv_cache.attend_cache(self, q, k, v, hint)  # incremental step (SPEC §10)
         if kv_layout == "bhsd":
             k, v = k.transpose([0, 2, 1, 3]), v.transpose([0, 2, 1, 3])
         q, k, v = _core.amp_cast(q, k, v)
@@ -239,8 +308,8 @@ class MultiHeadAttention(paddle.nn.MultiHeadAttention):
         if _core.static_dim(masked, 2) == 1:
             mask_kv = _core.expand_bool(masked, [b, 1, 1, s_kv])
             mask_q = paddle.zeros([b, 1, 1, s_q], dtype="bool")
-            return ops.mask_to_cu_seqlens(mask_q, mask_kv)
-        return ops.mask_to_cu_seqlens(_core.expand_bool(masked, [b, 1, s_q, s_kv]))
+            return _core.padding_mask_to_cu_seqlens(mask_q, mask_kv)
+        return _core.padding_mask_to_cu_seqlens(_core.expand_bool(masked, [b, 1, s_q, s_kv]))
 
     def _unfused(self, q, k, v, kv_layout, attn_mask, hint):
         q = q.transpose([0, 2, 1, 3])  # [b, h, s_q, d]
@@ -259,7 +328,7 @@ class MultiHeadAttention(paddle.nn.MultiHeadAttention):
                                      mask_type in BOTTOM_RIGHT_MASK_TYPES)
             causal = None
         masked = _core.or_masks(masked, rule)
-        out, probs = _core.unfused_attention_bhsd(
+        out, probs, _ = _core.unfused_attention_bhsd(
             q,
             k,
             v,

@@ -4,7 +4,8 @@ import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
-from ..masks import check_set_window_size
+from ..masks import check_window_for
+from . import _core
 from ._core import given
 from .attention import DotProductAttention
 
@@ -87,26 +88,38 @@ class TransformerLayer(nn.Layer):
         backend="auto",
     ):
         super().__init__()
-        if layer_type not in ("encoder", "decoder"):
-            raise ValueError(f"layer_type={layer_type!r}: must be 'encoder' or 'decoder'")
-        if not isinstance(num_attention_heads, int) or num_attention_heads <= 0:
-            raise ValueError(
-                f"num_attention_heads={num_attention_heads!r}: must be a positive int"
-            )
+        _core.check_choice(layer_type, "layer_type", ("encoder", "decoder"))
+        hidden_size = _core.check_positive_int(hidden_size, "hidden_size")
+        ffn_hidden_size = _core.check_positive_int(ffn_hidden_size, "ffn_hidden_size")
+        num_attention_heads = _core.check_positive_int(num_attention_heads, "num_attention_heads")
         if hidden_size % num_attention_heads != 0:
             raise ValueError(
                 f"hidden_size={hidden_size} is not divisible by "
                 f"num_attention_heads={num_attention_heads}"
             )
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"activation={activation!r}: must be one of {sorted(_ACTIVATIONS)}")
-        if not (0.0 <= float(hidden_dropout) < 1.0):
-            raise ValueError(f"hidden_dropout={hidden_dropout!r}: must be in [0, 1)")
+        _core.check_choice(activation, "activation", tuple(sorted(_ACTIVATIONS)))
+        _core.check_probability(hidden_dropout, "hidden_dropout")
+        _core.check_probability(attention_dropout, "attention_dropout")
+        _core.check_positive_float(layernorm_epsilon, "layernorm_epsilon")
+        _core.check_backend(backend)
+        # Each window is checked under its own names (the cross-attention's are enc_dec_*).
+        window_size = check_window_for(self_attn_mask_type, window_size,
+                                       type_arg="self_attn_mask_type", window_arg="window_size")
+        if layer_type == "decoder":
+            enc_dec_window_size = check_window_for(
+                enc_dec_attn_mask_type, enc_dec_window_size, type_arg="enc_dec_attn_mask_type",
+                window_arg="enc_dec_window_size")
         num_kv = num_attention_heads if num_gqa_groups is None else num_gqa_groups
+        num_kv = _core.check_positive_int(num_kv, "num_gqa_groups")
+        if num_attention_heads % num_kv != 0:
+            raise ValueError(
+                f"num_gqa_groups={num_gqa_groups!r}: must be a positive int that divides "
+                f"num_attention_heads={num_attention_heads}"
+            )
         self.layer_type = layer_type
         self.hidden_size = hidden_size
         self.self_attn_mask_type = self_attn_mask_type
-        self.window_size = check_set_window_size(self_attn_mask_type, window_size)
+        self.window_size = window_size
         self.activation = activation
 
         self.input_layernorm = nn.LayerNorm(hidden_size, epsilon=layernorm_epsilon)
@@ -117,26 +130,41 @@ class TransformerLayer(nn.Layer):
         if layer_type == "decoder":
             self.enc_dec_attn_mask_type = enc_dec_attn_mask_type
             # Its own window, normalised for its own type: the self-attention window is not used.
-            self.enc_dec_window_size = check_set_window_size(
-                enc_dec_attn_mask_type, enc_dec_window_size
-            )
+            self.enc_dec_window_size = enc_dec_window_size
             self.inter_layernorm = nn.LayerNorm(hidden_size, epsilon=layernorm_epsilon)
             self.inter_attention = _Attention(
                 hidden_size, num_attention_heads, num_kv, enc_dec_attn_mask_type,
                 self.enc_dec_window_size, attention_dropout, "cross", backend,
             )
+            self.inter_attention.core_attention._mask_name = "enc_dec_attn_mask"
         self.mlp_layernorm = nn.LayerNorm(hidden_size, epsilon=layernorm_epsilon)
         self.fc1 = nn.Linear(hidden_size, ffn_hidden_size)
         self.fc2 = nn.Linear(ffn_hidden_size, hidden_size)
         self.hidden_dropout = nn.Dropout(hidden_dropout)
 
+    @paddle.jit.not_to_static
+    def _check_inputs(self, hidden_states, encoder_output):
+        for name, t in (("hidden_states", hidden_states), ("encoder_output", encoder_output)):
+            if name == "encoder_output" and not given(t):
+                continue
+            _core.check_tensor(t, name)
+            if t.ndim != 3 or _core.static_dim(t, 2) not in (None, self.hidden_size):
+                raise ValueError(
+                    f"{name} has shape {list(t.shape)}: must be [b, s, hidden_size="
+                    f"{self.hidden_size}]"
+                )
+        if given(encoder_output):
+            b, b_enc = _core.static_dim(hidden_states, 0), _core.static_dim(encoder_output, 0)
+            if b is not None and b_enc is not None and b != b_enc:
+                raise ValueError(
+                    f"encoder_output has shape {list(encoder_output.shape)}: batch {b_enc} must "
+                    f"equal hidden_states' {b}"
+                )
+
     def forward(self, hidden_states, attention_mask=None, encoder_output=None,
                 enc_dec_attn_mask=None):
         """hidden_states [b, s, hidden]; encoder_output [b, s_enc, hidden] (decoder only)."""
-        if hidden_states.ndim != 3:
-            raise ValueError(
-                f"hidden_states has shape {list(hidden_states.shape)}: must be [b, s, hidden]"
-            )
+        self._check_inputs(hidden_states, encoder_output)
         x = hidden_states
         y = self.input_layernorm(x)
         x = x + self.hidden_dropout(self.self_attention(y, y, attention_mask))

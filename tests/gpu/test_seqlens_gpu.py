@@ -1,6 +1,7 @@
 """CUDA mask -> cu_seqlens against tests/reference.py: the three mask forms, lengths 0 and s,
 batch sizes past one scan chunk (1024), masks that are not right padding (the same verdict as the
-reference), and capture in a CUDA graph (no host sync when the verdict goes to `valid`)."""
+reference), and capture in a CUDA graph: the core makes no device->host copy on CUDA (issue 17)
+unless asked to with check=True, with or without a `valid` tensor for the verdict."""
 
 import numpy as np
 import pytest
@@ -80,7 +81,10 @@ def test_not_right_padding(core, torch, rng, form):
     mask, mask_kv = _not_right_padding(rng, form)
     assert not ref.is_right_padding(mask, mask_kv)
     with pytest.raises(ValueError, match="arbitrary"):
-        _run(core, torch, _cuda(torch, mask), None if mask_kv is None else _cuda(torch, mask_kv))
+        _run(core, torch, _cuda(torch, mask), None if mask_kv is None else _cuda(torch, mask_kv),
+             check=True)
+    # By default the verdict is not read on CUDA (no host copy), so no error either.
+    _run(core, torch, _cuda(torch, mask), None if mask_kv is None else _cuda(torch, mask_kv))
     valid = poison(torch.empty(1, dtype=torch.int32, device="cuda"))
     _run(core, torch, _cuda(torch, mask), None if mask_kv is None else _cuda(torch, mask_kv),
          valid=valid)
@@ -127,6 +131,60 @@ def test_graph_capture(core, torch, rng):
         torch.cuda.synchronize()
         np.testing.assert_array_equal(cu_q.cpu().numpy(), ref.cu_seqlens(lens))
         assert int(valid.item()) == 1
+
+
+@pytest.mark.parametrize("form", ["self", "cross", "full"])
+def test_graph_capture_default_call(core, torch, rng, form):
+    """The call as SPEC §5 writes it (no `valid`, no `check`) captures in a CUDA graph: any
+    device->host copy or sync inside it would fail the capture ("operation not permitted when
+    stream is capturing"). Replays on new masks give the reference's lengths."""
+    b, s_q, s_kv = 5, 48, 80
+
+    def masks(lq, lk):
+        if form == "self":
+            return ref.padding_mask(lq, s_q), None
+        if form == "cross":
+            return ref.padding_mask(lq, s_q), ref.padding_mask(lk, s_kv)
+        return ref.full_padding_mask(lq, lk, s_q, s_kv), None
+
+    lq, lk = _lengths(rng, b, s_q), _lengths(rng, b, s_kv)
+    if form == "self":
+        lk = lq
+    m, mk = masks(lq, lk)
+    mask = _cuda(torch, m)
+    mask_kv = None if mk is None else _cuda(torch, mk)
+    cu_q = torch.empty(b + 1, dtype=torch.int32, device="cuda")
+    cu_kv = torch.empty(b + 1, dtype=torch.int32, device="cuda")
+    st = torch.cuda.Stream()
+    st.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(st):  # warm-up outside the capture (lazy CUDA init, allocations)
+        core.mask_to_cu_seqlens(mask, cu_q, cu_kv, mask_kv=mask_kv, stream=st.cuda_stream)
+    st.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g, stream=st):
+        core.mask_to_cu_seqlens(mask, cu_q, cu_kv, mask_kv=mask_kv, stream=st.cuda_stream)
+    for _ in range(3):
+        lq, lk = _lengths(rng, b, s_q), _lengths(rng, b, s_kv)
+        if form == "self":
+            lk = lq
+        m, mk = masks(lq, lk)
+        mask.copy_(_cuda(torch, m))
+        if mask_kv is not None:
+            mask_kv.copy_(_cuda(torch, mk))
+        poison(cu_q)
+        poison(cu_kv)
+        g.replay()
+        torch.cuda.synchronize()
+        want_q, want_kv = ref.mask_to_cu_seqlens(m, mk)
+        np.testing.assert_array_equal(cu_q.cpu().numpy(), want_q)
+        np.testing.assert_array_equal(cu_kv.cpu().numpy(), want_kv)
+
+
+def test_check_true_reads_the_verdict(core, torch, rng):
+    """check=True is the one documented host copy: correct outside a graph."""
+    mask = _cuda(torch, ref.padding_mask(np.array([3, 5]), 6))
+    got_q, _ = _run(core, torch, mask, check=True)
+    np.testing.assert_array_equal(got_q, [0, 3, 8])
 
 
 def test_empty_batch(core, torch):

@@ -9,11 +9,16 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <string>
 
 #include "core/kernels.h"
 #include "cuda/attn/launch.h"
 #include "cuda/common.cuh"
+#ifdef PTE_FLASH_SM90
+#include "cuda/attn/sm90/launch.h"
+#endif
 
 namespace pte {
 namespace flash {
@@ -73,6 +78,78 @@ std::string compiled_hdims() {
   return s.empty() ? "none" : s;
 }
 
+// Kernel family. `auto` runs the sm90 (wgmma/TMA) kernels on sm_90 devices where this build has
+// them for the head dim, the sm80 (mma.sync) kernels elsewhere; the environment variable
+// PTE_FLASH_VARIANT=sm80|sm90 forces one (tests run the grid through both). The sm90 backward
+// covers the default (atomic-dQ) mode; `deterministic=True` runs the sm80 family's three-kernel
+// backward on every device.
+enum class Variant { kAuto, kSm80, kSm90, kInvalid };
+
+Variant requested_variant() {
+  const char* v = std::getenv("PTE_FLASH_VARIANT");
+  if (v == nullptr || *v == 0 || std::strcmp(v, "auto") == 0) return Variant::kAuto;
+  if (std::strcmp(v, "sm80") == 0) return Variant::kSm80;
+  if (std::strcmp(v, "sm90") == 0) return Variant::kSm90;
+  return Variant::kInvalid;
+}
+
+// Smallest head dim >= d with a compiled sm90 forward (backward), or 0.
+int pick_sm90_hdim(int64_t d, bool backward = false) {
+#ifdef PTE_FLASH_SM90
+  if (backward) {
+    for (int D : sm90::kBwdHdims)
+      if (compiled(D) && d <= D) return D;
+    return 0;
+  }
+  for (int D : sm90::kFwdHdims)
+    if (compiled(D) && d <= D) return D;
+#else
+  (void)d;
+  (void)backward;
+#endif
+  return 0;
+}
+
+// Why the sm90 forward cannot run p ("" when it can).
+std::string sm90_fwd_reason(const AttnProblem& p, int arch) {
+#ifndef PTE_FLASH_SM90
+  (void)p;
+  (void)arch;
+  return "flash: this build has no sm90 kernels (PTE_ARCHS without 90a)";
+#else
+  if (arch != 90) return str("flash: the sm90 kernels need compute capability 9.0, not ", arch / 10, ".", arch % 10);
+  if (pick_sm90_hdim(p.d) == 0)
+    return str("flash: head_dim=", p.d, ": no sm90 forward for it in this build (sm90 head dims: 64, "
+               "128, 192, 256 where compiled)");
+  // TMA: 16-byte aligned bases and strides (the generic check below asks for multiples of 8
+  // elements, i.e. 16 bytes in 16-bit types).
+  return "";
+#endif
+}
+
+// Why the sm90 backward cannot run p ("" when it can).
+std::string sm90_bwd_reason(const AttnProblem& p, int arch) {
+  std::string why = sm90_fwd_reason(p, arch);
+  if (!why.empty()) return why;
+  if (p.deterministic) return "flash: deterministic=True runs the sm80 backward";
+  // The dQ accumulator's row length is the compiled head dim of launch.h's workspace size.
+  if (pick_sm90_hdim(p.d, true) != pick_hdim(p.d))
+    return str("flash: head_dim=", p.d, ": the sm90 backward's head dim differs from the "
+               "workspace's (", pick_hdim(p.d), ")");
+  return "";
+}
+
+bool use_sm90(const AttnProblem& p, bool backward) {
+  const Variant v = requested_variant();
+  if (v == Variant::kSm80) return false;
+  const int arch = cuda::device_arch(p.device_id);
+  if (!backward) return sm90_fwd_reason(p, arch).empty();
+#ifdef PTE_FLASH_SM90
+  if (v == Variant::kAuto && !sm90::bwd_preferred(pick_sm90_hdim(p.d, true))) return false;
+#endif
+  return sm90_bwd_reason(p, arch).empty();
+}
+
 bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 bool strides8(const Strides& st) { return st.batch % 8 == 0 && st.seq % 8 == 0 && st.head % 8 == 0; }
 
@@ -101,6 +178,16 @@ std::string reason(const AttnProblem& p, bool backward) {
     if (ptrs[i] != nullptr && !strides8(*sts[i]))
       return str("flash: ", names[i], " strides must be multiples of 8 elements");
   }
+  const Variant variant = requested_variant();
+  if (variant == Variant::kInvalid)
+    return str("flash: PTE_FLASH_VARIANT=", std::getenv("PTE_FLASH_VARIANT"),
+               ": must be auto, sm80 or sm90");
+  if (variant == Variant::kSm90) {
+    // Forcing sm90 refuses devices and head dims without sm90 kernels; a deterministic backward
+    // still runs (on the sm80 family, the only deterministic one).
+    std::string why = sm90_fwd_reason(p, arch);
+    if (!why.empty()) return str(why, " (PTE_FLASH_VARIANT=sm90)");
+  }
   if (backward && p.lse == nullptr) return "flash: the backward needs lse from the forward";
   if (p.dropout > 0.f && p.lse == nullptr) return "flash: dropout needs lse";
   return "";
@@ -119,7 +206,30 @@ void call(const AttnProblem& p) {
 }
 
 template <bool kBwd, typename T>
+void dispatch_sm90(const AttnProblem& p) {
+#ifdef PTE_FLASH_SM90
+  switch (pick_sm90_hdim(p.d, kBwd)) {
+#if defined(PTE_FLASH_HDIM_64)
+    case 64: return kBwd ? sm90::run_bwd<64, T>(p) : sm90::run_fwd<64, T>(p);
+#endif
+#if defined(PTE_FLASH_HDIM_128)
+    case 128: return kBwd ? sm90::run_bwd<128, T>(p) : sm90::run_fwd<128, T>(p);
+#endif
+#if defined(PTE_FLASH_HDIM_192)
+    case 192: if constexpr (!kBwd) return sm90::run_fwd<192, T>(p); break;
+#endif
+#if defined(PTE_FLASH_HDIM_256)
+    case 256: if constexpr (!kBwd) return sm90::run_fwd<256, T>(p); break;
+#endif
+    default: break;
+  }
+#endif
+  PTE_UNSUPPORTED("flash: head_dim=", p.d, ": no compiled sm90 kernel");
+}
+
+template <bool kBwd, typename T>
 void dispatch(const AttnProblem& p) {
+  if (use_sm90(p, kBwd)) return dispatch_sm90<kBwd, T>(p);
   switch (pick_hdim(p.d)) {
     case 32: return call<32, kBwd, T>(p);
     case 64: return call<64, kBwd, T>(p);

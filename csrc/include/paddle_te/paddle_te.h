@@ -6,5 +6,6 @@
 #include "paddle_te/attention.h"
 #include "paddle_te/softmax.h"
 #include "paddle_te/seqlens.h"
+#include "paddle_te/decode.h"
 
 #endif /* PADDLE_TE_PADDLE_TE_H_ */

@@ -1,0 +1,316 @@
+// The Hopper (sm_90a) flash-attention backward, dK/dV with atomic dQ (BwdTraits in traits.h):
+// a producer warpgroup (thread 0 issues the TMA loads of K, V once and Q, dO per step; warp 1
+// stages the step's lse and Dsum) and two consumer warpgroups of 64 keys each. Per step
+// (query head of the group, query tile of 64):
+//   S^T = K Q^T, dP^T = V dO^T            (wgmma, both operands in shared memory)
+//   P^T = exp(scale S^T - lse), dS^T = P^T o (dP^T - Dsum)   (registers; dropout as in sm80)
+//   dV += P^T dO, dK += dS^T Q            (wgmma, A from registers)
+//   dQ_acc += dS K                         (dS staged in shared memory; fp32 atomics)
+// The preprocess (Dsum) and the dQ conversion are the arch-neutral kernels of the sm80 family.
+#pragma once
+
+#include <cstdint>
+
+#include <cute/tensor.hpp>
+#include <cutlass/arch/barrier.h>
+#include <cutlass/arch/reg_reconfig.h>
+
+#include "core/problem.h"
+#include "cuda/attn/dropout.h"
+#include "cuda/attn/seqlen_mask.h"
+#include "cuda/attn/sm90/epilogue_fwd.h"
+#include "cuda/attn/sm90/fwd_kernel.h"
+#include "cuda/attn/sm90/pipeline.h"
+#include "cuda/attn/sm90/traits.h"
+
+namespace pte {
+namespace flash {
+namespace sm90 {
+
+template <class Traits>
+struct BwdParams {
+  typename Traits::TmaQ tma_q;
+  typename Traits::TmaQ tma_do;
+  typename Traits::TmaKV tma_k;
+  typename Traits::TmaKV tma_v;
+  typename Traits::GmemShape q_shape, do_shape, k_shape, v_shape;
+  AttnProblem p;
+  const float* dsum;  // [rows of lse's layout]
+  float* dq_accum;    // [rows of lse's layout][D]
+};
+
+// The step sequence of a CTA: query heads of the kv head's group, each over the query tiles that
+// can see the CTA's keys.
+struct BwdSteps {
+  int64_t hq0, m_first, n_q;
+  __device__ __forceinline__ int64_t head(int64_t step) const { return hq0 + step / n_q; }
+  __device__ __forceinline__ int64_t m_block(int64_t step) const { return m_first + step % n_q; }
+};
+
+// Queries of the tile [m0, m0 + n) that key j is visible from, as tile-local [*lo, *hi): the
+// visibility rule of Mask read along a key (j sees query i iff j - delta - right <= i <=
+// j - delta + left, and i < L_q, j < L_kv).
+__device__ __forceinline__ void key_span(const Mask& mask, int64_t j, int64_t m0, int n, int* lo,
+                                         int* hi) {
+  int64_t l = m0, h = j < mask.L_kv ? mask.L_q : 0;
+  if (mask.right >= 0 && j - mask.delta - mask.right > l) l = j - mask.delta - mask.right;
+  if (mask.left >= 0 && j - mask.delta + mask.left + 1 < h) h = j - mask.delta + mask.left + 1;
+  l -= m0;
+  h -= m0;
+  *lo = int(l > n ? n : l);
+  *hi = int(h < 0 ? 0 : (h > n ? n : h));
+}
+
+template <class Traits>
+__device__ __forceinline__ void produce_bwd(const BwdParams<Traits>& params,
+                                            typename Traits::SharedStorage& ss, const SeqInfo& si,
+                                            int64_t bi, int64_t hk, int n_block,
+                                            const BwdSteps& steps, int64_t total) {
+  using namespace cute;
+  constexpr int BM = Traits::BM, BN = Traits::BN, D = Traits::D, kStages = Traits::kStages;
+  const AttnProblem& p = params.p;
+  const int b_idx = p.thd ? 0 : int(bi);
+  Tensor mK = params.tma_k.get_tma_tensor(params.k_shape);
+  Tensor mV = params.tma_v.get_tma_tensor(params.v_shape);
+  Tensor mQ = params.tma_q.get_tma_tensor(params.q_shape);
+  Tensor mdO = params.tma_do.get_tma_tensor(params.do_shape);
+  auto kv_tile = [&](auto& m) {
+    return local_tile(domain_offset(make_coord(int(si.kv_start), _0{}), m(_, _, int(hk), b_idx)),
+                      Shape<Int<BN>, Int<D>>{}, make_coord(n_block, _0{}));
+  };
+  Tensor gK = kv_tile(mK);
+  Tensor gV = kv_tile(mV);
+  Tensor sK = make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutKV{});
+  Tensor sV = make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutKV{});
+  Tensor sQ = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQ{});
+  Tensor sdO = make_tensor(make_smem_ptr(ss.dout.data()), typename Traits::SmemLayoutQ{});
+  auto [tKg, tKs] = tma_partition(params.tma_k, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sK),
+                                  group_modes<0, 2>(gK));
+  auto [tVg, tVs] = tma_partition(params.tma_v, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sV),
+                                  group_modes<0, 2>(gV));
+  FullBarrier::arrive_and_expect_tx(&ss.kv_full, Traits::kKVBytes);
+  copy(params.tma_k.with(ss.kv_full), tKg, tKs);
+  copy(params.tma_v.with(ss.kv_full), tVg, tVs);
+  for (int64_t step = 0; step < total; ++step) {
+    const StageIter<kStages> it{int(step)};
+    const int s = it.stage();
+    const int hq = int(steps.head(step)), m = int(steps.m_block(step));
+    auto q_tile = [&](auto& mt) {
+      return local_tile(domain_offset(make_coord(int(si.q_start), _0{}), mt(_, _, hq, b_idx)),
+                        Shape<Int<BM>, Int<D>>{}, make_coord(m, _0{}));
+    };
+    Tensor gQ = q_tile(mQ);
+    Tensor gdO = q_tile(mdO);
+    auto [tQg, tQs] = tma_partition(params.tma_q, Int<0>{}, Layout<_1>{},
+                                    group_modes<0, 2>(sQ(_, _, s)), group_modes<0, 2>(gQ));
+    auto [tdOg, tdOs] = tma_partition(params.tma_do, Int<0>{}, Layout<_1>{},
+                                      group_modes<0, 2>(sdO(_, _, s)), group_modes<0, 2>(gdO));
+    if (it.must_wait_empty()) EmptyBarrier::wait(&ss.q_empty[s], it.empty_phase());
+    FullBarrier::arrive_and_expect_tx(&ss.q_full[s], Traits::kQBytes);
+    copy(params.tma_q.with(ss.q_full[s]), tQg, tQs);
+    copy(params.tma_do.with(ss.q_full[s]), tdOg, tdOs);
+  }
+}
+
+// Warp 1 of the producer warpgroup: lse (in the log2 domain) and Dsum of each step's queries.
+template <class Traits>
+__device__ __forceinline__ void produce_stats(const BwdParams<Traits>& params,
+                                              typename Traits::SharedStorage& ss,
+                                              const SeqInfo& si, int64_t bi,
+                                              const BwdSteps& steps, int64_t total, int lane) {
+  constexpr int BM = Traits::BM, kStages = Traits::kStages;
+  const AttnProblem& p = params.p;
+  for (int64_t step = 0; step < total; ++step) {
+    const StageIter<kStages> it{int(step)};
+    const int s = it.stage();
+    const int64_t hq = steps.head(step), m0 = steps.m_block(step) * BM;
+    if (it.must_wait_empty()) EmptyBarrier::wait(&ss.q_empty[s], it.empty_phase());
+    for (int r = lane; r < BM; r += 32) {
+      const int64_t i = m0 + r;
+      const bool ok = i < si.L_q;
+      const int64_t idx = ok ? (p.thd ? hq * p.t_q + si.q_start + i : (bi * p.h + hq) * p.s_q + i) : 0;
+      ss.lse[s][r] = ok ? p.lse[idx] * kLog2e : 0.f;
+      ss.dsum[s][r] = ok ? params.dsum[idx] : 0.f;
+    }
+    EmptyBarrier::arrive(&ss.stat_full[s]);
+  }
+}
+
+template <class Traits, typename T, bool kDropout>
+__global__ void __launch_bounds__(Traits::kThreads, 1)
+    bwd_kernel(const __grid_constant__ BwdParams<Traits> params) {
+  using namespace cute;
+  constexpr int BM = Traits::BM, BN = Traits::BN, D = Traits::D, kStages = Traits::kStages;
+  using Element = typename Traits::Element;
+
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  auto& ss = *reinterpret_cast<typename Traits::SharedStorage*>(smem_raw);
+  const AttnProblem& p = params.p;
+  const int n_block = int(blockIdx.x);
+  const int64_t hk = blockIdx.y, bi = blockIdx.z;
+  const SeqInfo si(p, bi);
+  const int64_t n0 = int64_t(n_block) * BN;
+  if (p.thd && n0 >= si.L_kv) return;  // those keys belong to the next sequence (whole CTA)
+  const Mask mask(p, si);
+  const int64_t group = p.h / p.h_kv;
+  int64_t q_lo, q_hi;
+  mask.query_range(n0, n0 + BN, &q_lo, &q_hi);
+  const int64_t m_first = q_lo / BM;
+  const int64_t n_q = q_hi >= q_lo ? q_hi / BM - m_first + 1 : 0;
+  const int64_t total = n_q * group;
+  const BwdSteps steps{hk * group, m_first, n_q > 0 ? n_q : 1};
+
+  if (threadIdx.x == 0) {
+    FullBarrier::init(&ss.kv_full, 1);
+    for (int s = 0; s < kStages; ++s) {
+      FullBarrier::init(&ss.q_full[s], 1);
+      EmptyBarrier::init(&ss.stat_full[s], 32);
+      EmptyBarrier::init(&ss.q_empty[s], Traits::kConsumerThreads);
+    }
+    cutlass::arch::fence_barrier_init();
+  }
+  __syncthreads();
+
+  const int wg = int(threadIdx.x) / 128;
+  if (wg == 0) {
+    cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
+    if (total > 0) {
+      if (threadIdx.x == 0)
+        produce_bwd<Traits>(params, ss, si, bi, hk, n_block, steps, total);
+      else if (threadIdx.x / 32 == 1)
+        produce_stats<Traits>(params, ss, si, bi, steps, total, int(threadIdx.x) % 32);
+    }
+    return;
+  }
+  cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
+
+  const int tidx = int(threadIdx.x) - 128;
+  typename Traits::MmaSdP mma_sdp;
+  typename Traits::MmaKV mma_kv;
+  typename Traits::MmaDQ mma_dq;
+  auto thr_sdp = mma_sdp.get_thread_slice(tidx);
+  auto thr_kv = mma_kv.get_thread_slice(tidx);
+  auto thr_dq = mma_dq.get_thread_slice(tidx);
+  Tensor sK = make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutKV{});
+  Tensor sV = make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutKV{});
+  Tensor sKt = make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutKVt{});
+  Tensor sQ = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQ{});
+  Tensor sdO = make_tensor(make_smem_ptr(ss.dout.data()), typename Traits::SmemLayoutQ{});
+  Tensor sQt = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQt{});
+  Tensor sdOt = make_tensor(make_smem_ptr(ss.dout.data()), typename Traits::SmemLayoutQt{});
+  Tensor sdS = make_tensor(make_smem_ptr(ss.ds.data()), typename Traits::SmemLayoutDS{});
+  Tensor sdSt = make_tensor(make_smem_ptr(ss.ds.data()), typename Traits::SmemLayoutDSt{});
+
+  Tensor tSrK = thr_sdp.partition_fragment_A(sK);   // S^T: A = K
+  Tensor tSrV = thr_sdp.partition_fragment_A(sV);   // dP^T: A = V
+  Tensor tSrQ = thr_sdp.partition_fragment_B(sQ);   // (MMA, N, K, stage)
+  Tensor tSrdO = thr_sdp.partition_fragment_B(sdO);
+  Tensor tKVrdOt = thr_kv.partition_fragment_B(sdOt);  // dV: B = dO^T
+  Tensor tKVrQt = thr_kv.partition_fragment_B(sQt);    // dK: B = Q^T
+  Tensor tQrdS = thr_dq.partition_fragment_A(sdS);
+  Tensor tQrKt = thr_dq.partition_fragment_B(sKt);
+  Tensor tSsdS = thr_sdp.partition_C(sdSt);          // where this thread's dS^T elements go
+
+  Tensor tSrS = partition_fragment_C(mma_sdp, Shape<Int<BN>, Int<BM>>{});
+  Tensor tSrdP = partition_fragment_C(mma_sdp, Shape<Int<BN>, Int<BM>>{});
+  Tensor tSc = thr_sdp.partition_C(make_identity_tensor(Shape<Int<BN>, Int<BM>>{}));
+  Tensor tdVrdV = partition_fragment_C(mma_kv, Shape<Int<BN>, Int<D>>{});
+  Tensor tdKrdK = partition_fragment_C(mma_kv, Shape<Int<BN>, Int<D>>{});
+  Tensor tKVc = thr_kv.partition_C(make_identity_tensor(Shape<Int<BN>, Int<D>>{}));
+  Tensor tdQrdQ = partition_fragment_C(mma_dq, Shape<Int<BM>, Int<D>>{});
+  Tensor tdQc = thr_dq.partition_C(make_identity_tensor(Shape<Int<BM>, Int<D>>{}));
+  Tensor tPrP = make_tensor<Element>(partition_shape_A(mma_kv, Shape<Int<BN>, Int<BM>>{}));
+  Tensor tPrdS = make_tensor<Element>(partition_shape_A(mma_kv, Shape<Int<BN>, Int<BM>>{}));
+  clear(tdVrdV);
+  clear(tdKrdK);
+
+  const float scale_log2 = float(p.scale) * kLog2e;
+  const Dropout drop(p, bi);
+  // Keys of this thread (S^T rows), tile-local.
+  const int key0 = get<0>(tSc(0)), key1 = get<0>(tSc(2));
+
+  if (total > 0) FullBarrier::wait(&ss.kv_full, 0);
+  for (int64_t step = 0; step < total; ++step) {
+    const StageIter<kStages> it{int(step)};
+    const int s = it.stage();
+    const int64_t hq = steps.head(step), m0 = steps.m_block(step) * BM;
+
+    FullBarrier::wait(&ss.q_full[s], it.phase());
+    gemm_issue<true>(mma_sdp, tSrK, tSrQ(_, _, _, s), tSrS);
+    gemm_issue<true>(mma_sdp, tSrV, tSrdO(_, _, _, s), tSrdP);
+    EmptyBarrier::wait(&ss.stat_full[s], it.phase());
+    warpgroup_wait<0>();
+    gemm_done(tSrS);
+    gemm_done(tSrdP);
+
+    // P^T (dropped and rescaled for dV) and dS^T, element by element; a select, not a product,
+    // zeroes what a key does not see (rows without keys have lse = -inf).
+    const bool full = mask.tile_full(m0, m0 + BM, n0, n0 + BN);
+    int lo[2] = {0, 0}, hi[2] = {BM, BM};
+    if (!full) {
+      key_span(mask, n0 + key0, m0, BM, &lo[0], &hi[0]);
+      key_span(mask, n0 + key1, m0, BM, &lo[1], &hi[1]);
+    }
+    CUTE_UNROLL
+    for (int i = 0; i < size(tSrS); ++i) {
+      const int r = frag_row(i), q = get<1>(tSc(i));
+      const bool vis = full || (q >= lo[r] && q < hi[r]);
+      const float pv = vis ? fast_exp2(fmaf(tSrS(i), scale_log2, -ss.lse[s][q])) : 0.f;
+      float dpv = tSrdP(i), pd = pv;
+      if constexpr (kDropout) {
+        const bool keep = drop.keep(hq, m0 + q, n0 + (r ? key1 : key0));
+        dpv = keep ? dpv * drop.scale : 0.f;
+        pd = keep ? pv * drop.scale : 0.f;
+      }
+      tPrP(i) = Element(pd);
+      tPrdS(i) = Element(pv * (dpv - ss.dsum[s][q]));
+    }
+
+    // Every warpgroup's dQ GEMM of the previous step has completed before dS is overwritten.
+    named_sync(kBarConsumers, 256);
+    CUTE_UNROLL
+    for (int i = 0; i < size(tPrdS); ++i) tSsdS(i) = tPrdS(i);
+    cutlass::arch::fence_view_async_shared();  // generic-proxy writes, read by wgmma next
+
+    gemm_issue<false>(mma_kv, tPrP, tKVrdOt(_, _, _, s), tdVrdV);
+    gemm_issue<false>(mma_kv, tPrdS, tKVrQt(_, _, _, s), tdKrdK);
+    named_sync(kBarConsumers, 256);  // all of dS is in shared memory
+    gemm_issue<true>(mma_dq, tQrdS, tQrKt, tdQrdQ);
+    warpgroup_wait<0>();
+    gemm_done(tdVrdV);
+    gemm_done(tdKrdK);
+    gemm_done(tdQrdQ);
+    EmptyBarrier::arrive(&ss.q_empty[s]);
+
+    // dQ_acc rows of this step (rows past L_q carry dS = 0 and may lie outside the accumulator).
+    const int64_t row_base = p.thd ? hq * p.t_q + si.q_start + m0 : (bi * p.h + hq) * p.s_q + m0;
+    float* dq = params.dq_accum + row_base * D;
+    // Adjacent columns of a fragment pair go as one 8-byte vector reduction (sm_90).
+    CUTE_UNROLL
+    for (int i = 0; i < size(tdQrdQ); i += 2) {
+      const int q = get<0>(tdQc(i)), col = get<1>(tdQc(i));
+      if (m0 + q < si.L_q)
+        atomicAdd(reinterpret_cast<float2*>(dq + int64_t(q) * D + col),
+                  make_float2(tdQrdQ(i), tdQrdQ(i + 1)));
+    }
+  }
+
+  // Epilogue: keys < L_kv get their gradients, padded keys (< s_kv, bshd/sbhd) exact zeros.
+  T* dk = static_cast<T*>(p.grad_k);
+  T* dv = static_cast<T*>(p.grad_v);
+  const int d = int(p.d);
+  CUTE_UNROLL
+  for (int i = 0; i < size(tdKrdK); i += 2) {
+    const int64_t j = n0 + get<0>(tKVc(i));
+    const int col = get<1>(tKVc(i));
+    const bool valid = j < si.L_kv;
+    if ((!valid && (p.thd || j >= p.s_kv)) || col >= d) continue;
+    const float fk = valid ? float(p.scale) : 0.f, fv = valid ? 1.f : 0.f;
+    store_pair(dk + si.kv_offset(p.grad_k_st, bi, j, hk) + col, tdKrdK(i) * fk, tdKrdK(i + 1) * fk);
+    store_pair(dv + si.kv_offset(p.grad_v_st, bi, j, hk) + col, tdVrdV(i) * fv, tdVrdV(i + 1) * fv);
+  }
+}
+
+}  // namespace sm90
+}  // namespace flash
+}  // namespace pte

@@ -1,0 +1,10 @@
+// Generated: sm90 forward, head dim 128, fp16. Compiled for sm_90a only.
+#include "cuda/attn/sm90/launch_fwd.h"
+
+namespace pte {
+namespace flash {
+namespace sm90 {
+PTE_FLASH_SM90_INSTANTIATE_FWD(128, __half)
+}  // namespace sm90
+}  // namespace flash
+}  // namespace pte

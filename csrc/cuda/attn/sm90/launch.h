@@ -1,0 +1,31 @@
+// Entry points of the Hopper (sm_90a) flash kernels, declared for the arch-neutral dispatch
+// (flash_api.cu); defined in launch_fwd.h and instantiated per (head dim, dtype) in sm90/inst/,
+// which the build compiles for sm_90a only (group flash_sm90) and announces with PTE_FLASH_SM90.
+#pragma once
+
+#include "core/problem.h"
+
+namespace pte {
+namespace flash {
+namespace sm90 {
+
+// Head dims with an sm90 forward: a call with head dim d runs the smallest one >= d (TMA fills
+// the columns past d with zeros).
+constexpr int kFwdHdims[] = {64, 128, 192, 256};
+
+template <int D, typename T>
+void run_fwd(const AttnProblem& p);
+
+// The backward (atomic-dQ mode; `deterministic` runs the sm80 family). Its dQ accumulator has
+// rows of D columns, so the dispatch uses it only where D is also the sm80 family's pick for d
+// (launch.h's workspace size).
+constexpr int kBwdHdims[] = {64, 128};
+// Where `auto` takes the sm90 backward: measured faster than the sm80 one at D = 128 (1.04-1.05x,
+// H200, docs/performance.md) and slower at D = 64 (0.77x), where it runs only when forced.
+constexpr bool bwd_preferred(int D) { return D == 128; }
+template <int D, typename T>
+void run_bwd(const AttnProblem& p);
+
+}  // namespace sm90
+}  // namespace flash
+}  // namespace pte

@@ -1,0 +1,83 @@
+// Host side of the sm90 backward: the same three-pass structure as the sm80 family's atomic-dQ
+// mode (Dsum preprocess, the dK/dV kernel adding dS K into an fp32 dQ accumulator, the dQ
+// conversion), with the middle pass replaced by the wgmma/TMA kernel of bwd_kernel.h. The
+// workspace layout is launch.h's, so the core sizes it the same way for both families.
+#pragma once
+
+#include <cstdint>
+
+#include <cute/tensor.hpp>
+
+#include "core/problem.h"
+#include "cuda/attn/launch_impl.h"  // zero_thd_tail, the preprocess and dQ conversion kernels
+#include "cuda/attn/sm90/bwd_kernel.h"
+#include "cuda/attn/sm90/launch_fwd.h"
+#include "cuda/common.cuh"
+
+namespace pte {
+namespace flash {
+namespace sm90 {
+
+template <class Traits, bool kDropout>
+void launch_bwd(const AttnProblem& p, const float* dsum, float* dq_accum, cudaStream_t stream) {
+  using namespace cute;
+  constexpr int D = Traits::D;
+  const int64_t rows_q = p.thd ? p.t_q : p.s_q, rows_kv = p.thd ? p.t_kv : p.s_kv;
+  const int64_t rq = rows_q > 0 ? rows_q : 1, rkv = rows_kv > 0 ? rows_kv : 1;
+  auto q = gmem_view<Traits>(p, p.q, p.q_st, rq, p.h, p.d);
+  auto dout = gmem_view<Traits>(p, p.grad_out, p.grad_out_st, rq, p.h, p.d);
+  auto k = gmem_view<Traits>(p, p.k, p.k_st, rkv, p.h_kv, p.d);
+  auto v = gmem_view<Traits>(p, p.v, p.v_st, rkv, p.h_kv, p.d_v);
+  auto q_layout = take<0, 2>(typename Traits::SmemLayoutQ{});
+  const Shape<Int<Traits::BM>, Int<D>> q_box{};
+  const Shape<Int<Traits::BN>, Int<D>> kv_box{};
+  BwdParams<Traits> params{make_tma_copy(SM90_TMA_LOAD{}, q, q_layout, q_box, _1{}),
+                           make_tma_copy(SM90_TMA_LOAD{}, dout, q_layout, q_box, _1{}),
+                           make_tma_copy(SM90_TMA_LOAD{}, k, typename Traits::SmemLayoutKV{}, kv_box, _1{}),
+                           make_tma_copy(SM90_TMA_LOAD{}, v, typename Traits::SmemLayoutKV{}, kv_box, _1{}),
+                           q.shape(), dout.shape(), k.shape(), v.shape(), p, dsum, dq_accum};
+  const dim3 grid(unsigned((p.s_kv + Traits::BN - 1) / Traits::BN), unsigned(p.h_kv), unsigned(p.b));
+  constexpr int smem = Traits::kSmemBytes;
+  auto kernel = bwd_kernel<Traits, typename Traits::Storage, kDropout>;
+  PTE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  kernel<<<grid, Traits::kThreads, smem, stream>>>(params);
+  PTE_CUDA_CHECK_LAUNCH();
+}
+
+template <int D, typename T>
+void run_bwd(const AttnProblem& p) {
+  using Traits = BwdTraits<D, T>;
+  cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
+  const int d = int(p.d);
+  if (p.thd) {
+    zero_thd_tail(static_cast<T*>(p.grad_q), p.grad_q_st, p.t_q, p.h, d, p.cu_q, p.b, stream);
+    zero_thd_tail(static_cast<T*>(p.grad_k), p.grad_k_st, p.t_kv, p.h_kv, d, p.cu_kv, p.b, stream);
+    zero_thd_tail(static_cast<T*>(p.grad_v), p.grad_v_st, p.t_kv, p.h_kv, d, p.cu_kv, p.b, stream);
+  }
+  if (p.b == 0) return;
+  float* dsum = static_cast<float*>(p.workspace);
+  float* dq_accum = dsum + bwd_dq_accum_offset(p);
+  if (p.s_q > 0) {
+    PTE_CUDA_CHECK(cudaMemsetAsync(dq_accum, 0, bwd_dq_accum_elems(p, D) * sizeof(float), stream));
+    const dim3 grid(unsigned(ceil_div(p.s_q, kDotWarps)), unsigned(p.h), unsigned(p.b));
+    bwd_dot_kernel<T><<<grid, kDotWarps * 32, 0, stream>>>(p, dsum);
+    PTE_CUDA_CHECK_LAUNCH();
+  }
+  if (p.s_kv > 0) {
+    if (p.dropout > 0.f)
+      launch_bwd<Traits, true>(p, dsum, dq_accum, stream);
+    else
+      launch_bwd<Traits, false>(p, dsum, dq_accum, stream);
+  }
+  if (p.s_q > 0) {
+    const dim3 grid(unsigned(ceil_div(p.s_q, kDotWarps)), unsigned(p.h), unsigned(p.b));
+    bwd_dq_convert_kernel<T><<<grid, kDotWarps * 32, 0, stream>>>(p, dq_accum, D);
+    PTE_CUDA_CHECK_LAUNCH();
+  }
+}
+
+#define PTE_FLASH_SM90_INSTANTIATE_BWD(D, T) template void run_bwd<D, T>(const AttnProblem&);
+
+}  // namespace sm90
+}  // namespace flash
+}  // namespace pte

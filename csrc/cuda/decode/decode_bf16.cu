@@ -1,0 +1,12 @@
+// Decode kernels for __nv_bfloat16 (one storage type per file: compile time).
+#include "cuda/decode/decode.cuh"
+
+namespace pte {
+namespace cuda {
+namespace decode {
+void launch_bf16(const Args<__nv_bfloat16>& a, int rows_per, cudaStream_t stream) {
+  launch<__nv_bfloat16>(a, rows_per, stream);
+}
+}  // namespace decode
+}  // namespace cuda
+}  // namespace pte

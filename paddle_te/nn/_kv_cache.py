@@ -1,0 +1,156 @@
+"""The preallocated KV cache of the MultiHeadAttention drop-in (SPEC §10).
+
+`MultiHeadAttention.gen_cache(key, value=None, type=Cache, max_length=N)` returns an
+`InplaceCache`: k and v buffers `[b, N, num_heads, head_dim]` allocated once, and the int32
+lengths `[b]` of the cached prefix. Each incremental step writes its new keys and values into
+the buffers in place through `paddle_te.ops.decode_attn` and returns the same buffers with the
+lengths advanced, where Paddle's own `Cache` concatenates (copying the whole cache every step).
+The outputs are Paddle's: a step attends to the cached keys plus its own.
+"""
+
+import collections
+
+import paddle
+
+from .. import ops
+from .._decode import DECODE_BACKENDS
+from ..masks import CAUSAL_MASK_TYPES
+from . import _core
+from ._core import given
+
+
+class InplaceCache(collections.namedtuple("InplaceCache", ["k_cache", "v_cache", "seqlens"])):
+    """k_cache, v_cache `[b, max_length, num_heads, head_dim]` (written in place); seqlens int32
+    `[b]`: positions filled. `k` / `v` give the filled part in the layout of Paddle's `Cache`
+    (`[b, num_heads, length, head_dim]`, a copy; dygraph only, it reads the length)."""
+
+    __slots__ = ()
+
+    @property
+    def max_length(self):
+        return self.k_cache.shape[1]
+
+    def _filled(self, buf):
+        n = int(self.seqlens.max()) if self.seqlens.shape[0] else 0
+        return buf[:, :n].transpose([0, 2, 1, 3])
+
+    @property
+    def k(self):
+        return self._filled(self.k_cache)
+
+    @property
+    def v(self):
+        return self._filled(self.v_cache)
+
+
+def gen_inplace_cache(mha, key, value, max_length):
+    """An InplaceCache of capacity `max_length`: empty (`value` None, `key` gives batch, dtype and
+    place) or holding `key`/`value` `[b, num_heads, s, head_dim]` (Paddle's Cache layout)."""
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+        raise ValueError(f"max_length={max_length!r}: must be a positive int")
+    b = _core.dim(key, 0)
+    shape = [b, max_length, mha.num_heads, mha.head_dim]
+    k_cache = paddle.zeros(shape, dtype=key.dtype)
+    v_cache = paddle.zeros(shape, dtype=key.dtype)
+    if not given(value):
+        return InplaceCache(k_cache, v_cache, paddle.zeros([b], dtype="int32"))
+    s = _core.static_dim(key, 2)
+    if s is None:
+        raise ValueError("gen_cache(key, value, max_length=...): key's length (dim 2) must be known")
+    if s > max_length:
+        raise ValueError(f"gen_cache: key holds {s} positions, more than max_length={max_length}")
+    # Write the given prefix with one decode_attn append (its attention output is not needed).
+    q = paddle.zeros([b, s, mha.num_heads, mha.head_dim], dtype=key.dtype)
+    ops.decode_attn(q, k_cache, v_cache, paddle.zeros([b], dtype="int32"),
+                    k_new=key.transpose([0, 2, 1, 3]), v_new=value.transpose([0, 2, 1, 3]))
+    return InplaceCache(k_cache, v_cache, paddle.full([b], s, dtype="int32"))
+
+
+def _pad_mask(masked, bias, length, max_length):
+    """Canonical mask/bias over `length` keys -> over `max_length` keys (the rest masked)."""
+    pad = max_length - length
+    if pad == 0:
+        return masked, bias
+    shape = list(masked.shape[:-1]) + [pad]
+    masked = paddle.concat([masked, paddle.ones(shape, dtype="bool")], axis=-1)
+    if given(bias):
+        bias = paddle.concat([bias, paddle.zeros(list(bias.shape[:-1]) + [pad], dtype=bias.dtype)],
+                             axis=-1)
+    return masked, bias
+
+
+def step(mha, q, key, value, attn_mask, cache, hint):
+    """One incremental step on an InplaceCache. q `[b, s_q, h, d]`; returns (out `[b, s_q, h, d]`,
+    the advanced cache)."""
+    if mha.need_weights:
+        raise ValueError(
+            "need_weights=True with a preallocated cache (gen_cache(..., max_length=N)): the "
+            "weights would span the whole buffer; use gen_cache without max_length"
+        )
+    dtype = cache.k_cache.dtype
+    k_new = mha.k_proj(key).reshape([0, 0, mha.num_heads, mha.head_dim]).astype(dtype)
+    v_new = mha.v_proj(value).reshape([0, 0, mha.num_heads, mha.head_dim]).astype(dtype)
+    q = q.astype(dtype)
+    s_q = _core.static_dim(q, 1)
+    causal = hint in CAUSAL_MASK_TYPES
+    window = mha.window_size
+    plain = not given(attn_mask) and (s_q == 1 or causal) and (causal or tuple(window) == (-1, -1))
+    scale = mha.head_dim**-0.5
+    if plain:
+        # The step's queries are the last s_q positions: bottom-right causal (the only rule that
+        # differs from "see every key" is for s_q > 1, which needs a causal hint to come here).
+        out = ops.decode_attn(q, cache.k_cache, cache.v_cache, cache.seqlens, k_new=k_new,
+                              v_new=v_new, softmax_scale=scale,
+                              window_size=(window[0], 0) if causal else None,
+                              backend=_decode_backend(mha.backend))
+        return out, InplaceCache(cache.k_cache, cache.v_cache, cache.seqlens + q.shape[1])
+
+    # A mask (or a non-causal multi-token step): append in place with decode_attn, then run the
+    # general path over the whole buffer with the keys past each length masked out.
+    ops.decode_attn(q, cache.k_cache, cache.v_cache, cache.seqlens, k_new=k_new, v_new=v_new,
+                    softmax_scale=scale, backend=_decode_backend(mha.backend))
+    n = cache.seqlens + _core.dim(q, 1)  # [b] keys after the append
+    max_length = cache.max_length
+    beyond = paddle.arange(max_length, dtype="int32").unsqueeze(0) >= n.unsqueeze(1)
+    masked = beyond.unsqueeze([1, 2])  # [b, 1, 1, max_length]
+    bias = None
+    if given(attn_mask):
+        from .multihead import paddle_mask_to_canonical
+
+        user_masked, bias = paddle_mask_to_canonical(attn_mask)
+        user_masked = _core.as4d(user_masked)
+        length = _core.static_dim(user_masked, 3)
+        if length is None:
+            raise ValueError("attn_mask with a preallocated cache: its key length must be known")
+        user_masked, bias = _pad_mask(user_masked, _core.as4d(bias) if given(bias) else None,
+                                      length, max_length)
+        masked = paddle.logical_or(masked, user_masked)
+    float_mask = paddle.where(masked, paddle.full([1], float("-inf"), dtype=dtype),
+                              bias.astype(dtype) if given(bias) else paddle.zeros([1], dtype=dtype))
+    out, _ = mha._unfused(q, cache.k_cache, cache.v_cache, "bshd", float_mask, None)
+    return out, InplaceCache(cache.k_cache, cache.v_cache, n)
+
+
+def decodes(mha, q, attn_mask, hint):
+    """Whether a step on a Paddle `Cache` / `StaticCache` (keys [b, h, s_kv, d]) is a decoding
+    step that decode_attn runs exactly: one query row, no mask, and either no window or a causal
+    hint (whose window is bottom-right, as decode_attn's)."""
+    if given(attn_mask) or _core.static_dim(q, 1) != 1:
+        return False
+    causal = hint in CAUSAL_MASK_TYPES
+    return causal or (hint in (None, "no_mask", "padding") and tuple(mha.window_size) == (-1, -1))
+
+
+def attend_cache(mha, q, k, v, hint):
+    """decode_attn over the concatenated cache k, v [b, h, s_kv, d] (no append): with one query
+    row, "every key" and bottom-right causal are the same rule."""
+    k, v = k.transpose([0, 2, 1, 3]), v.transpose([0, 2, 1, 3])
+    q, k, v = _core.amp_cast(q, k, v)
+    seqlens = paddle.full([_core.dim(k, 0)], _core.dim(k, 1), dtype="int32")
+    window = (mha.window_size[0], 0) if hint in CAUSAL_MASK_TYPES else None
+    return ops.decode_attn(q, k, v, seqlens, softmax_scale=mha.head_dim**-0.5,
+                           window_size=window, backend=_decode_backend(mha.backend))
+
+
+def _decode_backend(backend):
+    return backend if backend in DECODE_BACKENDS else "auto"

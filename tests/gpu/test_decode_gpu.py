@@ -1,0 +1,193 @@
+"""CUDA decode_attn (SPEC §10) through paddle_te_core on torch tensors, against tests/reference.py.
+
+Grid: float16/bfloat16, head dims 64/128/256, GQA groups (MHA, 4, 8, MQA), s_q 1..16 (rows per
+block 1..8 and several row chunks), contiguous and paged caches (page sizes 1, 7, 16, 64, 256,
+shuffled page tables), lengths 0, 1, odd and long, windows, forced and automatic split counts,
+with and without the in-place append. Each case: outputs poisoned with NaN, FlashAttention's
+error rule against float64, exact zeros / -inf lse for rows without keys, and the caches after
+the call bit-identical to the reference append (every row not appended untouched).
+Also: CUDA-graph capture of a decoding step replayed with new cache_seqlens and new inputs, bad
+values that must not fault (clamped, never out of bounds), and unsupported calls.
+"""
+
+import numpy as np
+import pytest
+
+import reference as ref
+from gpu_util import to_numpy64
+
+DTYPES = ("float16", "bfloat16")
+FLOOR = {"float16": 2e-3, "bfloat16": 1e-2}
+
+
+def _dev(torch, a, dtype=None):
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    return (t.to(getattr(torch, dtype)) if dtype else t).cuda()
+
+
+def _case(rng, *, b, s_q, h, h_kv, d, lens, page_size=None, append=True, spare=3):
+    lens = np.asarray(lens, dtype=np.int32)
+    need = int(lens.max()) + (s_q if append else 0)
+    c = {"q": rng.standard_normal((b, s_q, h, d)), "cache_seqlens": lens}
+    if page_size is None:
+        shape = (b, need + spare, h_kv, d)
+    else:
+        pps = -(-max(need, 1) // page_size) + 1
+        num_pages = b * pps + 3
+        c["block_table"] = rng.permutation(num_pages)[: b * pps].reshape(b, pps).astype(np.int32)
+        shape = (num_pages, page_size, h_kv, d)
+    c["k_cache"] = rng.standard_normal(shape)
+    c["v_cache"] = rng.standard_normal(shape)
+    if append:
+        c["k_new"] = rng.standard_normal((b, s_q, h_kv, d))
+        c["v_new"] = rng.standard_normal((b, s_q, h_kv, d))
+    return c
+
+
+def _run(core, torch, c, dtype, window=(-1, 0), num_splits=0, stream=None):
+    t = {k: (_dev(torch, v, dtype) if v.dtype == np.float64 else _dev(torch, v)) for k, v in c.items()}
+    b, s_q, h, d = c["q"].shape
+    out = torch.full((b, s_q, h, d), float("nan"), dtype=getattr(torch, dtype), device="cuda")
+    lse = torch.full((b, h, s_q), float("nan"), dtype=torch.float32, device="cuda")
+    core.decode_attn(t["q"], t["k_cache"], t["v_cache"], t["cache_seqlens"], out,
+                     k_new=t.get("k_new"), v_new=t.get("v_new"), block_table=t.get("block_table"),
+                     lse=lse, window_size=window, num_splits=num_splits, stream=stream)
+    torch.cuda.synchronize()
+    return t, out, lse
+
+
+def _stored(torch, c, dtype):
+    """The inputs as the kernel sees them (rounded to dtype), in float64."""
+    return {k: (to_numpy64(_dev(torch, v, dtype)) if v.dtype == np.float64 else v) for k, v in c.items()}
+
+
+def _check(torch, c, dtype, t, out, lse, window=(-1, 0)):
+    s = _stored(torch, c, dtype)
+    args = dict(k_new=s.get("k_new"), v_new=s.get("v_new"), block_table=s.get("block_table"),
+                window_size=window)
+    out_r, lse_r, kc_r, vc_r = ref.decode_attn(s["q"], s["k_cache"], s["v_cache"],
+                                               s["cache_seqlens"], **args)
+    naive, _, _, _ = ref.decode_attn(s["q"], s["k_cache"], s["v_cache"], s["cache_seqlens"],
+                                     compute_dtype=np.float32, **args)
+    naive = to_numpy64(torch.from_numpy(naive).to(getattr(torch, dtype)))
+    o = to_numpy64(out)
+    ref.assert_close_fa(o, out_r, naive, FLOOR[dtype])
+    empty = np.isneginf(lse_r)  # [b, h, s_q]: rows without a visible key
+    assert np.all(o.transpose(0, 2, 1, 3)[empty] == 0), "rows without keys must be exactly 0"
+    l = lse.cpu().numpy()
+    assert np.all(np.isneginf(l[empty]))
+    np.testing.assert_allclose(l[~empty], lse_r[~empty], rtol=1e-3, atol=2e-3)
+    np.testing.assert_array_equal(to_numpy64(t["k_cache"]), kc_r)
+    np.testing.assert_array_equal(to_numpy64(t["v_cache"]), vc_r)
+
+
+GRID = [
+    # (b, s_q, h, h_kv, d, lens, page_size, append)
+    (3, 1, 8, 2, 128, (0, 1, 37), None, True),
+    (2, 1, 32, 8, 128, (4095, 1000), None, True),
+    (2, 1, 32, 32, 64, (17, 300), None, True),       # MHA, d 64
+    (2, 1, 8, 1, 128, (0, 2049), None, False),       # MQA, no append
+    (1, 4, 32, 8, 128, (5000,), None, True),         # speculative s_q = 4 (16 rows: 2 chunks)
+    (2, 16, 4, 4, 64, (0, 40), None, True),          # chunked prefill s_q = 16
+    (2, 3, 12, 4, 256, (7, 130), None, True),        # d 256, 9 rows: 2 chunks of 8
+    (3, 1, 8, 2, 128, (0, 5, 33), 1, True),
+    (3, 2, 8, 2, 128, (6, 100, 1), 7, True),
+    (2, 1, 32, 8, 128, (1023, 4000), 16, True),
+    (2, 1, 16, 2, 64, (64, 129), 64, False),
+    (2, 4, 8, 8, 128, (255, 600), 256, True),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", GRID, ids=[str(i) for i in range(len(GRID))])
+def test_decode_grid(core, torch, dtype, shape):
+    b, s_q, h, h_kv, d, lens, page, append = shape
+    rng = np.random.default_rng(sum(map(ord, repr(shape))))
+    c = _case(rng, b=b, s_q=s_q, h=h, h_kv=h_kv, d=d, lens=lens, page_size=page, append=append)
+    t, out, lse = _run(core, torch, c, dtype)
+    _check(torch, c, dtype, t, out, lse)
+
+
+@pytest.mark.parametrize("num_splits", [1, 2, 3, 17, 64])
+@pytest.mark.parametrize("page", [None, 16])
+def test_decode_forced_splits(core, torch, num_splits, page):
+    rng = np.random.default_rng(num_splits)
+    c = _case(rng, b=2, s_q=2, h=8, h_kv=2, d=128, lens=(0, 1500), page_size=page)
+    t, out, lse = _run(core, torch, c, "bfloat16", num_splits=num_splits)
+    _check(torch, c, "bfloat16", t, out, lse)
+
+
+@pytest.mark.parametrize("window", [(0, 0), (1, 0), (100, 0), (3000, 0)])
+@pytest.mark.parametrize("page", [None, 7])
+def test_decode_window(core, torch, window, page):
+    rng = np.random.default_rng(window[0])
+    c = _case(rng, b=2, s_q=4, h=8, h_kv=2, d=128, lens=(2, 2500), page_size=page)
+    t, out, lse = _run(core, torch, c, "float16", window=window)
+    _check(torch, c, "float16", t, out, lse, window=window)
+
+
+def test_decode_cuda_graph_replay(core, torch):
+    """Capture one step, replay it with new cache_seqlens, q, k_new, v_new: no host sync and a
+    fixed grid, so every replay equals a fresh reference call."""
+    rng = np.random.default_rng(7)
+    b, s_q, h, h_kv, d, cap = 4, 1, 32, 8, 128, 4096
+    dt = torch.bfloat16
+    q = torch.zeros((b, s_q, h, d), dtype=dt, device="cuda")
+    k_new = torch.zeros((b, s_q, h_kv, d), dtype=dt, device="cuda")
+    v_new = torch.zeros_like(k_new)
+    kc = _dev(torch, rng.standard_normal((b, cap, h_kv, d)), "bfloat16")
+    vc = _dev(torch, rng.standard_normal((b, cap, h_kv, d)), "bfloat16")
+    seqlens = torch.zeros((b,), dtype=torch.int32, device="cuda")
+    out = torch.zeros((b, s_q, h, d), dtype=dt, device="cuda")
+    lse = torch.zeros((b, h, s_q), dtype=torch.float32, device="cuda")
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):  # warm-up outside the capture
+        core.decode_attn(q, kc, vc, seqlens, out, k_new=k_new, v_new=v_new, lse=lse,
+                         stream=s.cuda_stream)
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        core.decode_attn(q, kc, vc, seqlens, out, k_new=k_new, v_new=v_new, lse=lse,
+                         stream=torch.cuda.current_stream().cuda_stream)
+    for lens in ([0, 1, 2, 3], [17, 4000, 1, 255], [4095, 4095, 0, 2048]):
+        c = {"q": rng.standard_normal((b, s_q, h, d)),
+             "k_new": rng.standard_normal((b, s_q, h_kv, d)),
+             "v_new": rng.standard_normal((b, s_q, h_kv, d)),
+             "cache_seqlens": np.asarray(lens, dtype=np.int32),
+             "k_cache": to_numpy64(kc), "v_cache": to_numpy64(vc)}
+        q.copy_(_dev(torch, c["q"], "bfloat16"))
+        k_new.copy_(_dev(torch, c["k_new"], "bfloat16"))
+        v_new.copy_(_dev(torch, c["v_new"], "bfloat16"))
+        seqlens.copy_(_dev(torch, c["cache_seqlens"]))
+        out.fill_(float("nan"))
+        g.replay()
+        torch.cuda.synchronize()
+        _check(torch, c, "bfloat16", {"k_cache": kc, "v_cache": vc}, out, lse)
+
+
+def test_decode_bad_values_do_not_fault(core, torch):
+    """cache_seqlens past the capacity and page indices out of range: the kernels clamp and mask
+    (nothing read or written out of bounds; compute-sanitizer runs this too)."""
+    rng = np.random.default_rng(3)
+    c = _case(rng, b=2, s_q=2, h=8, h_kv=2, d=128, lens=(3, 10), page_size=16)
+    c["cache_seqlens"] = np.asarray([10**6, -5], dtype=np.int32)
+    c["block_table"][0, 0] = 10**6
+    c["block_table"][1, 0] = -1
+    t, out, lse = _run(core, torch, c, "float16")
+    assert torch.isfinite(out).all()
+
+
+def test_decode_unsupported(core, torch):
+    rng = np.random.default_rng(4)
+    c = _case(rng, b=1, s_q=1, h=4, h_kv=2, d=96, lens=(3,))
+    with pytest.raises(ValueError, match="head dim must be 64, 128 or 256"):
+        _run(core, torch, c, "float16")
+    c = _case(rng, b=1, s_q=1, h=4, h_kv=2, d=64, lens=(3,))
+    with pytest.raises(ValueError, match="float16 or bfloat16"):
+        _run(core, torch, c, "float32")
+    with pytest.raises(ValueError, match="backend=cpu"):
+        t = {k: (_dev(torch, v, "float16") if v.dtype == np.float64 else _dev(torch, v)) for k, v in c.items()}
+        out = torch.empty((1, 1, 4, 64), dtype=torch.float16, device="cuda")
+        core.decode_attn(t["q"], t["k_cache"], t["v_cache"], t["cache_seqlens"], out, backend="cpu")
