@@ -143,6 +143,7 @@ class _AttnParams(ctypes.Structure):
         ("stream", ctypes.c_void_p),
         ("workspace", ctypes.c_void_p),
         ("workspace_size", ctypes.c_size_t),
+        ("startend_row_indices", _Tensor),
     ]
 
 

@@ -642,3 +642,55 @@ def render_mask(masked):
     for i, row in enumerate(masked):
         lines.append(f"q{i} | " + "  ".join("1" if x else "0" for x in row))
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# FlashMask column bounds (SPEC §9), written from the table there
+# --------------------------------------------------------------------------------------------
+
+def flashmask_dense(startend_row_indices, s_q, causal, num_heads=None):
+    """bool [b, m, s_q, s_kv] (m the mask heads, or `num_heads` with query head i taking mask head
+    i // (num_heads // m)), True = masked out by the intervals of SPEC §9's table:
+
+      causal  C=1: rows >= LTS[j]          causal  C=2: LTS[j] <= row < LTE[j]
+      !causal C=2: rows >= LTS[j] or rows < UTE[j]
+      !causal C=4: LTS[j] <= row < LTE[j] or UTS[j] <= row < UTE[j]
+
+    The causal rule itself is not included (pass attn_mask_type="causal" to attention_fwd).
+    """
+    se = np.asarray(startend_row_indices).astype(np.int64)
+    if se.ndim != 4:
+        raise ValueError(f"startend_row_indices: rank {se.ndim}, expected 4")
+    b, m, s_kv, C = se.shape
+    rows = np.arange(s_q)[None, None, :, None]          # [1, 1, s_q, 1]
+    col = lambda k: se[:, :, None, :, k]                # [b, m, 1, s_kv]
+    if causal and C == 1:
+        masked = rows >= col(0)
+    elif causal and C == 2:
+        masked = (rows >= col(0)) & (rows < col(1))
+    elif not causal and C == 2:
+        masked = (rows >= col(0)) | (rows < col(1))
+    elif not causal and C == 4:
+        masked = ((rows >= col(0)) & (rows < col(1))) | ((rows >= col(2)) & (rows < col(3)))
+    else:
+        raise ValueError(f"startend_row_indices: C={C} with causal={causal} is not in SPEC §9")
+    masked = np.broadcast_to(masked, (b, m, s_q, s_kv))
+    if num_heads is not None and num_heads != m:
+        masked = np.repeat(masked, num_heads // m, axis=1)
+    return np.ascontiguousarray(masked)
+
+
+def flashmask_attention_fwd(q, k, v, startend_row_indices, *, causal, **kw):
+    """attention_fwd (bshd) with a FlashMask: the window/causal rule AND the intervals."""
+    mask = flashmask_dense(startend_row_indices, np.asarray(q).shape[1], causal,
+                           np.asarray(q).shape[2])
+    return attention_fwd(q, k, v, attn_mask_type="causal" if causal else "no_mask",
+                         attn_mask=mask, **kw)
+
+
+def flashmask_attention_bwd(q, k, v, d_out, startend_row_indices, *, causal, **kw):
+    """attention_bwd matching flashmask_attention_fwd."""
+    mask = flashmask_dense(startend_row_indices, np.asarray(q).shape[1], causal,
+                           np.asarray(q).shape[2])
+    return attention_bwd(q, k, v, d_out, attn_mask_type="causal" if causal else "no_mask",
+                         attn_mask=mask, **kw)

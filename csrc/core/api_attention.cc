@@ -203,6 +203,43 @@ AttnProblem resolve(const pte_attn_params_t& p, bool backward) {
   pr.window_right = is_causal(p.mask_type) ? 0 : p.window_right;
   pr.bottom_right = is_bottom_right(p.mask_type);
 
+  // FlashMask column bounds (SPEC §9).
+  if (present(p.startend_row_indices)) {
+    const pte_tensor_t& t = p.startend_row_indices;
+    const char* name = "startend_row_indices";
+    PTE_CHECK(!thd, name, ": not supported with qkv_format='thd' (use bshd or sbhd)");
+    PTE_CHECK(p.mask_type == PTE_MASK_NO_MASK || p.mask_type == PTE_MASK_CAUSAL, name,
+              ": needs attn_mask_type 'no_mask' or 'causal', got '",
+              pte_mask_type_name(p.mask_type), "'");
+    check_ndim(t, name, 4, "[b, mask_heads, s_kv, C] (int32)");
+    check_dtype(t, name, PTE_INT32);
+    check_same_device(t, name, p.q, "q");
+    check_contiguous(t, name);
+    check_data(t, name);
+    const bool causal = p.mask_type == PTE_MASK_CAUSAL;
+    const int64_t c = t.shape[3], m = t.shape[1];
+    PTE_CHECK(t.shape[0] == pr.b && t.shape[2] == pr.s_kv, name, " has shape ", shape_str(t),
+              ": expected [", pr.b, ", mask_heads, ", pr.s_kv, ", C] (batch, key length)");
+    PTE_CHECK(causal ? (c == 1 || c == 2) : (c == 2 || c == 4), name, " has shape ", shape_str(t),
+              ": C = ", c, causal ? " with causal=True must be 1 or 2"
+                                  : " with causal=False must be 2 or 4");
+    PTE_CHECK(m == 1 || m == pr.h_kv || m == pr.h, name, " has shape ", shape_str(t),
+              ": mask_heads = ", m, " must be 1, the kv heads (", pr.h_kv,
+              ") or the query heads (", pr.h, ")");
+    if (t.device == PTE_DEVICE_CPU) {
+      const int32_t* v = static_cast<const int32_t*>(t.data);
+      const int64_t n = pr.b * m * pr.s_kv * c;
+      for (int64_t e = 0; e < n; ++e) {
+        PTE_CHECK(v[e] >= 0 && v[e] <= pr.s_q, name, ": value ", v[e], " at flat index ", e,
+                  " is outside [0, s_q = ", pr.s_q, "]");
+      }
+    }
+    pr.startend = static_cast<const int32_t*>(t.data);
+    pr.startend_c = int32_t(c);
+    pr.startend_heads = m;
+    pr.startend_causal = causal;
+  }
+
   PTE_CHECK(std::isfinite(p.softmax_scale) && p.softmax_scale > 0, "softmax_scale=",
             p.softmax_scale, ": must be finite and > 0");
   pr.scale = p.softmax_scale;

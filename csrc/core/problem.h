@@ -72,6 +72,18 @@ struct AttnProblem {
   uint64_t offset;
   const int64_t* seed_offset_device;  // CUDA: read {seed, offset} here when non-null
 
+  // FlashMask (SPEC §9, core/flashmask_rule.h): null = none. int32 [b, startend_heads, s_kv,
+  // startend_c] contiguous; query head i uses mask head i / (h / startend_heads). Only with
+  // bshd/sbhd and mask type no_mask or causal (startend_causal), so L_q = s_q and L_kv = s_kv.
+  const int32_t* startend;
+  int32_t startend_c;       // 1, 2 or 4
+  int64_t startend_heads;   // 1, h_kv or h
+  bool startend_causal;     // the op's causal flag (selects the meaning of the C columns)
+  // CUDA: per (batch, mask head, chunk of 32 keys), per bound column, {min, max} over the chunk's
+  // columns < s_kv: int32 [b][startend_heads][ceil(s_kv / 32)][startend_c][2], in the workspace,
+  // written by flash::flashmask_summarize before the attention kernels run. Null on the CPU.
+  const int32_t* startend_summary;
+
   bool deterministic;
   void* stream;
   void* workspace;

@@ -17,6 +17,7 @@
 
 #include "common/philox.h"
 #include "core/error.h"
+#include "core/flashmask_rule.h"
 #include "core/kernels.h"
 #include "cpu/cpu_common.h"
 
@@ -123,25 +124,42 @@ PTE_CPU_CLONES void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t a_
 
 // Online-softmax step of the forward. In: S = raw scores q.k. Out: S = exp(scale*S - new max)
 // on visible columns, exactly 0 elsewhere; the running max/sum and the output accumulator
-// O [m, d_v] (null in a statistics-only pass) are rescaled to the new max.
+// O [m, d_v] (null in a statistics-only pass) are rescaled to the new max. M (null = none) is a
+// FlashMask element mask of the tile ([m, kBlockN], 1 = masked out) on top of [ca, cb).
 template <class T>
 PTE_CPU_CLONES void softmax_tile_fwd(int64_t m, int64_t n, const int64_t* ca, const int64_t* cb,
-                                     T scale, T* S, T* row_max, T* row_sum, T* O, int64_t d_v) {
+                                     const uint8_t* M, T scale, T* S, T* row_max, T* row_sum, T* O,
+                                     int64_t d_v) {
   for (int64_t r = 0; r < m; ++r) {
     T* s = S + r * kBlockN;
+    const uint8_t* mk = M != nullptr ? M + r * kBlockN : nullptr;
     const int64_t a = ca[r], b = cb[r];
     for (int64_t j = 0; j < a; ++j) s[j] = T(0);
     for (int64_t j = b; j < n; ++j) s[j] = T(0);
     if (a >= b) continue;
     T mx = neg_inf<T>();
+    if (mk != nullptr) {
+      for (int64_t j = a; j < b; ++j) {
+        const T x = s[j] * scale;
+        mx = !mk[j] && x > mx ? x : mx;
+      }
+      if (mx == neg_inf<T>()) {  // every visible column of this row is masked here
+        for (int64_t j = a; j < b; ++j) s[j] = T(0);
+        continue;
+      }
+    } else {
 #pragma omp simd reduction(max : mx)
-    for (int64_t j = a; j < b; ++j) {
-      const T x = s[j] * scale;
-      mx = x > mx ? x : mx;
+      for (int64_t j = a; j < b; ++j) {
+        const T x = s[j] * scale;
+        mx = x > mx ? x : mx;
+      }
     }
     const T m_old = row_max[r];
     const T m_new = m_old > mx ? m_old : mx;
     exp_row(s + a, b - a, scale, m_new);
+    if (mk != nullptr) {
+      for (int64_t j = a; j < b; ++j) s[j] = mk[j] ? T(0) : s[j];
+    }
     T sum = T(0);
 #pragma omp simd reduction(+ : sum)
     for (int64_t j = a; j < b; ++j) sum += s[j];
@@ -166,7 +184,8 @@ PTE_CPU_CLONES void softmax_tile_fwd(int64_t m, int64_t n, const int64_t* ca, co
 // -inf (no visible key) and invisible columns give exactly 0.
 template <class T>
 PTE_CPU_CLONES void grad_tile_bwd(int64_t m, int64_t n, const int64_t* ca, const int64_t* cb,
-                                  T scale, const T* lse, const T* D, T* S, T* dP, const T* Z) {
+                                  const uint8_t* M, T scale, const T* lse, const T* D, T* S, T* dP,
+                                  const T* Z) {
   for (int64_t r = 0; r < m; ++r) {
     T* s = S + r * kBlockN;
     T* dp = dP + r * kBlockN;
@@ -176,6 +195,10 @@ PTE_CPU_CLONES void grad_tile_bwd(int64_t m, int64_t n, const int64_t* ca, const
     for (int64_t j = 0; j < a; ++j) s[j] = dp[j] = T(0);
     for (int64_t j = std::max(a, b); j < n; ++j) s[j] = dp[j] = T(0);
     exp_row(s + a, b - a, scale, L);  // P = exp(scale * S - lse)
+    if (M != nullptr) {  // FlashMask: masked elements have P = 0 (and so dS = 0)
+      const uint8_t* mk = M + r * kBlockN;
+      for (int64_t j = a; j < b; ++j) s[j] = mk[j] ? T(0) : s[j];
+    }
     if (Z != nullptr) {
       const T* z = Z + r * kBlockN;
 #pragma omp simd
@@ -253,6 +276,7 @@ struct Work {
   std::vector<T> row_max, row_sum, row_lse;  // [kBlockM]
   std::vector<int64_t> lo, hi, ca, cb;       // [kBlockM] visible ranges (absolute, tile-local)
   std::vector<uint32_t> draws;               // Philox output of one tile row
+  std::vector<uint8_t> fm;                   // [kBlockM, kBlockN] FlashMask of a partial tile
 
   Work(const AttnProblem& p, bool backward)
       : kt(p.d * kBlockN),
@@ -270,7 +294,8 @@ struct Work {
         hi(kBlockM),
         ca(kBlockM),
         cb(kBlockM),
-        draws(p.dropout > 0.0f ? kBlockN + 8 : 0) {}
+        draws(p.dropout > 0.0f ? kBlockN + 8 : 0),
+        fm(p.startend != nullptr ? kBlockM * kBlockN : 0) {}
 };
 
 // Column bounds of rows [0, m) within key tile [j0, j0 + n).
@@ -283,6 +308,48 @@ inline void tile_columns(int64_t m, int64_t j0, int64_t n, const int64_t* lo, co
     cb[r] = std::max(a, b);
   }
 }
+
+// FlashMask of one (sequence, query head): the column bounds of its mask head, the tile
+// classification (core/flashmask_rule.h) from the bounds' min and max over the tile's columns, and
+// the element mask of a partial tile.
+struct FlashMaskCols {
+  const int32_t* cols = nullptr;  // [s_kv][c] of the mask head; null = no FlashMask
+  int c = 0;
+  bool causal = false;
+
+  FlashMaskCols(const AttnProblem& p, int64_t bi, int64_t hq) {
+    if (p.startend == nullptr) return;
+    const int64_t mh = hq / (p.h / p.startend_heads);
+    c = p.startend_c;
+    causal = p.startend_causal;
+    cols = p.startend + (bi * p.startend_heads + mh) * p.s_kv * c;
+  }
+  // 0 = skip, 1 = no element masked by the intervals, 2 = partial; rows [i0, i0 + m), keys
+  // [j0, j0 + n).
+  int classify(int64_t i0, int64_t m, int64_t j0, int64_t n) const {
+    if (cols == nullptr) return 1;
+    flashmask::Range r;
+    for (int k = 0; k < c; ++k) {
+      r.lo[k] = flashmask::kRowInf;
+      r.hi[k] = -1;
+    }
+    for (int64_t j = j0; j < j0 + n; ++j) {
+      const int32_t* b = cols + j * c;
+      for (int k = 0; k < c; ++k) {
+        r.lo[k] = std::min(r.lo[k], b[k]);
+        r.hi[k] = std::max(r.hi[k], b[k]);
+      }
+    }
+    return flashmask::classify(r, c, causal, i0, i0 + m);
+  }
+  // M[r * kBlockN + jl] = 1 where row i0 + r is masked in key j0 + jl.
+  void fill(int64_t i0, int64_t m, int64_t j0, int64_t n, uint8_t* M) const {
+    for (int64_t jl = 0; jl < n; ++jl) {
+      const int32_t* b = cols + (j0 + jl) * c;
+      for (int64_t r = 0; r < m; ++r) M[r * kBlockN + jl] = flashmask::masked_by(b, c, causal, i0 + r);
+    }
+  }
+};
 
 // ----------------------------------------------------------------------------------------------
 // Forward.
@@ -320,13 +387,19 @@ void fwd_block(const AttnProblem& p, int64_t bi, int64_t hq, int64_t i0, Work<T>
     // lo and hi are non-decreasing in i, so the block's keys are [lo of the first row, hi of the
     // last row]; rows that see nothing lie at either end and are handled per row.
     const int64_t k_begin = lo[0], k_end = hi[m - 1] + 1;
+    const FlashMaskCols fm(p, bi, hq);
     for (int64_t j0 = k_begin; j0 < k_end; j0 += kBlockN) {
       const int64_t n = std::min(kBlockN, k_end - j0);
+      // FlashMask: tiles masked for all their rows are skipped; partial ones test elements.
+      const int cls = fm.classify(i0, m, j0, n);
+      if (cls == 0) continue;
+      if (cls == 2) fm.fill(i0, m, j0, n, w.fm.data());
       transpose_tile(k + j0 * p.k_st.seq, p.k_st.seq, n, p.d, w.kt.data());
       gemm<T, false>(m, n, p.d, q, p.q_st.seq, 1, w.kt.data(), kBlockN, w.s.data(), kBlockN);
       tile_columns(m, j0, n, lo, hi, w.ca.data(), w.cb.data());
-      softmax_tile_fwd<T>(m, n, w.ca.data(), w.cb.data(), scale, w.s.data(), w.row_max.data(),
-                          w.row_sum.data(), stats_only ? nullptr : o, p.d_v);
+      softmax_tile_fwd<T>(m, n, w.ca.data(), w.cb.data(), cls == 2 ? w.fm.data() : nullptr, scale,
+                          w.s.data(), w.row_max.data(), w.row_sum.data(), stats_only ? nullptr : o,
+                          p.d_v);
       if (stats_only) continue;
       if (p.dropout > 0.0f) {
         // The softmax sum above uses the undropped probabilities (lse is dropout-free); only
@@ -417,7 +490,7 @@ void attn_fwd_impl(const AttnProblem& p) {
 template <class T>
 void bwd_tile(const AttnProblem& p, int64_t bi, int64_t hq, int64_t i0, int64_t m, int64_t j0,
               int64_t n, int64_t Lq, int64_t Lk, const T* q_blk, const T* do_blk, const T* lse,
-              const T* D, Work<T>& w) {
+              const T* D, const uint8_t* fm_mask, Work<T>& w) {
   for (int64_t r = 0; r < m; ++r) {
     visible_range(i0 + r, Lq, Lk, p.window_left, p.window_right, p.bottom_right, &w.lo[r],
                   &w.hi[r]);
@@ -438,8 +511,8 @@ void bwd_tile(const AttnProblem& p, int64_t bi, int64_t hq, int64_t i0, int64_t 
     z = w.z.data();
   }
   const int64_t row0 = p.lse_index(bi, hq, i0);  // lse/D rows of a block are contiguous
-  grad_tile_bwd<T>(m, n, w.ca.data(), w.cb.data(), T(p.scale), lse + row0, D + row0, w.s.data(),
-                   w.dp.data(), z);
+  grad_tile_bwd<T>(m, n, w.ca.data(), w.cb.data(), fm_mask, T(p.scale), lse + row0, D + row0,
+                   w.s.data(), w.dp.data(), z);
 }
 
 // One (sequence bi, kv head hk, keys [kc0, kc1)) task: the dK, dV rows of those keys (written,
@@ -471,6 +544,7 @@ void bwd_block(const AttnProblem& p, int64_t bi, int64_t hk, int64_t kc0, int64_
     std::fill_n(w.dv.data(), n * p.d_v, T(0));
 
     for (int64_t hq = hk * group; hq < (hk + 1) * group; ++hq) {
+      const FlashMaskCols fm(p, bi, hq);
       const T* q = head_rows<const T>(p, p.q, p.q_st, p.cu_q, bi, hq);
       const T* dout = head_rows<const T>(p, p.grad_out, p.grad_out_st, p.cu_q, bi, hq);
       T* dq = head_rows<T>(p, p.grad_q, p.grad_q_st, p.cu_q, bi, hq);
@@ -484,9 +558,13 @@ void bwd_block(const AttnProblem& p, int64_t bi, int64_t hk, int64_t kc0, int64_
         visible_range(i0 + m - 1, Lq, Lk, p.window_left, p.window_right, p.bottom_right, &lo_last,
                       &hi_last);
         if (hi_last < j0) continue;
+        const int cls = fm.classify(i0, m, j0, n);
+        if (cls == 0) continue;
+        if (cls == 2) fm.fill(i0, m, j0, n, w.fm.data());
         const T* q_blk = q + i0 * p.q_st.seq;
         const T* do_blk = dout + i0 * p.grad_out_st.seq;
-        bwd_tile(p, bi, hq, i0, m, j0, n, Lq, Lk, q_blk, do_blk, lse, D, w);
+        bwd_tile(p, bi, hq, i0, m, j0, n, Lq, Lk, q_blk, do_blk, lse, D,
+                 cls == 2 ? w.fm.data() : nullptr, w);
         // dV[n, d_v] += (P*Z)^T dO ; dK[n, d] += dS^T Q ; dQ[m, d] += dS K
         gemm<T, true>(n, p.d_v, m, w.s.data(), 1, kBlockN, do_blk, p.grad_out_st.seq,
                       w.dv.data(), p.d_v);
@@ -527,11 +605,16 @@ void dq_block(const AttnProblem& p, int64_t bi, int64_t hq, int64_t i0, const T*
   visible_range(i0 + m - 1, Lq, Lk, p.window_left, p.window_right, p.bottom_right, &lo_last,
                 &hi_last);
   const int64_t k_begin = lo_first, k_end = hi_last + 1;  // as in fwd_block
+  const FlashMaskCols fm(p, bi, hq);
   for (int64_t j0 = k_begin; j0 < k_end; j0 += kBlockN) {
     const int64_t n = std::min(kBlockN, k_end - j0);
+    const int cls = fm.classify(i0, m, j0, n);
+    if (cls == 0) continue;
+    if (cls == 2) fm.fill(i0, m, j0, n, w.fm.data());
     transpose_tile(k + j0 * p.k_st.seq, p.k_st.seq, n, p.d, w.kt.data());
     transpose_tile(v + j0 * p.v_st.seq, p.v_st.seq, n, p.d_v, w.vt.data());
-    bwd_tile(p, bi, hq, i0, m, j0, n, Lq, Lk, q_blk, do_blk, lse, D, w);
+    bwd_tile(p, bi, hq, i0, m, j0, n, Lq, Lk, q_blk, do_blk, lse, D,
+             cls == 2 ? w.fm.data() : nullptr, w);
     gemm<T, true>(m, p.d, n, w.dp.data(), kBlockN, 1, k + j0 * p.k_st.seq, p.k_st.seq, dq,
                   p.grad_q_st.seq);
   }

@@ -296,6 +296,7 @@ struct AttnKw {
   std::string backend;
   py::object stream;
   bool deterministic;
+  py::object startend_row_indices;  // FlashMask (SPEC §9) or None
 };
 
 uint64_t as_u64(const py::object& v, const char* name) {
@@ -338,6 +339,7 @@ void fill_attn(pte_attn_params_t* p, Args& a, const AttnKw& kw) {
   p->backend = parse_word(pte_backend_parse, kw.backend,
                           " ('unfused' is a path of the Paddle layers, not of the core)");
   p->stream = a.stream();
+  p->startend_row_indices = a.add(kw.startend_row_indices, "startend_row_indices");
 }
 
 void run_attn(pte_attn_params_t* p, const Args& a, bool backward) {
@@ -591,7 +593,7 @@ void decode_attn(py::object q, py::object k_cache, py::object v_cache, py::objec
   p.window_left = w[0].cast<int64_t>();
   p.window_right = w[1].cast<int64_t>();
   p.num_splits = num_splits;
-  p.backend = parse(backend, "backend", kBackends);
+  p.backend = parse_word(pte_backend_parse, backend);
   p.stream = a.stream();
   DeviceGuard guard(a.cuda_device());
   const bool cuda = p.q.device == PTE_DEVICE_CUDA;
@@ -646,9 +648,9 @@ PYBIND11_MODULE(paddle_te_core, m) {
   auto attn_kw = [](py::object cu_q, py::object cu_kv, py::object mq, py::object mkv,
                     std::string fmt, std::string mt, py::object win, py::object scale,
                     double dropout, py::object seed, py::object offset, std::string backend,
-                    py::object stream, bool deterministic) {
+                    py::object stream, bool deterministic, py::object startend) {
     return AttnKw{cu_q, cu_kv, mq, mkv, fmt, mt, win, scale, dropout, seed, offset, backend,
-                  stream, deterministic};
+                  stream, deterministic, startend};
   };
 
   m.def(
@@ -657,10 +659,10 @@ PYBIND11_MODULE(paddle_te_core, m) {
                 py::object cu_q, py::object cu_kv, py::object mq, py::object mkv,
                 std::string fmt, std::string mt, py::object win, py::object scale,
                 double dropout, py::object seed, py::object offset, std::string backend,
-                py::object stream) {
+                py::object stream, py::object startend) {
         fused_attn_fwd(q, k, v, out, lse,
                        attn_kw(cu_q, cu_kv, mq, mkv, fmt, mt, win, scale, dropout, seed, offset,
-                               backend, stream, false));
+                               backend, stream, false, startend));
       },
       py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::kw_only(),
       py::arg("lse") = py::none(), py::arg("cu_seqlens_q") = py::none(),
@@ -669,7 +671,9 @@ PYBIND11_MODULE(paddle_te_core, m) {
       py::arg("attn_mask_type") = "no_mask", py::arg("window_size") = py::make_tuple(-1, -1),
       py::arg("softmax_scale") = py::none(), py::arg("dropout") = 0.0, py::arg("seed") = 0,
       py::arg("offset") = 0, py::arg("backend") = "auto", py::arg("stream") = py::none(),
-      "Fused attention forward into `out` (and `lse` float32 [b, h, s_q] / [h, t_q]).");
+      py::arg("startend_row_indices") = py::none(),
+      "Fused attention forward into `out` (and `lse` float32 [b, h, s_q] / [h, t_q]); "
+      "startend_row_indices: FlashMask column bounds, int32 [b, mask_heads, s_kv, C].");
 
   m.def(
       "fused_attn_bwd",
@@ -678,10 +682,10 @@ PYBIND11_MODULE(paddle_te_core, m) {
                 py::object cu_kv, py::object mq, py::object mkv, std::string fmt,
                 std::string mt, py::object win, py::object scale, double dropout,
                 py::object seed, py::object offset, std::string backend, py::object stream,
-                bool deterministic) {
+                bool deterministic, py::object startend) {
         fused_attn_bwd(q, k, v, out, d_out, lse, d_q, d_k, d_v,
                        attn_kw(cu_q, cu_kv, mq, mkv, fmt, mt, win, scale, dropout, seed, offset,
-                               backend, stream, deterministic));
+                               backend, stream, deterministic, startend));
       },
       py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("d_out"), py::arg("lse"),
       py::arg("d_q"), py::arg("d_k"), py::arg("d_v"), py::kw_only(),
@@ -691,7 +695,7 @@ PYBIND11_MODULE(paddle_te_core, m) {
       py::arg("window_size") = py::make_tuple(-1, -1), py::arg("softmax_scale") = py::none(),
       py::arg("dropout") = 0.0, py::arg("seed") = 0, py::arg("offset") = 0,
       py::arg("backend") = "auto", py::arg("stream") = py::none(),
-      py::arg("deterministic") = false,
+      py::arg("deterministic") = false, py::arg("startend_row_indices") = py::none(),
       "Fused attention backward into d_q, d_k, d_v.");
 
   m.def(
@@ -699,10 +703,10 @@ PYBIND11_MODULE(paddle_te_core, m) {
       [attn_kw](py::object q, py::object k, py::object v, py::object out, py::object lse,
                 py::object cu_q, py::object cu_kv, py::object mq, py::object mkv,
                 std::string fmt, std::string mt, py::object win, py::object scale,
-                double dropout, std::string backend, bool backward) {
+                double dropout, std::string backend, bool backward, py::object startend) {
         return attn_check(q, k, v, out, lse,
                           attn_kw(cu_q, cu_kv, mq, mkv, fmt, mt, win, scale, dropout,
-                                  py::int_(0), py::int_(0), backend, py::none(), false),
+                                  py::int_(0), py::int_(0), backend, py::none(), false, startend),
                           backward);
       },
       py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::kw_only(),
@@ -712,6 +716,7 @@ PYBIND11_MODULE(paddle_te_core, m) {
       py::arg("attn_mask_type") = "no_mask", py::arg("window_size") = py::make_tuple(-1, -1),
       py::arg("softmax_scale") = py::none(), py::arg("dropout") = 0.0,
       py::arg("backend") = "auto", py::arg("backward") = false,
+      py::arg("startend_row_indices") = py::none(),
       "The capability check of a fused_attn_fwd (backward=True: fused_attn_bwd) call, without "
       "running it: '' when `backend` can run it, else the reason. Bad arguments raise "
       "ValueError as the call would.");

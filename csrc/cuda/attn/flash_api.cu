@@ -14,6 +14,7 @@
 #include <string>
 
 #include "core/kernels.h"
+#include "cuda/attn/flashmask.h"
 #include "cuda/attn/launch.h"
 #include "cuda/common.cuh"
 #ifdef PTE_FLASH_SM90
@@ -118,6 +119,8 @@ std::string sm90_fwd_reason(const AttnProblem& p, int arch) {
   return "flash: this build has no sm90 kernels (PTE_ARCHS without 90a)";
 #else
   if (arch != 90) return str("flash: the sm90 kernels need compute capability 9.0, not ", arch / 10, ".", arch % 10);
+  if (p.startend != nullptr)
+    return "flash: the sm90 kernels do not apply startend_row_indices (FlashMask) yet";
   if (pick_sm90_hdim(p.d) == 0)
     return str("flash: head_dim=", p.d, ": no sm90 forward for it in this build (sm90 head dims: 64, "
                "128, 192, 256 where compiled)");
@@ -245,14 +248,28 @@ void dispatch(const AttnProblem& p) {
   }
 }
 
+// Bytes of the workspace before the FlashMask summary (the backward's fp32 buffers).
+size_t base_workspace_bytes(const AttnProblem& p, bool backward) {
+  return backward ? bwd_workspace_elems(p, pick_hdim(p.d)) * sizeof(float) : 0;
+}
+
 template <bool kBwd>
 void run(const AttnProblem& p) {
   std::string why = reason(p, kBwd);
   if (!why.empty()) PTE_UNSUPPORTED(why);
-  if (p.dtype == PTE_FLOAT16)
-    dispatch<kBwd, __half>(p);
+  AttnProblem q = p;
+  if (p.startend != nullptr) {
+    // FlashMask: the per-chunk bound summary goes after the backward's buffers; every kernel
+    // family reads it through FlashMaskView (flashmask.h).
+    int32_t* summary = reinterpret_cast<int32_t*>(
+        static_cast<char*>(p.workspace) + flashmask_summary_offset(base_workspace_bytes(p, kBwd)));
+    flashmask_summarize(p, summary, static_cast<cudaStream_t>(p.stream));
+    q.startend_summary = summary;
+  }
+  if (q.dtype == PTE_FLOAT16)
+    dispatch<kBwd, __half>(q);
   else
-    dispatch<kBwd, __nv_bfloat16>(p);
+    dispatch<kBwd, __nv_bfloat16>(q);
 }
 
 }  // namespace
@@ -263,11 +280,15 @@ const char* check(const AttnProblem& p, bool backward) {
   return text.c_str();
 }
 
-size_t fwd_workspace_size(const AttnProblem&) { return 0; }
-
-size_t bwd_workspace_size(const AttnProblem& p) {
-  return bwd_workspace_elems(p, pick_hdim(p.d)) * sizeof(float);
+static size_t workspace_size(const AttnProblem& p, bool backward) {
+  const size_t base = base_workspace_bytes(p, backward);
+  if (p.startend == nullptr) return base;
+  return flashmask_summary_offset(base) + flashmask_summary_bytes(p);
 }
+
+size_t fwd_workspace_size(const AttnProblem& p) { return workspace_size(p, false); }
+
+size_t bwd_workspace_size(const AttnProblem& p) { return workspace_size(p, true); }
 
 void attn_fwd(const AttnProblem& p) { run<false>(p); }
 

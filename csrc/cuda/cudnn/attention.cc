@@ -53,6 +53,8 @@ bool ptr_aligned(const void* ptr) {
 
 const char* static_reason(const AttnProblem& p, bool backward, std::string& buf) {
   std::string why;
+  if (p.startend != nullptr)
+    return "cudnn: startend_row_indices (FlashMask) is not supported; the flash backend runs it";
   if (load_library(&why) == 0) return (buf = why).c_str();
   int major = 0, minor = 0;
   if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, p.device_id) !=

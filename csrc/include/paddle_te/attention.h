@@ -88,6 +88,12 @@ typedef struct {
   void* stream;         /* cudaStream_t; NULL = default stream; ignored on the CPU */
   void* workspace;      /* caller-allocated on the tensors' device, >= workspace_size */
   size_t workspace_size;
+  /* FlashMask (SPEC §9): int32 [b, m, s_kv, C], contiguous, on q's device, m in {1, h_kv, h},
+   * C in {1, 2} with mask_type causal or {2, 4} with no_mask; bshd/sbhd only. For key column j
+   * the query rows of the intervals below are masked out (on top of the window/causal rule):
+   *   causal C=1: [b0, inf)  causal C=2: [b0, b1)  no_mask C=2: [b0, inf) and [0, b1)
+   *   no_mask C=4: [b0, b1) and [b2, b3). Absent (data NULL) = no FlashMask. */
+  pte_tensor_t startend_row_indices;
 } pte_attn_params_t;
 
 /* Fill p with defaults: every tensor absent, no mask, window (-1, -1), scale 0 (invalid: the

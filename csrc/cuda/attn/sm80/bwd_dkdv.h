@@ -8,6 +8,7 @@
 
 #include "core/problem.h"
 #include "cuda/attn/dropout.h"
+#include "cuda/attn/flashmask.h"
 #include "cuda/attn/seqlen_mask.h"
 #include "cuda/attn/softmax.h"
 #include "cuda/attn/sm80/kernel_common.h"
@@ -27,6 +28,32 @@ struct QueryStep {
       m_idx = m_first;
       ++hq;
     }
+  }
+};
+
+// The steps of a dK/dV block with FlashMask (flashmask.h): a step whose tile the intervals mask
+// entirely is skipped (neither loaded nor computed). The steps run out when hq reaches hq_end.
+// Every thread walks the same steps (block-uniform). The summary chunks of the block's keys are
+// the same few words at every step, so after the first step they come from L1.
+template <int BM>
+struct DkdvSteps {
+  const AttnProblem& p;
+  int64_t bi, n0, n1, m_first, n_q, hq_end;
+
+  __device__ __forceinline__ int cls(const QueryStep& st) const {
+    if (p.startend == nullptr) return 1;
+    return FlashMaskView(p, bi, st.hq).tile_class(st.m_idx * BM, st.m_idx * BM + BM, n0, n1);
+  }
+  __device__ __forceinline__ bool done(const QueryStep& st) const { return st.hq >= hq_end; }
+  // Moves st forward to the first step at or after it that is not skipped.
+  __device__ __forceinline__ void settle(QueryStep& st) const {
+    if (n_q <= 0) st.hq = hq_end;
+    if (p.startend == nullptr) return;
+    while (!done(st) && cls(st) == 0) st.advance(m_first, n_q);
+  }
+  __device__ __forceinline__ void next(QueryStep& st) const {
+    st.advance(m_first, n_q);
+    settle(st);
   }
 };
 
@@ -94,26 +121,36 @@ __global__ void __launch_bounds__(Cfg::kThreads) bwd_dkdv_kernel(const AttnProbl
 
   const TileSpan qt = mask.query_tiles<BM>(n0, n0 + BN);
   const int64_t m_first = qt.first, n_q = qt.count;
-  const int64_t total = n_q * group;
+  const DkdvSteps<BM> steps{p, bi, n0, n0 + BN, m_first, n_q, (hk + 1) * group};
+  QueryStep cur{hk * group, m_first};
+  steps.settle(cur);
 
-  if (total > 0) {
+  if (!steps.done(cur)) {
     const DkdvLoader<BN, BM, D, kThreads, T> load{p, si, dsum, bi, d, tid};
     load.kv_block(sK, sV, hk, n0);
     auto prefetch = [&](int stage, const QueryStep& st) {
       load.step(sQ + stage * BM * S, sdO + stage * BM * S, sL + stage * BM, sD + stage * BM, st.hq,
                 st.m_idx * BM);
     };
-    QueryStep cur{hk * group, m_first};
     prefetch(0, cur);
     cp_async_commit();
 
     Dropout drop(p, bi);
     const int64_t j_base = n0 + warp * 16 + g;  // key of accumulator row g (row g + 8: +8)
-    for (int64_t it = 0; it < total; ++it) {
+    // FlashMask (partial steps): the bounds of this thread's two keys (rows g and g + 8).
+    int32_t fb[2][4] = {};
+    if (p.startend != nullptr) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r)
+        if (j_base + r * 8 < si.L_kv) FlashMaskView(p, bi, hk * group).column_bounds(j_base + r * 8, fb[r]);
+    }
+    int64_t fb_head = hk * group;
+    for (int64_t it = 0;; ++it) {
       const int stage = int(it & 1);
       const int64_t hq = cur.hq, m0 = cur.m_idx * BM;
-      cur.advance(m_first, n_q);  // now the next step
-      if (it + 1 < total) {
+      const int fcls = steps.cls(cur);
+      steps.next(cur);  // now the next step
+      if (!steps.done(cur)) {
         prefetch(stage ^ 1, cur);
         cp_async_commit();
         cp_async_wait<1>();
@@ -134,7 +171,15 @@ __global__ void __launch_bounds__(Cfg::kThreads) bwd_dkdv_kernel(const AttnProbl
       gemm_rows_rows<1, NT, D>(st, sK, warp * 16, sQs, lane);
       gemm_rows_rows<1, NT, D>(dpt, sV, warp * 16, sdOs, lane);
 
-      const bool full = mask.tile_full(m0, m0 + BM, n0, n0 + BN);
+      const bool full = mask.tile_full(m0, m0 + BM, n0, n0 + BN) && fcls == 1;
+      if (fcls == 2 && fb_head != hq) {
+        // Another query head of the group may use another mask head: reload the bounds.
+        fb_head = hq;
+        const FlashMaskView fm(p, bi, hq);
+#pragma unroll
+        for (int r = 0; r < 2; ++r)
+          if (j_base + r * 8 < si.L_kv) fm.column_bounds(j_base + r * 8, fb[r]);
+      }
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
@@ -142,7 +187,9 @@ __global__ void __launch_bounds__(Cfg::kThreads) bwd_dkdv_kernel(const AttnProbl
           const int il = nt * 8 + 2 * c + (e % 2);  // query inside the tile
           const int64_t i = m0 + il;
           const int64_t j = j_base + (e / 2) * 8;
-          const bool vis = full || mask.visible(i, j);
+          const bool vis = full || (mask.visible(i, j) &&
+                                    !(fcls == 2 && FlashMaskView::masked_by(fb[e / 2], p.startend_c,
+                                                                            p.startend_causal, i)));
           const float pv = vis ? recompute_p(st[0][nt][e], scale_log2, sLs[il] * kLog2e) : 0.f;
           float dp = dpt[0][nt][e];
           float pd = pv;
@@ -192,6 +239,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) bwd_dkdv_kernel(const AttnProbl
         }
       }
       __syncthreads();  // the next prefetch overwrites this stage (and the next dS^T this one)
+      if (steps.done(cur)) break;
     }
   }
 
@@ -298,9 +346,11 @@ __global__ void __launch_bounds__(Cfg::kThreads) bwd_tiled_kernel(const AttnProb
 
   const TileSpan qt = mask.query_tiles<BM>(n0, n0 + BN);
   const int64_t m_first = qt.first, n_q = qt.count;
-  const int64_t total = n_q * group;
+  const DkdvSteps<BM> steps{p, bi, n0, n0 + BN, m_first, n_q, (hk + 1) * group};
+  QueryStep cur{hk * group, m_first};
+  steps.settle(cur);
 
-  if (total > 0) {
+  if (!steps.done(cur)) {
     const DkdvLoader<BN, BM, D, kThreads, T> load{p, si, dsum, bi, d, tid};
     load.kv_block(sK, sV, hk, n0);
     auto prefetch = [&](int stage, const QueryStep& st) {
@@ -308,28 +358,29 @@ __global__ void __launch_bounds__(Cfg::kThreads) bwd_tiled_kernel(const AttnProb
                 st.m_idx * BM);
     };
     // kStages - 1 steps in flight: one cp.async group per step (empty past the last one).
-    QueryStep cur{hk * group, m_first}, fetch = cur;
+    QueryStep fetch = cur;
 #pragma unroll
     for (int s = 0; s < kStages - 1; ++s) {
-      if (s < total) {
+      if (!steps.done(fetch)) {
         prefetch(s, fetch);
-        fetch.advance(m_first, n_q);
+        steps.next(fetch);
       }
       cp_async_commit();
     }
 
     Dropout drop(p, bi);
     int stage = 0;
-    for (int64_t it = 0; it < total; ++it) {
+    while (!steps.done(cur)) {
       const int64_t hq = cur.hq, m0 = cur.m_idx * BM;
-      cur.advance(m_first, n_q);
+      const int fcls = steps.cls(cur);
+      steps.next(cur);
       // This step's group has landed and every warp is done with the previous step (its stage,
       // P and dS), so that stage can take the step kStages - 1 ahead.
       cp_async_wait<kStages - 2>();
       __syncthreads();
-      if (it + kStages - 1 < total) {
+      if (!steps.done(fetch)) {
         prefetch(stage == 0 ? kStages - 1 : stage - 1, fetch);
-        fetch.advance(m_first, n_q);
+        steps.next(fetch);
       }
       cp_async_commit();
       const T* sQs = sQ + stage * BM * S;
@@ -349,6 +400,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) bwd_tiled_kernel(const AttnProb
 
       // P and dS of this warp's fragment into shared memory; kFull: every element of the tile is
       // visible (compiled without the per-element predicate).
+      const FlashMaskView fm(p, bi, hq);
       auto stage_p_ds = [&](auto full_tag) {
         constexpr bool kFull = decltype(full_tag)::value;
 #pragma unroll
@@ -364,6 +416,13 @@ __global__ void __launch_bounds__(Cfg::kThreads) bwd_tiled_kernel(const AttnProb
             for (int nt = 0; nt < NT; ++nt) {
               const int jl = sdp_col + nt * 8 + 2 * c;  // key inside the tile (even)
               const int64_t j = n0 + jl;
+              // FlashMask (partial step): the bounds of this pair of keys (L1-resident after the
+              // first row that loads them).
+              bool fmask[2] = {false, false};
+              if (!kFull && fcls == 2) {
+#pragma unroll
+                for (int e = 0; e < 2; ++e) fmask[e] = fm.masked(i, j + e);
+              }
               bool keep[2] = {true, true};
               if (kDropout) drop.keep_pair(hq, i, j, &keep[0], &keep[1]);
               float pd[2], ds[2];
@@ -371,7 +430,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) bwd_tiled_kernel(const AttnProb
               for (int e = 0; e < 2; ++e) {
                 // A select, not a product: rows without keys have lse = -inf.
                 float pv = recompute_p(s[mt][nt][2 * r + e], scale_log2, lse_log2);
-                if (!kFull && (jl + e < lo || jl + e >= hi)) pv = 0.f;
+                if (!kFull && (jl + e < lo || jl + e >= hi || fmask[e])) pv = 0.f;
                 float dpv = dp[mt][nt][2 * r + e];
                 pd[e] = pv;
                 if (kDropout) {
@@ -385,7 +444,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) bwd_tiled_kernel(const AttnProb
             }
           }
       };
-      if (mask.tile_full(m0, m0 + BM, n0, n0 + BN))
+      if (fcls == 1 && mask.tile_full(m0, m0 + BM, n0, n0 + BN))
         stage_p_ds(std::true_type{});
       else
         stage_p_ds(std::false_type{});

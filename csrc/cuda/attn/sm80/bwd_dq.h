@@ -7,6 +7,7 @@
 
 #include "core/problem.h"
 #include "cuda/attn/dropout.h"
+#include "cuda/attn/flashmask.h"
 #include "cuda/attn/seqlen_mask.h"
 #include "cuda/attn/softmax.h"
 #include "cuda/attn/sm80/kernel_common.h"
@@ -62,8 +63,12 @@ __global__ void __launch_bounds__(Cfg::kThreads) bwd_dq_kernel(const AttnProblem
   const TileSpan kt = mask.key_tiles<BN>(m0, m0 + BM);
   const int64_t n_first = kt.first;
   const int n_tiles = int(kt.count);
+  const FlashMaskView fm(p, bi, hq);
+  // FlashMask: skipped key tiles are never loaded (flashmask.h); cls is the current tile's class.
+  int cls = 1, cls_next = 1;
+  const int t_first = fm.next_key_tile<BN>(0, n_tiles, n_first, m0, m0 + BM, &cls);
 
-  if (n_tiles > 0) {
+  if (t_first < n_tiles) {
     const T* q = static_cast<const T*>(p.q);
     const T* k = static_cast<const T*>(p.k);
     const T* v = static_cast<const T*>(p.v);
@@ -79,7 +84,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) bwd_dq_kernel(const AttnProblem
       load_kv_rows(sK + stage * BN * S, sV + stage * BN * S, kg + n0 * p.k_st.seq,
                    vg + n0 * p.v_st.seq, si.L_kv - n0);
     };
-    load_kv(0, n_first * BN);
+    load_kv(0, (n_first + t_first) * BN);
     cp_async_commit();
 
     // Row statistics of this lane's two rows.
@@ -93,11 +98,12 @@ __global__ void __launch_bounds__(Cfg::kThreads) bwd_dq_kernel(const AttnProblem
     }
 
     Dropout drop(p, bi);
-    for (int t = 0; t < n_tiles; ++t) {
-      const int stage = t & 1;
+    int stage = 0;
+    for (int t = t_first; t < n_tiles;) {
       const int64_t n0 = (n_first + t) * BN;
-      if (t + 1 < n_tiles) {
-        load_kv(stage ^ 1, n0 + BN);
+      const int t_next = fm.next_key_tile<BN>(t + 1, n_tiles, n_first, m0, m0 + BM, &cls_next);
+      if (t_next < n_tiles) {
+        load_kv(stage ^ 1, (n_first + t_next) * BN);
         cp_async_commit();
         cp_async_wait<1>();
       } else {
@@ -120,7 +126,21 @@ __global__ void __launch_bounds__(Cfg::kThreads) bwd_dq_kernel(const AttnProblem
         for (int r = 0; r < 2; ++r) mask.row_span(m0 + warp * 16 + g + r * 8, n0, BN, &lo[r], &hi[r]);
       }
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
+      for (int nt = 0; nt < NT; ++nt) {
+        // FlashMask (partial tile): this thread's two key columns, bounds loaded once.
+        int32_t fb[2][4];
+        if (cls == 2) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int64_t j = n0 + nt * 8 + 2 * c + e;
+            if (j < si.L_kv) {
+              fm.column_bounds(j, fb[e]);
+            } else {
+#pragma unroll
+              for (int k2 = 0; k2 < 4; ++k2) fb[e][k2] = 0;  // masks nothing; the window rule does
+            }
+          }
+        }
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           const int64_t i = m0 + warp * 16 + g + r * 8;
@@ -130,15 +150,20 @@ __global__ void __launch_bounds__(Cfg::kThreads) bwd_dq_kernel(const AttnProblem
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             const int jl = nt * 8 + 2 * c + e;
-            const bool vis = jl >= lo[r] && jl < hi[r];
+            const bool vis = jl >= lo[r] && jl < hi[r] &&
+                             !(cls == 2 && FlashMaskView::masked_by(fb[e], fm.c, fm.causal, i));
             const float pv = vis ? recompute_p(s[0][nt][2 * r + e], scale_log2, lse_log2[r]) : 0.f;
             float dpv = dp[0][nt][2 * r + e];
             if (kDropout) dpv = keep[e] ? dpv * drop.scale : 0.f;
             s[0][nt][2 * r + e] = pv * (dpv - dsum_r[r]);  // dS
           }
         }
+      }
       gemm_regs_rows<1, NT, NO, D>(acc, s, sK + stage * BN * S, 0, lane);
       __syncthreads();
+      stage ^= 1;
+      t = t_next;
+      cls = cls_next;
     }
   }
 

@@ -2,13 +2,15 @@
 // Q stays in shared memory; K and V tiles stream through a two-stage cp.async pipeline; each
 // warp owns MT m16 row tiles and keeps its output rows in fp32 registers with an online softmax.
 // Only the key tiles the window can reach are visited, and only tiles that are not entirely
-// visible evaluate the per-element predicate.
+// visible evaluate the per-element predicate. With FlashMask (flashmask.h), key tiles that its
+// intervals mask for every row of the block are neither loaded nor computed.
 #pragma once
 
 #include <cstdint>
 
 #include "core/problem.h"
 #include "cuda/attn/dropout.h"
+#include "cuda/attn/flashmask.h"
 #include "cuda/attn/seqlen_mask.h"
 #include "cuda/attn/softmax.h"
 #include "cuda/attn/sm80/kernel_common.h"
@@ -65,8 +67,12 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const AttnProblem p)
   const TileSpan kt = mask.key_tiles<BN>(m0, m0 + BM);
   const int64_t n_first = kt.first;
   const int n_tiles = int(kt.count);
+  const FlashMaskView fm(p, bi, hq);
+  // FlashMask: the tiles it skips are never loaded; cls is the class of the current tile.
+  int cls = 1, cls_next = 1;
+  const int t_first = fm.next_key_tile<BN>(0, n_tiles, n_first, m0, m0 + BM, &cls);
 
-  if (n_tiles > 0) {
+  if (t_first < n_tiles) {
     const T* q = static_cast<const T*>(p.q);
     const T* k = static_cast<const T*>(p.k);
     const T* v = static_cast<const T*>(p.v);
@@ -79,18 +85,19 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const AttnProblem p)
       load_kv_rows(sK + stage * BN * S, sV + stage * BN * S, kg + n0 * p.k_st.seq,
                    vg + n0 * p.v_st.seq, si.L_kv - n0);
     };
-    load_kv(0, n_first * BN);
+    load_kv(0, (n_first + t_first) * BN);
     cp_async_commit();
 
     Dropout drop(p, bi);
-    for (int t = 0; t < n_tiles; ++t) {
-      const int stage = t & 1;
+    int stage = 0;
+    for (int t = t_first; t < n_tiles;) {
       const int64_t n0 = (n_first + t) * BN;
+      const int t_next = fm.next_key_tile<BN>(t + 1, n_tiles, n_first, m0, m0 + BM, &cls_next);
       // This tile has landed and every warp is done with the previous one, whose stage the next
       // tile's copies (in flight while this one is computed) overwrite: one barrier per tile.
       cp_async_wait<0>();
       __syncthreads();
-      if (t + 1 < n_tiles) load_kv(stage ^ 1, n0 + BN);
+      if (t_next < n_tiles) load_kv(stage ^ 1, (n_first + t_next) * BN);
       cp_async_commit();
 
       float s[MT][NT][4];
@@ -118,6 +125,27 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const AttnProblem p)
               }
           }
       }
+      if (cls == 2) {
+        // Partial FlashMask tile: each of this thread's key columns loads its bounds once and
+        // tests its rows (keys past s_kv are already -inf by the window rule).
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int64_t j = n0 + nt * 8 + 2 * c + e;
+            if (j >= si.L_kv) continue;
+            int32_t b[4];
+            fm.column_bounds(j, b);
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+              for (int r = 0; r < 2; ++r) {
+                const int64_t i = m0 + warp_row0 + mt * 16 + g + r * 8;
+                if (FlashMaskView::masked_by(b, fm.c, fm.causal, i))
+                  s[mt][nt][2 * r + e] = -INFINITY;
+              }
+          }
+      }
       sm.update(s, acc, scale_log2);
 
       if (kDropout) {
@@ -137,6 +165,9 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const AttnProblem p)
             }
       }
       gemm_regs_rows<MT, NT, NO, D>(acc, s, sV + stage * BN * S, 0, lane);
+      stage ^= 1;
+      t = t_next;
+      cls = cls_next;
     }
   }
 

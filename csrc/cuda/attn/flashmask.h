@@ -1,0 +1,174 @@
+// FlashMask (SPEC §9) as the flash kernels see it: one mask policy for every kernel family
+// (sm80/, sm90/). The rule itself is core/flashmask_rule.h (shared with the CPU kernels); this
+// header adds the per-(batch, query head) view over the column bounds and the tile classification
+// from the summary that flashmask_summarize writes into the workspace before the attention
+// kernels run:
+//   summary[b][mask_heads][ceil(s_kv / 32)][C][2] = {min, max} of each bound column over the
+//   chunk's key columns (< s_kv).
+// A kernel asks tile_class() once per (query tile, key tile): 0 = skip the tile (every element
+// masked by the intervals), 1 = no element masked by the intervals (only the window/causal rule
+// may still mask), 2 = partial (test elements with masked() or column_bounds() + masked_by()).
+// The window/causal rule and FlashMask combine: visible iff the rule allows it AND no interval
+// masks it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+#include "core/flashmask_rule.h"
+#include "core/problem.h"
+
+namespace pte {
+namespace flash {
+
+// Bytes of the summary workspace of p (0 without FlashMask), and where it sits in a workspace
+// whose other contents take `before` bytes (a 256-byte boundary after them).
+inline size_t flashmask_summary_bytes(const AttnProblem& p) {
+  if (p.startend == nullptr) return 0;
+  const int64_t chunks = (p.s_kv + flashmask::kChunk - 1) / flashmask::kChunk;
+  return size_t(p.b * p.startend_heads * chunks * p.startend_c * 2) * sizeof(int32_t);
+}
+inline size_t flashmask_summary_offset(size_t before) { return (before + 255) / 256 * 256; }
+
+// Writes p.startend's summary to `summary` (flashmask_summary_bytes(p) bytes) on `stream`.
+void flashmask_summarize(const AttnProblem& p, int32_t* summary, cudaStream_t stream);
+
+struct FlashMaskView {
+  const int32_t* cols;     // [s_kv][c] bounds of this (batch, mask head); null = no FlashMask
+  const int32_t* summary;  // [chunks][c][2] of this (batch, mask head)
+  int64_t s_kv;
+  int c;
+  bool causal;
+
+  __device__ __forceinline__ FlashMaskView(const AttnProblem& p, int64_t bi, int64_t hq) {
+    c = p.startend_c;
+    causal = p.startend_causal;
+    s_kv = p.s_kv;
+    if (p.startend == nullptr) {
+      cols = nullptr;
+      summary = nullptr;
+      return;
+    }
+    const int64_t mh = hq / (p.h / p.startend_heads);
+    const int64_t head = bi * p.startend_heads + mh;
+    const int64_t chunks = (p.s_kv + flashmask::kChunk - 1) / flashmask::kChunk;
+    cols = p.startend + head * p.s_kv * c;
+    summary = p.startend_summary + head * chunks * c * 2;
+  }
+
+  __device__ __forceinline__ bool active() const { return cols != nullptr; }
+
+  // Class of the tile rows [m0, m1) x keys [n0, n1) (n0 a multiple of 32); 1 without FlashMask.
+  __device__ __forceinline__ int tile_class(int64_t m0, int64_t m1, int64_t n0,
+                                            int64_t n1) const {
+    if (cols == nullptr) return 1;
+    if (n1 > s_kv) n1 = s_kv;
+    if (n0 >= n1) return 1;  // no key column: nothing for the intervals to mask
+    flashmask::Range r;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      r.lo[k] = flashmask::kRowInf;
+      r.hi[k] = -1;
+    }
+    const int64_t ch0 = n0 / flashmask::kChunk, ch1 = (n1 - 1) / flashmask::kChunk;
+    for (int64_t ch = ch0; ch <= ch1; ++ch) {
+      const int32_t* s = summary + ch * c * 2;
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        if (k < c) {
+          const int32_t lo = __ldg(s + 2 * k), hi = __ldg(s + 2 * k + 1);
+          r.lo[k] = lo < r.lo[k] ? lo : r.lo[k];
+          r.hi[k] = hi > r.hi[k] ? hi : r.hi[k];
+        }
+      }
+    }
+    return flashmask::classify(r, c, causal, m0, m1);
+  }
+
+  // The bounds' min and max over key columns [n0, n1) (n0 a multiple of 32), from the summary:
+  // for a kernel that classifies many row tiles against one key tile (the dK/dV kernels).
+  __device__ __forceinline__ flashmask::Range key_range(int64_t n0, int64_t n1) const {
+    flashmask::Range r;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      r.lo[k] = flashmask::kRowInf;
+      r.hi[k] = -1;
+    }
+    if (n1 > s_kv) n1 = s_kv;
+    if (cols == nullptr || n0 >= n1) return r;
+    const int64_t ch0 = n0 / flashmask::kChunk, ch1 = (n1 - 1) / flashmask::kChunk;
+    for (int64_t ch = ch0; ch <= ch1; ++ch) {
+      const int32_t* s = summary + ch * c * 2;
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        if (k < c) {
+          const int32_t lo = __ldg(s + 2 * k), hi = __ldg(s + 2 * k + 1);
+          r.lo[k] = lo < r.lo[k] ? lo : r.lo[k];
+          r.hi[k] = hi > r.hi[k] ? hi : r.hi[k];
+        }
+      }
+    }
+    return r;
+  }
+  // tile_class from a key_range (an empty range, hi < lo, means no key column: class 1).
+  __device__ __forceinline__ int range_class(const flashmask::Range& r, int64_t m0,
+                                             int64_t m1) const {
+    if (cols == nullptr || r.hi[0] < r.lo[0]) return 1;
+    return flashmask::classify(r, c, causal, m0, m1);
+  }
+
+  // Row tile [m0, m1) against key tiles of BN: the first tile index t' in [t, n_tiles) (tile t'
+  // covers keys [(n_first + t') * BN, + BN)) that is not skipped, or n_tiles; *cls = its class.
+  // The lanes of a warp classify 32 tiles at once; every thread of the warp must call it with the
+  // same arguments, and every warp of a block gets the same answer (block-uniform branches).
+  template <int BN>
+  __device__ __forceinline__ int next_key_tile(int t, int n_tiles, int64_t n_first, int64_t m0,
+                                               int64_t m1, int* cls) const {
+    if (cols == nullptr) {
+      *cls = 1;
+      return t;
+    }
+    const int lane = threadIdx.x % 32;
+    for (; t < n_tiles; t += 32) {
+      const int mine = t + lane;
+      int k = 0;
+      if (mine < n_tiles) {
+        const int64_t n0 = (n_first + mine) * BN;
+        k = tile_class(m0, m1, n0, n0 + BN);
+      }
+      const unsigned live = __ballot_sync(0xffffffffu, mine < n_tiles && k != 0);
+      if (live != 0) {
+        const int src = __ffs(live) - 1;
+        *cls = __shfl_sync(0xffffffffu, k, src);
+        return t + src;
+      }
+    }
+    *cls = 0;
+    return n_tiles;
+  }
+
+  // The bounds of key column j (< s_kv) into b[0..c).
+  __device__ __forceinline__ void column_bounds(int64_t j, int32_t (&b)[4]) const {
+    const int32_t* col = cols + j * c;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) b[k] = k < c ? __ldg(col + k) : 0;
+  }
+
+  __device__ __forceinline__ static bool masked_by(const int32_t (&b)[4], int c, bool causal,
+                                                   int64_t i) {
+    return flashmask::masked_by(b, c, causal, i);
+  }
+
+  // Whether the intervals mask row i in key column j (false past s_kv and without FlashMask).
+  __device__ __forceinline__ bool masked(int64_t i, int64_t j) const {
+    if (cols == nullptr || j >= s_kv || j < 0) return false;
+    int32_t b[4];
+    column_bounds(j, b);
+    return masked_by(b, c, causal, i);
+  }
+};
+
+}  // namespace flash
+}  // namespace pte
