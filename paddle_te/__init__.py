@@ -18,6 +18,7 @@ from . import masks, ops  # noqa: E402
 from .masks import check_set_window_size  # noqa: E402
 from .ops import (  # noqa: E402
     decode_attn,
+    flashmask_attention,
     fused_attn,
     mask_to_cu_seqlens,
     scaled_aligned_causal_masked_softmax,
@@ -32,6 +33,7 @@ __all__ = [
     "ops",
     "check_set_window_size",
     "fused_attn",
+    "flashmask_attention",
     "decode_attn",
     "mask_to_cu_seqlens",
     "scaled_softmax",

@@ -184,7 +184,7 @@ def _tensor(shape, dtype, on_gpu, device_id, data=None):
 
 def attn_check(backend, *, q_shape, kv_shape, v_shape, dtype, qkv_format, mask_type, window,
                softmax_scale, dropout, max_seqlen_q, max_seqlen_kv, cu_len=None, on_gpu=True,
-               device_id=0, backward=False):
+               device_id=0, backward=False, startend_shape=None):
     """The core's capability check for one fused_attn call, without running it: ``""`` when
     ``backend`` can run it (``backward=True``: its backward too), else the core's reason.
 
@@ -198,7 +198,8 @@ def attn_check(backend, *, q_shape, kv_shape, v_shape, dtype, qkv_format, mask_t
     key = (backend, bool(backward), tuple(q_shape), tuple(kv_shape), tuple(v_shape), dtype,
            qkv_format, mask_type, tuple(window), float(softmax_scale), float(dropout),
            int(max_seqlen_q), int(max_seqlen_kv), cu_len, bool(on_gpu), int(device_id),
-           os.environ.get("PTE_FLASH_VARIANT"))
+           os.environ.get("PTE_FLASH_VARIANT"),
+           None if startend_shape is None else tuple(int(x) for x in startend_shape))
     why = _CHECKS.get(key)
     if why is None:
         why = _attn_check(key)
@@ -219,7 +220,8 @@ _CHECKS_MAX = 1024
 
 def _attn_check(key):
     (backend, backward, q_shape, kv_shape, v_shape, dtype, qkv_format, mask_type, window,
-     softmax_scale, dropout, max_seqlen_q, max_seqlen_kv, cu_len, on_gpu, device_id, _) = key
+     softmax_scale, dropout, max_seqlen_q, max_seqlen_kv, cu_len, on_gpu, device_id, _,
+     startend_shape) = key
     q_shape, kv_shape, v_shape = list(q_shape), list(kv_shape), list(v_shape)
     p = _AttnParams()
     _CLIB.pte_attn_params_init(ctypes.byref(p))
@@ -249,6 +251,8 @@ def _attn_check(key):
     p.softmax_scale = float(softmax_scale)
     p.dropout = float(dropout)
     p.backend = _BACKEND_ENUM[backend]
+    if startend_shape is not None:
+        p.startend_row_indices = _tensor(list(startend_shape), "int32", *args)
     status = _CLIB.pte_attn_check(ctypes.byref(p), p.backend, 1 if backward else 0)
     if status == 0:
         return ""

@@ -196,3 +196,25 @@ def layer_checks_mask(on_gpu):
     """Whether a layer checks a padding mask that lives on the GPU (``on_gpu``) or the CPU."""
     mode = _mask_check[0]
     return mode == "always" or (mode == "no_sync" and not on_gpu)
+
+
+# FlashMask column bounds (SPEC §9): conversions and builders (paddle_te/_flashmask.py).
+from ._flashmask import (  # noqa: E402
+    causal_document_mask,
+    dense_to_startend_row_indices,
+    document_mask,
+    prefix_lm_document_mask,
+    share_question_mask,
+    sliding_window_mask,
+    startend_row_indices_to_dense,
+)
+
+__all__ += [
+    "startend_row_indices_to_dense",
+    "dense_to_startend_row_indices",
+    "document_mask",
+    "causal_document_mask",
+    "prefix_lm_document_mask",
+    "share_question_mask",
+    "sliding_window_mask",
+]

@@ -31,6 +31,7 @@ from .masks import (
 
 __all__ = [
     "fused_attn",
+    "flashmask_attention",
     "decode_attn",
     "mask_to_cu_seqlens",
     "scaled_softmax",
@@ -458,7 +459,7 @@ def fused_attn(
     out, lse = _ops_lib.run_op(
         "pte_fused_attn",
         [("q", q), ("k", k), ("v", v), ("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_kv", cu_seqlens_kv),
-         ("seed_offset", seed_offset)],
+         ("seed_offset", seed_offset), ("startend_row_indices", None)],
         [("qkv_format", qkv_format), ("mask_type", mask_type), ("backend", op_backend),
          ("max_seqlen_q", int(max_seqlen_q)), ("max_seqlen_kv", int(max_seqlen_kv)),
          ("window_left", int(left)), ("window_right", int(right)),
@@ -573,3 +574,5 @@ def scaled_aligned_causal_masked_softmax(x, scale=1.0):
 
 # decode_attn (SPEC §10) lives in its own module; imported last because it uses the helpers above.
 from ._decode import decode_attn  # noqa: E402
+# flashmask_attention (SPEC §9): its own module, on the helpers above.
+from ._flashmask_op import flashmask_attention  # noqa: E402

@@ -68,7 +68,7 @@ def prefix_lm_document(rng, b, s_q, s_kv):  # causal=False, C=2: LTS = end, UTE 
     return x
 
 
-def share_question(rng, b, s_q, s_kv):  # causal, C=2: question cols mask [end, s); answer k masks [end_k, end)
+def share_question(rng, b, s_q, s_kv):  # causal, C=2: question cols mask [end, s); answer k masks [end_k, s)
     x = np.zeros((b, 1, s_kv, 2), np.int32)
     for bi in range(b):
         bounds = doc_bounds(rng, s_kv)
@@ -80,7 +80,7 @@ def share_question(rng, b, s_q, s_kv):  # causal, C=2: question cols mask [end, 
             ans = doc_bounds(rng, hi - lo - qlen) + lo + qlen if hi - lo - qlen > 0 else []
             for t in range(len(ans) - 1):
                 x[bi, 0, ans[t]:ans[t + 1], 0] = ans[t + 1]
-                x[bi, 0, ans[t]:ans[t + 1], 1] = hi
+                x[bi, 0, ans[t]:ans[t + 1], 1] = s_q
     return np.minimum(x, s_q).astype(np.int32)
 
 

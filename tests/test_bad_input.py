@@ -53,7 +53,7 @@ def _cases():
         return _ops_lib.run_op(
             "pte_fused_attn",
             [("q", qq), ("k", kk), ("v", vv), ("cu_seqlens_q", None), ("cu_seqlens_kv", None),
-             ("seed_offset", paddle.zeros([2], "int64"))],
+             ("seed_offset", paddle.zeros([2], "int64")), ("startend_row_indices", None)],
             [("qkv_format", fmt), ("mask_type", mask_type), ("backend", "auto"), ("max_seqlen_q", 0),
              ("max_seqlen_kv", 0), ("window_left", -1), ("window_right", -1), ("softmax_scale", repr(scale)),
              ("dropout", 0.0), ("deterministic", False)],

@@ -80,6 +80,14 @@ def _cases():
                                                attn_mask_type="padding", window_size=(2, 1), backend="unfused",
                                                return_softmax_lse=True)),
         ),
+        "flashmask_attention": dict(
+            inputs=[("q", [2, 6, 4, 8], f32, [None, 6, 4, 8], True),
+                    ("k", [2, 6, 2, 8], f32, [None, 6, 2, 8], True),
+                    ("v", [2, 6, 2, 8], f32, [None, 6, 2, 8], True),
+                    ("se", "fm_se", i32, [None, 2, 6, 2], False)],
+            call=lambda t: list(ops.flashmask_attention(t["q"], t["k"], t["v"], t["se"], causal=True,
+                                                        return_softmax_lse=True)),
+        ),
         "mask_to_cu_seqlens": dict(
             inputs=[("mask", "pad_mask", "bool", [None, 1, 1, 7], False)],
             call=lambda t: list(ops.mask_to_cu_seqlens(t["mask"])),
@@ -101,6 +109,7 @@ CASE_NAMES = [
     "fused_attn_padding_sbhd",
     "fused_attn_thd",
     "fused_attn_unfused_backend",
+    "flashmask_attention",
     "mask_to_cu_seqlens",
     "mask_to_cu_seqlens_cross",
 ]
@@ -113,6 +122,9 @@ _FIXED = {
     "cu_kv_thd": np.array([0, 6, 11], np.int32),  # lengths 6, 5
     "pad_mask": np.array([[[[0, 0, 0, 1, 1, 1, 1]]], [[[0, 0, 0, 0, 0, 0, 1]]]], bool),
     "pad_mask_kv": np.array([[[[0, 0, 1, 1, 1]]], [[[0, 0, 0, 0, 0]]]], bool),
+    # FlashMask, causal C=2, one mask per kv head: documents [0, 3) and [3, 6) (LTS = document
+    # end, LTE = 6) on head 0; on head 1 rows [1, 3) masked in every column (rows that see nothing).
+    "fm_se": np.array([[[[3, 6]] * 3 + [[6, 6]] * 3, [[1, 3]] * 6]] * 2, np.int32),
 }
 
 

@@ -1,5 +1,6 @@
 // Paddle custom ops pte_fused_attn (forward) and its grad op: Paddle tensors -> pte_attn_params_t
-// -> pte_attn_fwd / pte_attn_bwd. Argument policy (defaults, window policy, dropout on/off,
+// -> pte_attn_fwd / pte_attn_bwd. The optional startend_row_indices (FlashMask, SPEC §9) has no
+// gradient (PADDLE_NOTES: optional inputs with gradients break under PIR). Argument policy (defaults, window policy, dropout on/off,
 // max_seqlen derivation) lives in paddle_te/ops.py; every shape/value check lives in the core.
 #include <cstring>
 #include <string>
@@ -104,6 +105,7 @@ std::vector<paddle::Tensor> FusedAttnForward(
     const paddle::optional<paddle::Tensor>& cu_seqlens_q,  // int32 [b+1]
     const paddle::optional<paddle::Tensor>& cu_seqlens_kv, // int32 [b+1]
     const paddle::Tensor& seed_offset,                     // int64 [2]
+    const paddle::optional<paddle::Tensor>& startend_row_indices,  // int32 [b, m, s_kv, C]
     const std::string& qkv_format, const std::string& mask_type, const std::string& backend,
     int64_t max_seqlen_q, int64_t max_seqlen_kv, int window_left, int window_right,
     const std::string& softmax_scale, float dropout, bool deterministic) {
@@ -125,6 +127,7 @@ std::vector<paddle::Tensor> FusedAttnForward(
   p.v = to_pte(vc);
   p.out = to_pte(out);
   p.lse = to_pte(lse);
+  p.startend_row_indices = to_pte(startend_row_indices);
 
   run_with_workspace(&p, /*backward=*/false, q.place(), "pte_fused_attn");
 
@@ -139,6 +142,7 @@ std::vector<paddle::Tensor> FusedAttnBackward(
     const paddle::Tensor& d_out,     // like out; uninitialized when out got no gradient
     const paddle::optional<paddle::Tensor>& cu_seqlens_q,
     const paddle::optional<paddle::Tensor>& cu_seqlens_kv, const paddle::Tensor& seed_offset,
+    const paddle::optional<paddle::Tensor>& startend_row_indices,
     const std::string& qkv_format, const std::string& mask_type, const std::string& backend,
     int64_t max_seqlen_q, int64_t max_seqlen_kv, int window_left, int window_right,
     const std::string& softmax_scale, float dropout, bool deterministic) {
@@ -172,6 +176,7 @@ std::vector<paddle::Tensor> FusedAttnBackward(
   p.d_q = to_pte(d_q);
   p.d_k = to_pte(d_k);
   p.d_v = to_pte(d_v);
+  p.startend_row_indices = to_pte(startend_row_indices);
 
   run_with_workspace(&p, /*backward=*/true, q.place(), "pte_fused_attn_grad");
 
@@ -187,14 +192,17 @@ std::vector<std::vector<int64_t>> FusedAttnInferShape(
     const std::vector<int64_t>& q, const std::vector<int64_t>& k, const std::vector<int64_t>& v,
     const paddle::optional<std::vector<int64_t>>& cu_seqlens_q,
     const paddle::optional<std::vector<int64_t>>& cu_seqlens_kv,
-    const std::vector<int64_t>& seed_offset, const std::string& qkv_format) {
+    const std::vector<int64_t>& seed_offset,
+    const paddle::optional<std::vector<int64_t>>& startend_row_indices,
+    const std::string& qkv_format) {
   return {out_shape(q, v), lse_shape(q, qkv_format, -1)};
 }
 
 std::vector<paddle::DataType> FusedAttnInferDtype(
     const paddle::DataType& q, const paddle::DataType& k, const paddle::DataType& v,
     const paddle::optional<paddle::DataType>& cu_seqlens_q,
-    const paddle::optional<paddle::DataType>& cu_seqlens_kv, const paddle::DataType& seed_offset) {
+    const paddle::optional<paddle::DataType>& cu_seqlens_kv, const paddle::DataType& seed_offset,
+    const paddle::optional<paddle::DataType>& startend_row_indices) {
   return {q, paddle::DataType::FLOAT32};
 }
 
@@ -205,7 +213,8 @@ std::vector<std::vector<int64_t>> FusedAttnGradInferShape(
     const std::vector<int64_t>& out, const std::vector<int64_t>& lse,
     const std::vector<int64_t>& d_out, const paddle::optional<std::vector<int64_t>>& cu_seqlens_q,
     const paddle::optional<std::vector<int64_t>>& cu_seqlens_kv,
-    const std::vector<int64_t>& seed_offset) {
+    const std::vector<int64_t>& seed_offset,
+    const paddle::optional<std::vector<int64_t>>& startend_row_indices) {
   return {q, k, v};
 }
 
@@ -213,7 +222,8 @@ std::vector<paddle::DataType> FusedAttnGradInferDtype(
     const paddle::DataType& q, const paddle::DataType& k, const paddle::DataType& v,
     const paddle::DataType& out, const paddle::DataType& lse, const paddle::DataType& d_out,
     const paddle::optional<paddle::DataType>& cu_seqlens_q,
-    const paddle::optional<paddle::DataType>& cu_seqlens_kv, const paddle::DataType& seed_offset) {
+    const paddle::optional<paddle::DataType>& cu_seqlens_kv, const paddle::DataType& seed_offset,
+    const paddle::optional<paddle::DataType>& startend_row_indices) {
   return {q, k, v};
 }
 
@@ -223,7 +233,7 @@ std::vector<paddle::DataType> FusedAttnGradInferDtype(
 // Attribute order matters: InferShape takes a prefix of the attribute list positionally.
 PD_BUILD_OP(pte_fused_attn)
     .Inputs({"q", "k", "v", paddle::Optional("cu_seqlens_q"), paddle::Optional("cu_seqlens_kv"),
-             "seed_offset"})
+             "seed_offset", paddle::Optional("startend_row_indices")})
     .Outputs({"out", "lse"})
     .Attrs({"qkv_format: std::string", "mask_type: std::string", "backend: std::string",
             "max_seqlen_q: int64_t", "max_seqlen_kv: int64_t", "window_left: int",
@@ -235,7 +245,8 @@ PD_BUILD_OP(pte_fused_attn)
 
 PD_BUILD_GRAD_OP(pte_fused_attn)
     .Inputs({"q", "k", "v", "out", "lse", paddle::Grad("out"), paddle::Optional("cu_seqlens_q"),
-             paddle::Optional("cu_seqlens_kv"), "seed_offset"})
+             paddle::Optional("cu_seqlens_kv"), "seed_offset",
+             paddle::Optional("startend_row_indices")})
     .Outputs({paddle::Grad("q"), paddle::Grad("k"), paddle::Grad("v")})
     .Attrs({"qkv_format: std::string", "mask_type: std::string", "backend: std::string",
             "max_seqlen_q: int64_t", "max_seqlen_kv: int64_t", "window_left: int",

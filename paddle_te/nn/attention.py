@@ -106,12 +106,20 @@ class DotProductAttention(nn.Layer):
         max_seqlen_q=None,
         max_seqlen_kv=None,
         core_attention_bias=None,
+        startend_row_indices=None,
     ):
         """query `[b, s_q, h, d]` / `[s_q, b, h, d]` / `[t_q, h, d]` per `qkv_format`; key and value
-        the same with `h_kv` heads. Returns the output in query's layout with `d_v` channels."""
+        the same with `h_kv` heads. Returns the output in query's layout with `d_v` channels.
+
+        `startend_row_indices` (int32 `[b, mask_heads, s_kv, C]`, SPEC §9): a FlashMask for layers
+        whose attn_mask_type is 'no_mask' or 'causal' (bshd/sbhd), run by `flashmask_attention`."""
         fmt = self.qkv_format
         mask_type = self.attn_mask_type
         self._check_qkv(query, key, value)
+        if given(startend_row_indices):
+            return self._flashmask_forward(query, key, value, attention_mask, cu_seqlens_q,
+                                           cu_seqlens_kv, core_attention_bias,
+                                           startend_row_indices)
         # Keyword-only parameters are never reassigned: paddle.jit.to_static (AST mode) does not
         # see them as arguments and would reset them to undefined in front of a branch that
         # assigns them. Locals carry the values instead.
@@ -232,6 +240,32 @@ class DotProductAttention(nn.Layer):
             causal=causal,
         )
         return _core.from_bhsd(out, fmt)
+
+    def _flashmask_forward(self, query, key, value, attention_mask, cu_q, cu_kv, bias, startend):
+        fmt, mask_type = self.qkv_format, self.attn_mask_type
+        if mask_type not in ("no_mask", "causal"):
+            raise ValueError(
+                f"startend_row_indices with attn_mask_type={mask_type!r}: takes 'no_mask' or "
+                "'causal' (the column bounds are the mask)"
+            )
+        if fmt == "thd":
+            raise ValueError("startend_row_indices with qkv_format='thd': use bshd or sbhd")
+        for v, n in ((attention_mask, self._mask_name), (cu_q, "cu_seqlens_q"),
+                     (cu_kv, "cu_seqlens_kv"), (bias, "core_attention_bias")):
+            if given(v):
+                raise ValueError(f"startend_row_indices and {n} were both given: the column bounds "
+                                 "are the whole mask")
+        if tuple(self.window_size) not in ((-1, -1), (-1, 0)):
+            raise ValueError(
+                f"startend_row_indices with window_size={self.window_size}: put the window into "
+                "the column bounds (paddle_te.masks.sliding_window_mask)"
+            )
+        q, k, v = (x if fmt == "bshd" else x.transpose([1, 0, 2, 3]) for x in (query, key, value))
+        out = ops.flashmask_attention(
+            q, k, v, startend, dropout=self.attention_dropout, causal=mask_type == "causal",
+            training=self.training, softmax_scale=self.softmax_scale,
+        )
+        return out if fmt == "bshd" else out.transpose([1, 0, 2, 3])
 
     # ---- validation helpers -------------------------------------------------------------
     @paddle.jit.not_to_static
