@@ -196,11 +196,15 @@ def _net_classes():
         def forward(self, a, b, c):
             return self.run([a, b, c])
 
+    class Net4(_Base):
+        def forward(self, a, b, c, d):
+            return self.run([a, b, c, d])
+
     class Net5(_Base):
         def forward(self, a, b, c, d, e):
             return self.run([a, b, c, d, e])
 
-    return {1: Net1, 2: Net2, 3: Net3, 5: Net5}
+    return {1: Net1, 2: Net2, 3: Net3, 4: Net4, 5: Net5}
 
 
 def _stage_build(case, outdir):
