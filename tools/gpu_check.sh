@@ -111,11 +111,13 @@ step test_softmax pytest_gpu tests/gpu/test_softmax_gpu.py
 step test_seqlens pytest_gpu tests/gpu/test_seqlens_gpu.py
 step test_attention pytest_gpu tests/gpu/test_attention_gpu.py
 step test_decode pytest_gpu tests/gpu/test_decode_gpu.py
+step test_flashmask pytest_gpu tests/gpu/test_flashmask_gpu.py
 step memcheck sanitize memcheck
 step racecheck sanitize racecheck
 step bench_softmax "$PY" bench/bench_softmax.py --check --compile 2048 --csv "$OUT/bench_softmax.csv"
 step bench_attention "$PY" bench/bench_attention.py --csv "$OUT/bench_attention.csv"
 step bench_decode "$PY" bench/bench_decode.py --check --csv "$OUT/bench_decode.csv"
+step bench_flashmask "$PY" bench/bench_flashmask.py --csv "$OUT/bench_flashmask.csv" --plot "$OUT/flashmask_density.png"
 # ------------------------------------------------------------------------------------------------
 
 {

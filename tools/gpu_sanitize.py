@@ -189,7 +189,34 @@ def decode_cases(core, A):
     A.sync()
 
 
-CASES = [softmax_cases, seqlens_cases, attention_cases, decode_cases]
+def flashmask_cases(core, A):
+    """FlashMask (SPEC §9) on the flash backend: the summary kernel and the skip / partial paths
+    of the forward and both backwards, with key lengths that are not tile multiples, mask heads =
+    h (GQA) and out-of-range-looking but legal bounds (0 and s_q); rows that see nothing."""
+    if not core.backends().get("flash", {}).get("available"):
+        return
+    g = np.random.default_rng(9)
+    b, s_q, s_kv, h, h_kv, d = 2, 77, 150, 4, 2, 64
+    for causal, c in ((True, 1), (True, 2), (False, 2), (False, 4)):
+        se = g.integers(0, s_q + 1, size=(b, h, s_kv, c)).astype(np.int32)
+        se[:, :, : s_kv // 3, 0] = 0 if causal else s_q  # whole tiles skipped / untouched
+        kw = dict(attn_mask_type="causal" if causal else "no_mask", backend="flash",
+                  startend_row_indices=A.dev(se), dropout=0.1, seed=3, offset=4)
+        q = A.half(g.standard_normal((b, s_q, h, d)), "float16")
+        k, v = (A.half(g.standard_normal((b, s_kv, h_kv, d)), "float16") for _ in range(2))
+        out = A.half(np.full((b, s_q, h, d), np.nan), "float16")
+        lse = A.half(np.full((b, h, s_q), np.nan), "float32")
+        core.fused_attn_fwd(q, k, v, out, lse=lse, **kw)
+        d_out = A.half(g.standard_normal((b, s_q, h, d)), "float16")
+        for deterministic in (False, True):
+            grads = [A.half(np.full(x, np.nan), "float16") for x in ((b, s_q, h, d), (b, s_kv, h_kv, d), (b, s_kv, h_kv, d))]
+            core.fused_attn_bwd(q, k, v, out, d_out, lse, *grads, deterministic=deterministic, **kw)
+            A.sync()
+            for name, arr in zip(("out", "d_q", "d_k", "d_v"), [out] + grads):
+                assert not np.isnan(A.host(arr).astype(np.float64)).any(), (causal, c, deterministic, name)
+
+
+CASES = [softmax_cases, seqlens_cases, attention_cases, decode_cases, flashmask_cases]
 
 
 def main():
