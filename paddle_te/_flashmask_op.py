@@ -28,7 +28,7 @@ def _seed_offset_for(p, q, fixed_seed_offset, rng_name):
         try:
             from paddle.distributed.fleet.meta_parallel import get_rng_state_tracker
             tracker = get_rng_state_tracker()
-            states = tracker.get_states_tracker()
+            states = getattr(tracker, "states_", {})  # registered names (no state export)
         except Exception:  # noqa: BLE001 - no fleet: the default generator
             states = {}
         if rng_name in states:

@@ -104,6 +104,37 @@ def test_dropout_replay(rng):
     np.testing.assert_allclose(off.numpy(), want, atol=1e-10)
 
 
+def test_rng_name(rng):
+    from paddle.distributed.fleet.meta_parallel import get_rng_state_tracker
+
+    arrs = _inputs(rng, 1, 16, 16, 2, 2, 8)
+    q, k, v = (_t(a) for a in arrs)
+    se = _t(zoo.causal_document(rng, 1, 16, 16))
+    tracker = get_rng_state_tracker()
+    saved = dict(tracker.states_), set(tracker.seeds_)
+    try:
+        draws = []
+        for default_seed in (1, 2):
+            paddle.seed(default_seed)  # the default generator differs between the runs
+            tracker.reset()
+            tracker.add("pte_fm_test", 4321)
+            paddle.randn([3])
+            _, so = paddle_te.flashmask_attention(q, k, v, se, dropout=0.5, causal=True,
+                                                  rng_name="pte_fm_test", return_seed_offset=True)
+            draws.append(so.numpy().tolist())
+        assert draws[0] == draws[1]
+        # An unregistered name draws from Paddle's default generator.
+        paddle.seed(5)
+        _, a = paddle_te.flashmask_attention(q, k, v, se, dropout=0.5, causal=True,
+                                             rng_name="not_registered", return_seed_offset=True)
+        paddle.seed(5)
+        _, b = paddle_te.flashmask_attention(q, k, v, se, dropout=0.5, causal=True,
+                                             return_seed_offset=True)
+        assert a.numpy().tolist() == b.numpy().tolist()
+    finally:
+        tracker.states_, tracker.seeds_ = saved
+
+
 def test_bad_inputs(rng):
     arrs = _inputs(rng, 1, 8, 8, 4, 2, 8)
     q, k, v = (_t(a) for a in arrs)
