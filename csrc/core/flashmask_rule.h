@@ -80,5 +80,34 @@ PTE_HOST_DEVICE int classify(const Range& r, int c, bool causal, int64_t m0, int
   return miss1 && miss2 ? 1 : 2;
 }
 
+// Rows [*lo, *hi) (within [0, s_q)) outside of which every row is masked by the intervals in
+// every column of the range r: an interval whose latest start is <= the live rows' start masks
+// [0, its earliest end) everywhere; one whose earliest end reaches s_q masks [its latest start,
+// s_q). Conservative: the rows some column leaves visible all lie inside [*lo, *hi).
+PTE_HOST_DEVICE void cut_dead(int64_t a_hi, int64_t e_lo, int64_t s_q, int64_t* lo, int64_t* hi) {
+  if (a_hi >= e_lo) return;
+  if (a_hi <= *lo && e_lo > *lo) *lo = e_lo;
+  if (e_lo >= s_q && a_hi < *hi) *hi = a_hi;
+}
+PTE_HOST_DEVICE void live_rows(const Range& r, int c, bool causal, int64_t s_q, int64_t* lo,
+                               int64_t* hi) {
+  *lo = 0;
+  *hi = s_q;
+  if (causal) {
+    cut_dead(r.hi[0], c == 1 ? kRowInf : r.lo[1], s_q, lo, hi);
+  } else if (c == 2) {
+    cut_dead(r.hi[0], kRowInf, s_q, lo, hi);  // rows >= LTS
+    cut_dead(0, r.lo[1], s_q, lo, hi);        // rows < UTE
+    cut_dead(r.hi[0], kRowInf, s_q, lo, hi);  // again: the first cut may have moved *lo
+  } else {
+    for (int pass = 0; pass < 2; ++pass) {    // two passes: one cut can enable the other
+      cut_dead(r.hi[0], r.lo[1], s_q, lo, hi);
+      cut_dead(r.hi[2], r.lo[3], s_q, lo, hi);
+    }
+  }
+  if (*lo > s_q) *lo = s_q;  // every row masked everywhere: empty
+  if (*hi < *lo) *hi = *lo;
+}
+
 }  // namespace flashmask
 }  // namespace pte

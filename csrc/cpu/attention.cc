@@ -329,7 +329,7 @@ struct FlashMaskCols {
   int classify(int64_t i0, int64_t m, int64_t j0, int64_t n) const {
     if (cols == nullptr) return 1;
     flashmask::Range r;
-    for (int k = 0; k < c; ++k) {
+    for (int k = 0; k < 4; ++k) {
       r.lo[k] = flashmask::kRowInf;
       r.hi[k] = -1;
     }

@@ -149,6 +149,18 @@ struct FlashMaskView {
     return n_tiles;
   }
 
+  // The rows outside of which the intervals mask every row in every key column of [n0, n1)
+  // (flashmask::live_rows); [0, s_q) without FlashMask.
+  __device__ __forceinline__ void live_rows(int64_t n0, int64_t n1, int64_t s_q, int64_t* lo,
+                                            int64_t* hi) const {
+    *lo = 0;
+    *hi = s_q;
+    if (cols == nullptr) return;
+    const flashmask::Range r = key_range(n0, n1);
+    if (r.hi[0] < r.lo[0]) return;
+    flashmask::live_rows(r, c, causal, s_q, lo, hi);
+  }
+
   // The bounds of key column j (< s_kv) into b[0..c).
   __device__ __forceinline__ void column_bounds(int64_t j, int32_t (&b)[4]) const {
     const int32_t* col = cols + j * c;
@@ -169,6 +181,32 @@ struct FlashMaskView {
     return masked_by(b, c, causal, i);
   }
 };
+
+// A dK/dV block's query tiles [*first, *first + *count) of BM rows, narrowed to the rows that some
+// query head of [hq0, hq1) may see in keys [n0, n1): the steps past a document's end (or before
+// its start) are then never walked. Block-uniform.
+template <int BM>
+__device__ __forceinline__ void narrow_query_tiles(const AttnProblem& p, int64_t bi, int64_t hq0,
+                                                   int64_t hq1, int64_t n0, int64_t n1,
+                                                   int64_t* first, int64_t* count) {
+  if (p.startend == nullptr || *count <= 0) return;
+  const int64_t per = p.h / p.startend_heads;  // query heads per mask head
+  int64_t lo = p.s_q, hi = 0;
+  for (int64_t mh = hq0 / per; mh <= (hq1 - 1) / per; ++mh) {
+    int64_t l, h;
+    FlashMaskView(p, bi, mh * per).live_rows(n0, n1, p.s_q, &l, &h);
+    if (l < h) {
+      lo = l < lo ? l : lo;
+      hi = h > hi ? h : hi;
+    }
+  }
+  const int64_t end = *first + *count;
+  int64_t f = lo / BM, e = (hi + BM - 1) / BM;
+  f = f > *first ? f : *first;
+  e = e < end ? e : end;
+  *first = f;
+  *count = e > f ? e - f : 0;
+}
 
 }  // namespace flash
 }  // namespace pte

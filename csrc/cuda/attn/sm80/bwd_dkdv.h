@@ -120,7 +120,8 @@ __global__ void __launch_bounds__(Cfg::kThreads) bwd_dkdv_kernel(const AttnProbl
     for (int e = 0; e < 4; ++e) acc_dk[0][no][e] = acc_dv[0][no][e] = 0.f;
 
   const TileSpan qt = mask.query_tiles<BM>(n0, n0 + BN);
-  const int64_t m_first = qt.first, n_q = qt.count;
+  int64_t m_first = qt.first, n_q = qt.count;
+  narrow_query_tiles<BM>(p, bi, hk * group, (hk + 1) * group, n0, n0 + BN, &m_first, &n_q);
   const DkdvSteps<BM> steps{p, bi, n0, n0 + BN, m_first, n_q, (hk + 1) * group};
   QueryStep cur{hk * group, m_first};
   steps.settle(cur);
@@ -345,7 +346,8 @@ __global__ void __launch_bounds__(Cfg::kThreads) bwd_tiled_kernel(const AttnProb
       for (int e = 0; e < 4; ++e) acc_dk[kt][ko][e] = acc_dv[kt][ko][e] = 0.f;
 
   const TileSpan qt = mask.query_tiles<BM>(n0, n0 + BN);
-  const int64_t m_first = qt.first, n_q = qt.count;
+  int64_t m_first = qt.first, n_q = qt.count;
+  narrow_query_tiles<BM>(p, bi, hk * group, (hk + 1) * group, n0, n0 + BN, &m_first, &n_q);
   const DkdvSteps<BM> steps{p, bi, n0, n0 + BN, m_first, n_q, (hk + 1) * group};
   QueryStep cur{hk * group, m_first};
   steps.settle(cur);
