@@ -178,7 +178,7 @@ def build_config():
             for hd in hdims:
                 if not hd.isdigit():
                     sys.exit(f"setup.py: PTE_HDIMS entry {hd!r}: expected a head dim such as 64")
-                flash += _glob(f"csrc/cuda/attn/inst/*_hdim{hd}_*.cu")
+                flash += _glob(f"csrc/cuda/attn/sm80/inst/*_hdim{hd}_*.cu")
             sources += flash
             defines += ["-DPTE_WITH_FLASH"] + [f"-DPTE_FLASH_HDIM_{hd}" for hd in hdims]
             cutlass = os.environ.get("CUTLASS_INCLUDE_DIR") or os.path.join(ROOT, "third_party", "cutlass", "include")

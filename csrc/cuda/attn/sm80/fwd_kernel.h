@@ -9,10 +9,11 @@
 
 #include "core/problem.h"
 #include "cuda/attn/dropout.h"
-#include "cuda/attn/mma.h"
 #include "cuda/attn/seqlen_mask.h"
 #include "cuda/attn/softmax.h"
-#include "cuda/attn/tile.h"
+#include "cuda/attn/sm80/kernel_common.h"
+#include "cuda/attn/sm80/mma.h"
+#include "cuda/attn/sm80/tile.h"
 
 namespace pte {
 namespace flash {
@@ -29,12 +30,6 @@ struct FwdConfig {
     return (BM + 4 * BN) * TileGeom<D>::kStride * int(sizeof(T));  // Q + 2 x (K, V)
   }
 };
-
-// Index of the lse / row-statistic element of (sequence bi, head, position i).
-__device__ __forceinline__ int64_t row_stat_index(const AttnProblem& p, const SeqInfo& si,
-                                                  int64_t bi, int64_t head, int64_t i) {
-  return p.thd ? head * p.t_q + si.q_start + i : (bi * p.h + head) * p.s_q + i;
-}
 
 template <typename Cfg, typename T, bool kDropout>
 __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const AttnProblem p) {
@@ -67,10 +62,9 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const AttnProblem p)
       for (int e = 0; e < 4; ++e) acc[mt][no][e] = 0.f;
   OnlineSoftmax<MT> sm;
 
-  int64_t k_lo, k_hi;
-  mask.key_range(m0, m0 + BM, &k_lo, &k_hi);
-  const int64_t n_first = k_lo / BN;
-  const int n_tiles = k_hi >= k_lo ? int(k_hi / BN - n_first + 1) : 0;
+  const TileSpan kt = mask.key_tiles<BN>(m0, m0 + BM);
+  const int64_t n_first = kt.first;
+  const int n_tiles = int(kt.count);
 
   if (n_tiles > 0) {
     const T* q = static_cast<const T*>(p.q);
@@ -81,10 +75,9 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const AttnProblem p)
     load_tile<BM, D, kThreads>(sQ, q + si.q_offset(p.q_st, bi, m0, hq), p.q_st.seq, si.L_q - m0,
                                d, q, tid);
     auto load_kv = [&](int stage, int64_t n0) {
-      load_tile<BN, D, kThreads>(sK + stage * BN * S, kg + n0 * p.k_st.seq, p.k_st.seq,
-                                 si.L_kv - n0, d, k, tid);
-      load_tile<BN, D, kThreads>(sV + stage * BN * S, vg + n0 * p.v_st.seq, p.v_st.seq,
-                                 si.L_kv - n0, d, v, tid);
+      load_kv_tiles<BN, D, kThreads>(sK + stage * BN * S, sV + stage * BN * S,
+                                     kg + n0 * p.k_st.seq, vg + n0 * p.v_st.seq, si.L_kv - n0, p,
+                                     d, tid);
     };
     load_kv(0, n_first * BN);
     cp_async_commit();

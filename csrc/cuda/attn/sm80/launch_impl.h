@@ -1,18 +1,22 @@
-// Host side of the flash kernels: the tile configuration of each compiled head dim and the
-// launchers that the generated instantiations (inst/*.cu) compile once per (head dim, dtype).
-// Only inst/*.cu include this file; everything else sees the declarations in launch.h, so the
-// kernels are compiled once per instantiation file and nowhere else.
+// Host side of the sm80 (mma.sync) flash kernels: the tile configuration of each compiled head
+// dim and the launchers that the generated instantiations (sm80/inst/*.cu) compile once per
+// (head dim, dtype). Only sm80/inst/*.cu include this file; everything else sees the declarations
+// in cuda/attn/launch.h, so the kernels are compiled once per instantiation file and nowhere else.
 #pragma once
 
 #include "cuda/attn/launch.h"
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "core/kernels.h"
 #include "core/problem.h"
-#include "cuda/attn/bwd_kernel.h"
-#include "cuda/attn/fwd_kernel.h"
+#include "cuda/attn/sm80/bwd_dkdv.h"
+#include "cuda/attn/sm80/bwd_dq.h"
+#include "cuda/attn/sm80/bwd_preprocess.h"
+#include "cuda/attn/sm80/fwd_kernel.h"
+#include "cuda/attn/static_switch.h"
 #include "cuda/common.cuh"
 
 namespace pte {
@@ -79,10 +83,12 @@ void run_fwd(const AttnProblem& p) {
   cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
   if (p.thd) zero_thd_tail(static_cast<T*>(p.out), p.out_st, p.t_q, p.h, int(p.d), p.cu_q, p.b, stream);
   if (p.b == 0 || p.s_q == 0) return;
-  if (p.dropout > 0.f)
-    launch_fwd<typename Configs<D>::FwdDropout, T, true>(p, stream);
-  else
-    launch_fwd<typename Configs<D>::Fwd, T, false>(p, stream);
+  bool_switch(p.dropout > 0.f, [&](auto drop) {
+    constexpr bool kDropout = decltype(drop)::value;
+    using Cfg = std::conditional_t<kDropout, typename Configs<D>::FwdDropout,
+                                   typename Configs<D>::Fwd>;
+    launch_fwd<Cfg, T, kDropout>(p, stream);
+  });
 }
 
 // The 2-D tiled dK/dV kernel where it is compiled (D <= 128) and fits the device's shared memory
@@ -94,15 +100,16 @@ bool launch_bwd_tiled(const AttnProblem& p, const float* dsum, float* dq_accum,
     using TC = typename Configs<D>::BwdTiled;
     constexpr int smem = TC::template smem_bytes<T>();
     if (smem > cuda::max_smem_optin(p.device_id)) return false;
-    const bool drop = p.dropout > 0.f;
-    auto kernel = !p.deterministic ? (drop ? bwd_tiled_kernel<TC, T, true, true>
-                                           : bwd_tiled_kernel<TC, T, false, true>)
-                                   : (drop ? bwd_tiled_kernel<TC, T, true, false>
-                                           : bwd_tiled_kernel<TC, T, false, false>);
-    set_smem(kernel, smem);
     const dim3 grid(unsigned(ceil_div(p.s_kv, TC::BN)), unsigned(p.h_kv), unsigned(p.b));
-    kernel<<<grid, TC::kThreads, smem, stream>>>(p, dsum, dq_accum);
-    PTE_CUDA_CHECK_LAUNCH();
+    bool_switch(p.dropout > 0.f, [&](auto drop) {
+      bool_switch(!p.deterministic, [&](auto atomic_dq) {
+        auto kernel =
+            bwd_tiled_kernel<TC, T, decltype(drop)::value, decltype(atomic_dq)::value>;
+        set_smem(kernel, smem);
+        kernel<<<grid, TC::kThreads, smem, stream>>>(p, dsum, dq_accum);
+        PTE_CUDA_CHECK_LAUNCH();
+      });
+    });
     return true;
   } else {
     return false;
@@ -133,17 +140,17 @@ void run_bwd(const AttnProblem& p) {
     PTE_CUDA_CHECK_LAUNCH();
   }
   if (p.s_kv > 0 && !launch_bwd_tiled<D, T>(p, dsum, dq_accum, stream)) {
-    const bool drop = p.dropout > 0.f;
     const dim3 grid(unsigned(ceil_div(p.s_kv, KV::BN) * KV::kSplit), unsigned(p.h_kv),
                     unsigned(p.b));
-    auto kernel = atomic_dq ? (drop ? bwd_dkdv_kernel<KV, T, true, true>
-                                    : bwd_dkdv_kernel<KV, T, false, true>)
-                            : (drop ? bwd_dkdv_kernel<KV, T, true, false>
-                                    : bwd_dkdv_kernel<KV, T, false, false>);
     const int smem = KV::template smem_bytes<T>(atomic_dq);
-    set_smem(kernel, smem);
-    kernel<<<grid, KV::kThreads, smem, stream>>>(p, dsum, dq_accum);
-    PTE_CUDA_CHECK_LAUNCH();
+    bool_switch(p.dropout > 0.f, [&](auto drop) {
+      bool_switch(atomic_dq, [&](auto atomic) {
+        auto kernel = bwd_dkdv_kernel<KV, T, decltype(drop)::value, decltype(atomic)::value>;
+        set_smem(kernel, smem);
+        kernel<<<grid, KV::kThreads, smem, stream>>>(p, dsum, dq_accum);
+        PTE_CUDA_CHECK_LAUNCH();
+      });
+    });
   }
   if (p.s_q > 0 && atomic_dq) {
     const dim3 grid(unsigned(ceil_div(p.s_q, kDotWarps)), unsigned(p.h), unsigned(p.b));
@@ -152,14 +159,17 @@ void run_bwd(const AttnProblem& p) {
   } else if (p.s_q > 0) {
     const dim3 grid(unsigned(ceil_div(p.s_q, Q::BM)), unsigned(p.h), unsigned(p.b));
     constexpr int smem = Q::template smem_bytes<T>();
-    auto kernel = p.dropout > 0.f ? bwd_dq_kernel<Q, T, true> : bwd_dq_kernel<Q, T, false>;
-    set_smem(kernel, smem);
-    kernel<<<grid, Q::kThreads, smem, stream>>>(p, dsum);
-    PTE_CUDA_CHECK_LAUNCH();
+    bool_switch(p.dropout > 0.f, [&](auto drop) {
+      auto kernel = bwd_dq_kernel<Q, T, decltype(drop)::value>;
+      set_smem(kernel, smem);
+      kernel<<<grid, Q::kThreads, smem, stream>>>(p, dsum);
+      PTE_CUDA_CHECK_LAUNCH();
+    });
   }
 }
 
-// Explicit instantiations, one per generated file inst/flash_{fwd,bwd}_hdim<D>_<dtype>.cu.
+// Explicit instantiations, one per generated file
+// sm80/inst/flash_{fwd,bwd}_sm80_hdim<D>_<dtype>.cu.
 #define PTE_FLASH_INSTANTIATE_FWD(D, T) template void run_fwd<D, T>(const AttnProblem&);
 #define PTE_FLASH_INSTANTIATE_BWD(D, T) template void run_bwd<D, T>(const AttnProblem&);
 

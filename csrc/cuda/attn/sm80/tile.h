@@ -9,7 +9,7 @@
 
 #include <cstdint>
 
-#include "cuda/attn/mma.h"
+#include "cuda/attn/sm80/mma.h"
 
 namespace pte {
 namespace flash {
