@@ -85,8 +85,9 @@ def main():
             core.fused_attn_fwd(q, k, v, out, lse=lse, stream=stream, **kw)
 
         o = measure(ours, args.iters)
-        # Host cost of the DLPack exports of one call (5 CUDA tensors), as the module makes them:
-        # before 2026-11-25 each with the call's stream, since then the first only (-1 after).
+        # Host cost of the DLPack exports of one call (5 CUDA tensors), as the module makes them
+        # now (the call's stream with the first only, -1 after) against the older way (the
+        # call's stream with each).
         def exports(first_only):
             for i, x in enumerate((q, k, v, out, lse)):
                 x.__dlpack_device__()
