@@ -501,7 +501,9 @@ void mask_to_cu_seqlens(py::object mask, py::object cu_q, py::object cu_kv, py::
 
 py::dict backends() {
   py::dict d;
-  for (pte_backend_t b : {PTE_BACKEND_FLASH, PTE_BACKEND_CUDNN, PTE_BACKEND_CPU}) {
+  // Every concrete backend, as the C API names them (value 0 is auto).
+  for (int i = PTE_BACKEND_AUTO + 1; pte_backend_name(pte_backend_t(i)) != nullptr; ++i) {
+    const pte_backend_t b = pte_backend_t(i);
     const char* reason = nullptr;
     const int ok = pte_backend_available(b, &reason);
     py::dict e;

@@ -1,5 +1,6 @@
 // Flash-attention backward (sm_80+), step 1 of both modes: Dsum. The backward in full (the
-// dK/dV kernels are in bwd_dkdv.h, the dQ kernels in bwd_dq.h). Two modes, chosen by `deterministic`:
+// dK/dV kernels are in bwd_dkdv.h, the dQ kernels in bwd_dq.h). Two modes, chosen by
+// `deterministic`:
 //
 // deterministic=True: three kernels and no atomics, so it is bitwise repeatable:
 //   1. bwd_dot_kernel:  Dsum[i] = rowsum(dO_i * O_i)  (fp32 workspace, lse's layout)
