@@ -30,6 +30,25 @@ def test_generator_check_fails_on_a_stale_file(tmp_path):
     assert proc.returncode == 1 and one.name in proc.stderr
 
 
+def test_generator_arch_axis():
+    """A second family (as the Hopper one would be added) gets its own folder, file names with
+    its arch, its own launcher header, macro and namespace."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import gen_flash_inst as gen
+    finally:
+        sys.path.pop(0)
+    sm90 = gen.Family("sm90", "cuda/attn/sm90/launch_fwd.h", "PTE_FLASH_SM90_INSTANTIATE", "sm90",
+                      ("fwd",), (64, 128))
+    files = dict(gen.files(sm90))
+    assert sorted(files) == [f"flash_fwd_sm90_hdim{d}_{t}.cu" for d in (128, 64)
+                             for t in ("bf16", "fp16")]
+    text = files["flash_fwd_sm90_hdim64_fp16.cu"]
+    assert '#include "cuda/attn/sm90/launch_fwd.h"' in text
+    assert "namespace sm90 {\nPTE_FLASH_SM90_INSTANTIATE_FWD(64, __half)\n}  // namespace sm90" in text
+    assert [f.arch for f in gen.FAMILIES][0] == "sm80"
+
+
 def _attn_includes(folder):
     for path in sorted(folder.glob("*.h")) + sorted(folder.glob("*.cu")):
         for inc in INCLUDE.findall(path.read_text(errors="replace")):

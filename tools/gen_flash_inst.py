@@ -7,8 +7,8 @@ csrc/cuda/attn/<arch>/inst/ and is named flash_<direction>_<arch>_hdim<D>_<dtype
 are checked in; rerun this script after changing FAMILIES and commit the result. `--check` exits 1
 when a checked-in file differs from what this script would write (tests/test_build.py runs it).
 
-A new kernel family is one FAMILIES entry: its launcher header (which defines the instantiation
-macro) and its directions and head dims. Only the inst/ folders of the families listed here are
+A new kernel family is one FAMILIES entry: its launcher header, the instantiation macro it
+defines, its namespace, directions and head dims. Only the inst/ folders of the families listed here are
 written or checked; a family whose files are still written by hand stays out of the table.
 """
 
@@ -26,14 +26,19 @@ ALL_HDIMS = (32, 64, 96, 128, 160, 192, 224, 256)
 
 class Family(NamedTuple):
     arch: str  # folder under csrc/cuda/attn and the file-name tag
-    header: str  # defines PTE_FLASH_INSTANTIATE_<DIRECTION>(D, T)
+    header: str  # defines <macro>_<DIRECTION>(D, T)
+    macro: str
     namespace: str  # C++ namespace inside pte::flash ("" for none)
     directions: tuple
     hdims: tuple
 
 
+# The Hopper family joins as, e.g.,
+#   Family("sm90", "cuda/attn/sm90/launch_fwd.h", "PTE_FLASH_SM90_INSTANTIATE", "sm90", ("fwd",),
+#          (64, 128)),
 FAMILIES = (
-    Family("sm80", "cuda/attn/sm80/launch_impl.h", "", ("fwd", "bwd"), ALL_HDIMS),
+    Family("sm80", "cuda/attn/sm80/launch_impl.h", "PTE_FLASH_INSTANTIATE", "", ("fwd", "bwd"),
+           ALL_HDIMS),
 )
 
 TEMPLATE = """\
@@ -42,7 +47,7 @@ TEMPLATE = """\
 
 namespace pte {{
 namespace flash {{
-{open_ns}PTE_FLASH_INSTANTIATE_{upper}({hdim}, {ctype})
+{open_ns}{macro}_{upper}({hdim}, {ctype})
 {close_ns}}}  // namespace flash
 }}  // namespace pte
 """
@@ -56,7 +61,8 @@ def files(family):
         for hdim in family.hdims:
             for name, ctype in DTYPES.items():
                 text = TEMPLATE.format(header=family.header, open_ns=open_ns, close_ns=close_ns,
-                                       upper=direction.upper(), hdim=hdim, ctype=ctype)
+                                       macro=family.macro, upper=direction.upper(), hdim=hdim,
+                                       ctype=ctype)
                 yield f"flash_{direction}_{family.arch}_hdim{hdim}_{name}.cu", text
 
 
