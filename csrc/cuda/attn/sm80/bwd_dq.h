@@ -74,10 +74,10 @@ __global__ void __launch_bounds__(Cfg::kThreads) bwd_dq_kernel(const AttnProblem
                                d, q, tid);
     load_tile<BM, D, kThreads>(sdO, dout + si.q_offset(p.grad_out_st, bi, m0, hq), p.grad_out_st.seq,
                                si.L_q - m0, d, dout, tid);
+    const KVTileLoader<BN, D, kThreads, T> load_kv_rows{p, k, v, d, tid};
     auto load_kv = [&](int stage, int64_t n0) {
-      load_kv_tiles<BN, D, kThreads>(sK + stage * BN * S, sV + stage * BN * S,
-                                     kg + n0 * p.k_st.seq, vg + n0 * p.v_st.seq, si.L_kv - n0, p,
-                                     d, tid);
+      load_kv_rows(sK + stage * BN * S, sV + stage * BN * S, kg + n0 * p.k_st.seq,
+                   vg + n0 * p.v_st.seq, si.L_kv - n0);
     };
     load_kv(0, n_first * BN);
     cp_async_commit();

@@ -22,43 +22,52 @@ __device__ __forceinline__ int64_t row_stat_index(const AttnProblem& p, const Se
 // Warps per block of the one-warp-per-row kernels (Dsum, the dQ conversion).
 constexpr int kDotWarps = 8;
 
-// One stage of K and V: the BN rows whose first rows are k_rows and v_rows (keys past
-// valid_rows and columns past d zero-filled), in one cp.async group with whatever the caller
-// commits next. The forward and the dQ kernel stream these; the dK/dV kernels load one per block.
+// The K and V tiles of a pipeline stage of the forward and the dQ kernel: BN rows each from
+// k_rows / v_rows, keys past valid_rows and columns past d zero-filled, in one cp.async group
+// with whatever the caller commits next. Built once per kernel from what does not change between
+// stages, as the kernels' own lambdas would capture it (nvcc then emits the same code as for the
+// lambdas it replaced, up to scheduling).
 template <int BN, int D, int kThreads, typename T>
-__device__ __forceinline__ void load_kv_tiles(T* sK, T* sV, const T* k_rows, const T* v_rows,
-                                              int64_t valid_rows, const AttnProblem& p, int d,
-                                              int tid) {
-  load_tile<BN, D, kThreads>(sK, k_rows, p.k_st.seq, valid_rows, d, static_cast<const T*>(p.k),
-                             tid);
-  load_tile<BN, D, kThreads>(sV, v_rows, p.v_st.seq, valid_rows, d, static_cast<const T*>(p.v),
-                             tid);
-}
-
-// One step of a dK/dV block into one stage: Q and dO rows [m0, m0 + BM) of query head hq
-// ([BM][S] each) and their lse and Dsum ([BM] each, 0 past L_q). The row statistics ride the
-// same cp.async group: a plain load here would stall every thread until it returns, once per
-// step. The rows of a step are consecutive in lse's layout.
-template <int BM, int D, int kThreads, typename T>
-__device__ __forceinline__ void load_query_step(T* sQ, T* sdO, float* sL, float* sD,
-                                                const AttnProblem& p, const SeqInfo& si,
-                                                int64_t bi, int64_t hq, int64_t m0,
-                                                const float* dsum, int tid) {
-  const int d = int(p.d);
-  const T* q = static_cast<const T*>(p.q);
-  const T* dout = static_cast<const T*>(p.grad_out);
-  load_tile<BM, D, kThreads>(sQ, q + si.q_offset(p.q_st, bi, m0, hq), p.q_st.seq, si.L_q - m0, d,
-                             q, tid);
-  load_tile<BM, D, kThreads>(sdO, dout + si.q_offset(p.grad_out_st, bi, m0, hq),
-                             p.grad_out_st.seq, si.L_q - m0, d, dout, tid);
-  const int64_t row0 = row_stat_index(p, si, bi, hq, m0);
-  for (int r = tid; r < BM; r += kThreads) {
-    const bool ok = m0 + r < si.L_q;
-    const int64_t idx = ok ? row0 + r : 0;
-    cp_async_4(sL + r, p.lse + idx, ok);
-    cp_async_4(sD + r, dsum + idx, ok);
+struct KVTileLoader {
+  const AttnProblem& p;
+  const T* k;  // tensor bases: the valid address a zero-filled copy is given
+  const T* v;
+  int d, tid;
+  __device__ __forceinline__ void operator()(T* sK, T* sV, const T* k_rows, const T* v_rows,
+                                             int64_t valid_rows) const {
+    load_tile<BN, D, kThreads>(sK, k_rows, p.k_st.seq, valid_rows, d, k, tid);
+    load_tile<BN, D, kThreads>(sV, v_rows, p.v_st.seq, valid_rows, d, v, tid);
   }
-}
+};
+
+// One step of a dK/dV block (both dK/dV kernels) into one stage: Q and dO rows [m0, m0 + BM) of
+// query head hq ([BM][S] each) and their lse and Dsum ([BM] each, 0 past L_q). The row
+// statistics ride the same cp.async group: a plain load here would stall every thread until it
+// returns, once per step. The rows of a step are consecutive in lse's layout.
+template <int BM, int D, int kThreads, typename T>
+struct QueryStepLoader {
+  const AttnProblem& p;
+  const SeqInfo& si;
+  const T* q;
+  const T* dout;
+  const float* dsum;
+  int64_t bi;
+  int d, tid;
+  __device__ __forceinline__ void operator()(T* sQ, T* sdO, float* sL, float* sD, int64_t hq,
+                                             int64_t m0) const {
+    load_tile<BM, D, kThreads>(sQ, q + si.q_offset(p.q_st, bi, m0, hq), p.q_st.seq, si.L_q - m0,
+                               d, q, tid);
+    load_tile<BM, D, kThreads>(sdO, dout + si.q_offset(p.grad_out_st, bi, m0, hq),
+                               p.grad_out_st.seq, si.L_q - m0, d, dout, tid);
+    const int64_t row0 = row_stat_index(p, si, bi, hq, m0);
+    for (int r = tid; r < BM; r += kThreads) {
+      const bool ok = m0 + r < si.L_q;
+      const int64_t idx = ok ? row0 + r : 0;
+      cp_async_4(sL + r, p.lse + idx, ok);
+      cp_async_4(sD + r, dsum + idx, ok);
+    }
+  }
+};
 
 // Zero the rows of a thd tensor after the last sequence (tokens [cu[b], t)), every head, first d
 // columns, 16 bytes per thread. cu[b] is read on the device: no host sync.
