@@ -97,17 +97,10 @@ __global__ void __launch_bounds__(Cfg::kThreads) bwd_dkdv_kernel(const AttnProbl
   const int64_t total = n_q * group;
 
   if (total > 0) {
-    const T* q = static_cast<const T*>(p.q);
-    const T* k = static_cast<const T*>(p.k);
-    const T* v = static_cast<const T*>(p.v);
-    const T* dout = static_cast<const T*>(p.grad_out);
-    load_tile<BN, D, kThreads>(sK, k + si.kv_offset(p.k_st, bi, n0, hk), p.k_st.seq,
-                               si.L_kv - n0, d, k, tid);
-    load_tile<BN, D, kThreads>(sV, v + si.kv_offset(p.v_st, bi, n0, hk), p.v_st.seq,
-                               si.L_kv - n0, d, v, tid);
-    const QueryStepLoader<BM, D, kThreads, T> load_step{p, si, q, dout, dsum, bi, d, tid};
+    const DkdvLoader<BN, BM, D, kThreads, T> load{p, si, dsum, bi, d, tid};
+    load.kv_block(sK, sV, hk, n0);
     auto prefetch = [&](int stage, const QueryStep& st) {
-      load_step(sQ + stage * BM * S, sdO + stage * BM * S, sL + stage * BM, sD + stage * BM, st.hq,
+      load.step(sQ + stage * BM * S, sdO + stage * BM * S, sL + stage * BM, sD + stage * BM, st.hq,
                 st.m_idx * BM);
     };
     QueryStep cur{hk * group, m_first};
@@ -308,17 +301,10 @@ __global__ void __launch_bounds__(Cfg::kThreads) bwd_tiled_kernel(const AttnProb
   const int64_t total = n_q * group;
 
   if (total > 0) {
-    const T* q = static_cast<const T*>(p.q);
-    const T* k = static_cast<const T*>(p.k);
-    const T* v = static_cast<const T*>(p.v);
-    const T* dout = static_cast<const T*>(p.grad_out);
-    load_tile<BN, D, kThreads>(sK, k + si.kv_offset(p.k_st, bi, n0, hk), p.k_st.seq,
-                               si.L_kv - n0, d, k, tid);
-    load_tile<BN, D, kThreads>(sV, v + si.kv_offset(p.v_st, bi, n0, hk), p.v_st.seq,
-                               si.L_kv - n0, d, v, tid);
-    const QueryStepLoader<BM, D, kThreads, T> load_step{p, si, q, dout, dsum, bi, d, tid};
+    const DkdvLoader<BN, BM, D, kThreads, T> load{p, si, dsum, bi, d, tid};
+    load.kv_block(sK, sV, hk, n0);
     auto prefetch = [&](int stage, const QueryStep& st) {
-      load_step(sQ + stage * BM * S, sdO + stage * BM * S, sL + stage * BM, sD + stage * BM, st.hq,
+      load.step(sQ + stage * BM * S, sdO + stage * BM * S, sL + stage * BM, sD + stage * BM, st.hq,
                 st.m_idx * BM);
     };
     // kStages - 1 steps in flight: one cp.async group per step (empty past the last one).

@@ -40,21 +40,34 @@ struct KVTileLoader {
   }
 };
 
-// One step of a dK/dV block (both dK/dV kernels) into one stage: Q and dO rows [m0, m0 + BM) of
-// query head hq ([BM][S] each) and their lse and Dsum ([BM] each, 0 past L_q). The row
-// statistics ride the same cp.async group: a plain load here would stall every thread until it
-// returns, once per step. The rows of a step are consecutive in lse's layout.
-template <int BM, int D, int kThreads, typename T>
-struct QueryStepLoader {
+// The loads of a dK/dV block, shared by both dK/dV kernels: its K and V tiles once, then one Q/dO
+// step per stage. Built once per block from what does not change between steps.
+template <int BN, int BM, int D, int kThreads, typename T>
+struct DkdvLoader {
   const AttnProblem& p;
   const SeqInfo& si;
-  const T* q;
-  const T* dout;
-  const float* dsum;
+  const float* dsum;  // Dsum, in lse's layout
   int64_t bi;
   int d, tid;
-  __device__ __forceinline__ void operator()(T* sQ, T* sdO, float* sL, float* sD, int64_t hq,
-                                             int64_t m0) const {
+
+  // Keys [n0, n0 + BN) of kv head hk into sK, sV ([BN][S] each); keys past L_kv zero-filled.
+  __device__ __forceinline__ void kv_block(T* sK, T* sV, int64_t hk, int64_t n0) const {
+    const T* k = static_cast<const T*>(p.k);
+    const T* v = static_cast<const T*>(p.v);
+    load_tile<BN, D, kThreads>(sK, k + si.kv_offset(p.k_st, bi, n0, hk), p.k_st.seq,
+                               si.L_kv - n0, d, k, tid);
+    load_tile<BN, D, kThreads>(sV, v + si.kv_offset(p.v_st, bi, n0, hk), p.v_st.seq,
+                               si.L_kv - n0, d, v, tid);
+  }
+
+  // One step into one stage: Q and dO rows [m0, m0 + BM) of query head hq ([BM][S] each) and
+  // their lse and Dsum ([BM] each, 0 past L_q). The row statistics ride the same cp.async group:
+  // a plain load here would stall every thread until it returns, once per step. The rows of a
+  // step are consecutive in lse's layout.
+  __device__ __forceinline__ void step(T* sQ, T* sdO, float* sL, float* sD, int64_t hq,
+                                       int64_t m0) const {
+    const T* q = static_cast<const T*>(p.q);
+    const T* dout = static_cast<const T*>(p.grad_out);
     load_tile<BM, D, kThreads>(sQ, q + si.q_offset(p.q_st, bi, m0, hq), p.q_st.seq, si.L_q - m0,
                                d, q, tid);
     load_tile<BM, D, kThreads>(sdO, dout + si.q_offset(p.grad_out_st, bi, m0, hq),
