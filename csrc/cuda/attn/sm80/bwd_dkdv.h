@@ -1,6 +1,28 @@
-// Flash-attention backward (sm_80+), dK and dV (and, without `deterministic`, dQ by fp32
-// atomics): the 1-D kernel (any head dim, kSplit blocks over its columns past 128) and the 2-D
-// tiled kernel (head dims up to 128). bwd_preprocess.h describes the whole backward.
+// Flash-attention backward (sm_80+): dK and dV (and, without `deterministic`, dQ by fp32
+// atomics) in this file, with the 1-D kernel (any head dim, kSplit blocks over its columns past
+// 128) and the 2-D tiled kernel (head dims up to 128); the dQ kernel in bwd_dq.h; Dsum and the
+// dQ conversion in ../row_kernels.h. Two modes, chosen by `deterministic`:
+//
+// deterministic=True: three kernels and no atomics, so it is bitwise repeatable:
+//   1. bwd_dot_kernel:  Dsum[i] = rowsum(dO_i * O_i)  (fp32 workspace, lse's layout)
+//   2. bwd_dkdv_kernel: one block per (key tile, kv head, sequence); it loops over every query
+//      head of its GQA group and every query tile the window reaches, keeping dK and dV of its
+//      keys in registers. It computes the transposed tiles S^T = K Q^T and dP^T = V dO^T, whose
+//      accumulators are directly the A operands of dV += P^T dO and dK += dS^T Q.
+//   3. bwd_dq_kernel:   one block per (query tile, query head, sequence); it recomputes S and dP
+//      over the visible key tiles and accumulates dQ = dS K in registers.
+//   Kernels 2 and 3 both compute S and dP: 7 tile GEMMs per (query tile, key tile) pair.
+//
+// deterministic=False: 5 tile GEMMs per pair, FlashAttention-2's scheme:
+//   1. bwd_dot_kernel as above;
+//   2. bwd_dkdv_kernel<..., kAtomicDq = true>: as above, and in the same step it stages dS^T in
+//      shared memory and adds dQ += dS K of its key tile into an fp32 workspace with atomicAdd
+//      (zeroed on the stream first). dK and dV stay block-local, so they are still bitwise
+//      repeatable; only dQ's summation order varies between runs.
+//   3. bwd_dq_convert_kernel: dQ = scale * workspace in the output dtype (zeros at padded rows).
+//
+// With dropout (mask Z, rate p): dV = (P o Z / (1-p))^T dO, dP = (dO V^T) o Z / (1-p),
+// dS = P o (dP - Dsum), where Dsum = rowsum(dO o O) equals rowsum(P o dP).
 #pragma once
 
 #include <cstdint>

@@ -1,6 +1,6 @@
-// Flash-attention backward (sm_80+), dQ: the recomputing kernel of the deterministic mode and
-// the conversion of the atomic mode's fp32 accumulator. bwd_preprocess.h describes the whole
-// backward.
+// Flash-attention backward (sm_80+), dQ: the recomputing kernel of the deterministic mode (the
+// atomic mode's conversion kernel is arch-neutral: row_kernels.h). bwd_dkdv.h describes the
+// whole backward.
 #pragma once
 
 #include <cstdint>
@@ -155,29 +155,6 @@ __global__ void __launch_bounds__(Cfg::kThreads) bwd_dq_kernel(const AttnProblem
       const int col = no * 8 + 2 * c;
       if (col < d) store_pair(row + col, acc[0][no][2 * r] * f, acc[0][no][2 * r + 1] * f);
     }
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// 4. (atomic-dQ mode) dQ = scale * dq_accum in the output dtype: one warp per row of lse's layout
-//    that belongs to the sequence; rows past L_q (bshd/sbhd padding) get exact zeros.
-template <typename T>
-__global__ void __launch_bounds__(kDotWarps * 32) bwd_dq_convert_kernel(const AttnProblem p,
-                                                                        const float* dq_accum,
-                                                                        int ld) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t bi = blockIdx.z, hq = blockIdx.y;
-  const int64_t i = int64_t(blockIdx.x) * kDotWarps + warp;
-  const SeqInfo si(p, bi);
-  if (i >= (p.thd ? si.L_q : p.s_q)) return;
-  const int d = int(p.d);
-  const bool valid = i < si.L_q;
-  const float f = float(p.scale);
-  const float* acc = dq_accum + row_stat_index(p, si, bi, hq, i) * ld;  // row width ld = D
-  T* row = static_cast<T*>(p.grad_q) + si.q_offset(p.grad_q_st, bi, i, hq);
-  for (int col = lane * 2; col < d; col += 64) {
-    const float2 a = valid ? *reinterpret_cast<const float2*>(acc + col) : make_float2(0.f, 0.f);
-    store_pair(row + col, a.x * f, a.y * f);
   }
 }
 

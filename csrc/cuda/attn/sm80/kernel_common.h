@@ -1,26 +1,18 @@
-// What the sm80 forward and backward kernels share: where a row statistic lives, the K/V and
-// Q/dO tile loads of their pipelines, and the small kernels around them (one warp per row, the
-// thd tail). The tile-range rule itself is arch-neutral (Mask::key_tiles / query_tiles).
+// What the sm80 forward and backward kernels share: the K/V and Q/dO tile loads of their
+// pipelines. The tile-range rule (Mask::key_tiles / query_tiles) and the kernels around the
+// attention kernels (row_kernels.h) are arch-neutral.
 #pragma once
 
 #include <cstdint>
 
 #include "core/problem.h"
+#include "cuda/attn/row_kernels.h"
 #include "cuda/attn/seqlen_mask.h"
 #include "cuda/attn/sm80/mma.h"
 #include "cuda/attn/sm80/tile.h"
 
 namespace pte {
 namespace flash {
-
-// Index of the lse / row-statistic element of (sequence bi, head, position i).
-__device__ __forceinline__ int64_t row_stat_index(const AttnProblem& p, const SeqInfo& si,
-                                                  int64_t bi, int64_t head, int64_t i) {
-  return p.thd ? head * p.t_q + si.q_start + i : (bi * p.h + head) * p.s_q + i;
-}
-
-// Warps per block of the one-warp-per-row kernels (Dsum, the dQ conversion).
-constexpr int kDotWarps = 8;
 
 // The K and V tiles of a pipeline stage of the forward and the dQ kernel: BN rows each from
 // k_rows / v_rows, keys past valid_rows and columns past d zero-filled, in one cp.async group
@@ -81,21 +73,6 @@ struct DkdvLoader {
     }
   }
 };
-
-// Zero the rows of a thd tensor after the last sequence (tokens [cu[b], t)), every head, first d
-// columns, 16 bytes per thread. cu[b] is read on the device: no host sync.
-template <typename T>
-__global__ void zero_thd_tail_kernel(T* x, Strides st, int64_t t, int64_t heads, int d,
-                                     const int32_t* cu, int64_t b) {
-  const int64_t chunks = d / 8;
-  const int64_t start = SeqInfo::clamp_start(cu[b], t);
-  const int64_t n = (t - start) * heads * chunks;
-  for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n;
-       idx += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t ch = idx % chunks, hh = (idx / chunks) % heads, tok = start + idx / (chunks * heads);
-    *reinterpret_cast<uint4*>(x + tok * st.seq + hh * st.head + ch * 8) = make_uint4(0, 0, 0, 0);
-  }
-}
 
 }  // namespace flash
 }  // namespace pte

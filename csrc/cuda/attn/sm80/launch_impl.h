@@ -4,7 +4,7 @@
 // in cuda/attn/launch.h, so the kernels are compiled once per instantiation file and nowhere else.
 #pragma once
 
-#include "cuda/attn/launch.h"
+#include "cuda/attn/launch_impl.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -14,7 +14,6 @@
 #include "core/problem.h"
 #include "cuda/attn/sm80/bwd_dkdv.h"
 #include "cuda/attn/sm80/bwd_dq.h"
-#include "cuda/attn/sm80/bwd_preprocess.h"
 #include "cuda/attn/sm80/fwd_kernel.h"
 #include "cuda/attn/static_switch.h"
 #include "cuda/common.cuh"
@@ -48,25 +47,6 @@ struct Configs {
   using BwdKV = BwdKVConfig<D, 64, (D <= 64 ? 64 : 32), 4, (D <= 128 ? 1 : 2)>;
   using BwdQ = BwdQConfig<D, 64, (D <= 128 ? 64 : 32), 4>;
 };
-
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-template <typename Kernel>
-void set_smem(Kernel kernel, int bytes) {
-  PTE_CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-}
-
-template <typename T>
-void zero_thd_tail(T* x, const Strides& st, int64_t t, int64_t heads, int d, const int32_t* cu,
-                   int64_t b, cudaStream_t stream) {
-  constexpr int kThreads = 256;
-  const int64_t work = t * heads * (d / 8);
-  if (work == 0) return;
-  const int blocks = int(std::min<int64_t>(ceil_div(work, kThreads), 1024));
-  zero_thd_tail_kernel<T><<<blocks, kThreads, 0, stream>>>(x, st, t, heads, d, cu, b);
-  PTE_CUDA_CHECK_LAUNCH();
-}
 
 template <typename Cfg, typename T, bool kDropout>
 void launch_fwd(const AttnProblem& p, cudaStream_t stream) {

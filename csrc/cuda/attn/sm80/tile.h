@@ -215,11 +215,5 @@ __device__ __forceinline__ void atomic_add_pair(float* dst, float a, float b) {
 #endif
 }
 
-// Store one accumulator row segment (2 columns) of a 16-bit tensor.
-template <typename T>
-__device__ __forceinline__ void store_pair(T* dst, float a, float b) {
-  *reinterpret_cast<uint32_t*>(dst) = Mma<T>::pack(a, b);
-}
-
 }  // namespace flash
 }  // namespace pte
