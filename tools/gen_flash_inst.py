@@ -2,10 +2,12 @@
 """Generate the flash kernels' instantiation files: one explicit instantiation per file.
 
 One file per (arch family, direction, head dim, dtype), so the build compiles them in parallel and
-picks the head dims it wants (PTE_HDIMS, build/manifest.json). Each family lives under
-csrc/cuda/attn/<arch>/inst/ and is named flash_<direction>_<arch>_hdim<D>_<dtype>.cu. The files
-are checked in; rerun this script after changing FAMILIES and commit the result. `--check` exits 1
-when a checked-in file differs from what this script would write (tests/test_build.py runs it).
+picks the head dims it wants (PTE_HDIMS, see the source groups of CMakeLists.txt). Each family
+lives under csrc/cuda/attn/<arch>/inst/, its files named
+flash_<direction>_<arch>_hdim<D>_<dtype>.cu.
+The files are checked in; rerun this script after changing FAMILIES and commit the result.
+`--check` exits 1 when a checked-in file differs from what this script would write
+(tests/test_build.py runs it).
 
 A new kernel family is one FAMILIES entry: its launcher header, the instantiation macro it
 defines, its namespace, directions and head dims. Only the inst/ folders of the families listed here are
@@ -86,7 +88,8 @@ def sync(out, wanted, check):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=pathlib.Path, default=ATTN,
                     help="folder holding the <arch>/inst/ folders (default: csrc/cuda/attn)")
     ap.add_argument("--check", action="store_true", help="fail if the files are not current")
@@ -96,7 +99,8 @@ def main():
         out = args.root / family.arch / "inst"
         stale += [f"{family.arch}/inst/{n}" for n in sync(out, dict(files(family)), args.check)]
     if args.check and stale:
-        print("out of date: " + ", ".join(stale) + " (run tools/gen_flash_inst.py)", file=sys.stderr)
+        print("out of date: " + ", ".join(stale) + " (run tools/gen_flash_inst.py)",
+              file=sys.stderr)
         return 1
     return 0
 
