@@ -30,7 +30,8 @@ setup: $(VENV)/.deps
 deps: setup
 	@if [ -n "$(NVCC)" ] && [ -x tools/fetch_deps.sh ]; then PYTHON=$(PY) tools/fetch_deps.sh; fi
 
-# The Paddle extension (CUDA sources compiled when nvcc is found), installed into the venv.
+# The Paddle extension (CUDA sources compiled when nvcc is found), built in place: setup.py builds
+# the core through CMakeLists.txt (build/paddle_core_*) and links the Paddle glue against it.
 build: deps
 	# CUDA sources are compiled wherever nvcc is (also against a CPU Paddle: the CI build check).
 	PADDLE_TE_WITH_CUDA=$(if $(NVCC),1,0) MAX_JOBS=$(JOBS) $(PY) setup.py build_ext --inplace
@@ -57,8 +58,10 @@ demo: build
 	$(PY) examples/demo.py $(DEMO_ARGS)
 
 # dist/paddle_te-*.whl, then installed into a fresh venv with the same Paddle and smoke-tested.
-wheel: build
-	$(PY) tools/build_wheel.py
+# Release wheels carry every head dim (PTE_HDIMS=all); development and CI builds default to the
+# two the tests use (64;128), which keeps the CI build within minutes.
+wheel: deps
+	PTE_HDIMS=$${PTE_HDIMS:-all} MAX_JOBS=$(JOBS) $(PY) tools/build_wheel.py
 
 clean:
 	rm -rf build dist *.egg-info

@@ -1,33 +1,52 @@
 """Build and install paddle_te: the Python package `paddle_te` plus the Paddle custom-op library
-`paddle_te/_paddle_te_ops.so` (built with paddle.utils.cpp_extension).
+`paddle_te/_paddle_te_ops.so`.
 
     pip install --no-build-isolation .            # install
     pip install --no-build-isolation -e .         # editable
     python setup.py build_ext --inplace           # in-tree build (what `make test` uses)
+
+Two steps, one build description: the framework-free core (C API, CPU and CUDA kernels, every
+source group with its own archs and defines) is built by CMakeLists.txt as the static library
+pte_core (in build/paddle_core_{cuda,cpu}); this file then compiles only the Paddle glue
+(csrc/paddle) with
+Paddle's builder and links pte_core into it. Needs cmake (and ninja, else make) on PATH or next
+to the running Python.
 
 CPU or CUDA build (SPEC §6): CUDA when Paddle is compiled with CUDA and nvcc is found.
 Environment:
     PADDLE_TE_WITH_CUDA=1|0   force the CUDA (1) or the CPU-only (0) build
     CUDA_HOME                 CUDA toolkit (default: from nvcc on PATH, else /usr/local/cuda)
     PTE_ARCHS                 GPU archs, ";"/","-separated, default "80;90" (e.g. "90a", "80")
-    PTE_HDIMS                 head dims of the flash kernels compiled, default "64;128"
+    PTE_HDIMS                 head dims of the flash kernels compiled, default "64;128"; "all"
+                              for every generated one (release wheels: `make wheel`)
     PTE_BUILD_FLASH=0, PTE_BUILD_CUDNN=0   leave the flash kernels / the cuDNN backend out
     CUDNN_INCLUDE_DIR, CUDNN_FRONTEND_INCLUDE_DIR, CUTLASS_INCLUDE_DIR   header locations
                               (else looked for under third_party/, see tools/fetch_deps.sh)
-    MAX_JOBS                  parallel compile jobs (Paddle's builder; default: CPU count)
+    MAX_JOBS                  parallel compile jobs (default: the number of CPUs)
 docs/build.md has the details.
 """
 
 import glob
+import json
 import os
+import re
 import shutil
+import subprocess
 import sys
 
 from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-VERSION = "0.1.0"
 EXT_NAME = "paddle_te._paddle_te_ops"  # not "paddle_te": Paddle's setup() would shadow the package
+
+
+def _version():
+    """The one version string, from paddle_te/_version.py (CMakeLists.txt reads it too)."""
+    with open(os.path.join(ROOT, "paddle_te", "_version.py")) as f:
+        return re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
+
+
+VERSION = _version()
 
 
 def _rel(paths):
@@ -82,7 +101,7 @@ except ImportError:
         "run it: install paddlepaddle (or paddlepaddle-gpu) first, then run "
         "`pip install --no-build-isolation .`"
     )
-from paddle.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+from paddle.utils.cpp_extension import BuildExtension, CppExtension  # noqa: E402
 
 PADDLE_HAS_CUDA = paddle.is_compiled_with_cuda()
 _forced = _env_flag("PADDLE_TE_WITH_CUDA")
@@ -96,134 +115,66 @@ else:
     WITH_CUDA = False
 
 
-def _archs():
-    raw = os.environ.get("PTE_ARCHS", "80;90")
-    archs = [a.strip() for a in raw.replace(",", ";").split(";") if a.strip()]
-    if not archs:
-        sys.exit(f"setup.py: PTE_ARCHS={raw!r}: no architecture given")
-    flags = []
-    for a in archs:
-        if not (a[:-1] if a.endswith("a") else a).isdigit():
-            sys.exit(f"setup.py: PTE_ARCHS entry {a!r}: expected a number such as 80, 90 or 90a")
-        flags.append(f"-gencode=arch=compute_{a},code=sm_{a}")
-    return flags
+def _list_env(name, default):
+    """A ";"- or ","-separated list from the environment, as CMake's list."""
+    raw = os.environ.get(name) or default
+    return ";".join(x.strip() for x in raw.replace(",", ";").split(";") if x.strip())
 
 
-def _first_dir_with(filename, candidates):
-    for d in candidates:
-        if d and os.path.isfile(os.path.join(d, filename)):
-            return os.path.abspath(d)
-    return None
+def _tool(name):
+    """A build tool next to the running Python (the venv's pip-installed cmake/ninja) or on PATH."""
+    here = os.path.join(os.path.dirname(sys.executable), name)
+    return here if os.path.exists(here) else shutil.which(name)
 
 
-def _find_cudnn():
-    """Include dirs of cuDNN and cudnn-frontend when both sets of headers are found, else None."""
-    import sysconfig
+def build_core():
+    """Configure and build pte_core with CMake; the build's description (pte_build.json).
 
-    site = sysconfig.get_paths()["purelib"]
-    third = os.path.join(ROOT, "third_party")
-    cudnn_inc = _first_dir_with(
-        "cudnn.h",
-        [os.environ.get("CUDNN_INCLUDE_DIR"), os.path.join(third, "cudnn", "include"),
-         os.path.join(site, "nvidia", "cudnn", "include"), os.path.join(CUDA_HOME or "", "include"), "/usr/include"],
-    )
-    fe_inc = _first_dir_with(
-        "cudnn_frontend.h",
-        [os.environ.get("CUDNN_FRONTEND_INCLUDE_DIR"), os.path.join(third, "cudnn_frontend", "include"),
-         os.path.join(site, "include")],
-    )
-    if not cudnn_inc or not fe_inc:
-        return None
-    return [cudnn_inc, fe_inc] if cudnn_inc != fe_inc else [cudnn_inc]
-
-
-def _cuda_lib_dir():
-    for sub in ("lib64", os.path.join("targets", "x86_64-linux", "lib"), "lib"):
-        d = os.path.join(CUDA_HOME, sub)
-        if os.path.exists(os.path.join(d, "libcudart.so")):
-            return d
-    return os.path.join(CUDA_HOME, "lib64")
-
-
-# C++ sources compiled with hidden visibility (per-source flags; setuptools has none).
-HIDDEN_VISIBILITY_SOURCES = set()
-HIDDEN_VISIBILITY_FLAGS = ["-fvisibility=hidden", "-fvisibility-inlines-hidden"]
+    One build folder per flavour, so a CPU-only wheel built after a CUDA build (tests/test_wheel.py
+    against a CPU Paddle) does not reconfigure and rebuild the other."""
+    core_build = os.path.join(ROOT, "build", "paddle_core_" + ("cuda" if WITH_CUDA else "cpu"))
+    cmake = _tool("cmake")
+    if cmake is None:
+        sys.exit("setup.py: cmake not found: `pip install cmake ninja` (docs/build.md)")
+    args = [cmake, "-S", ROOT, "-B", core_build, "-DCMAKE_BUILD_TYPE=Release",
+            f"-DPTE_WITH_CUDA={'ON' if WITH_CUDA else 'OFF'}", "-DPTE_BUILD_PYBIND=OFF",
+            "-DPTE_BUILD_TESTS=OFF", f"-DPTE_PYTHON={sys.executable}",
+            f"-DPTE_ARCHS={_list_env('PTE_ARCHS', '80;90')}",
+            f"-DPTE_HDIMS={_list_env('PTE_HDIMS', '64;128')}"]
+    for flag in ("PTE_BUILD_FLASH", "PTE_BUILD_CUDNN"):
+        if _env_flag(flag) is not None:
+            args.append(f"-D{flag}={'ON' if _env_flag(flag) else 'OFF'}")
+    if WITH_CUDA:
+        args.append(f"-DCMAKE_CUDA_COMPILER={os.path.join(CUDA_HOME, 'bin', 'nvcc')}")
+    ninja = _tool("ninja")
+    if ninja and not os.path.exists(os.path.join(core_build, "CMakeCache.txt")):
+        args += ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"]
+    jobs = os.environ.get("MAX_JOBS") or str(os.cpu_count() or 1)
+    subprocess.run(args, check=True)
+    subprocess.run([cmake, "--build", core_build, "--target", "pte_core", "-j", jobs], check=True)
+    with open(os.path.join(core_build, "pte_build.json")) as f:
+        return json.load(f)
 
 
 def build_config():
-    sources = _glob("csrc/paddle/*.cc", "csrc/core/*.cc", "csrc/cpu/*.cc")
-    depends = _glob("csrc/**/*.h", "csrc/**/*.cuh")
+    """The Paddle glue: csrc/paddle/*.cc, linked with pte_core (added by build_ext)."""
+    sources = _glob("csrc/paddle/*.cc")
     include_dirs = [os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc")]
-    cxx = ["-O3", "-std=c++17", "-fopenmp"]
-    nvcc = ["-O3", "-std=c++17"]
-    link = ["-fopenmp"]
-    summary = {"cuda": WITH_CUDA, "cudnn": False, "flash": False, "archs": "", "hdims": ""}
-
+    cxx = ["-O3", "-std=c++17"]
     if WITH_CUDA:
-        # Same source selection as CMakeLists.txt (the framework-free core build).
-        sources += _glob("csrc/cuda/*.cu", "csrc/cuda/*.cc", "csrc/cuda/softmax/*.cu", "csrc/cuda/softmax/*.cc")
-        sources += _glob("csrc/cuda/decode/*.cu")  # decode_attn (SPEC §10)
-        defines = ["-DPTE_WITH_CUDA"]
-        if not PADDLE_HAS_CUDA:
-            # CUDA sources against a CPU Paddle (our CI): keep Paddle's headers from pulling in
-            # cuBLAS/Python pieces a CPU build does not ship (PADDLE_NOTES "CUDA builds").
-            defines.append("-DPADDLE_NO_PYTHON")
+        # The glue's GPU paths (the tensor's stream, is_gpu) are compiled in a CUDA build even
+        # against a CPU Paddle (our CI); there PADDLE_NO_PYTHON keeps Paddle's headers from pulling
+        # in cuBLAS/Python pieces a CPU build does not ship (PADDLE_NOTES "CUDA builds").
+        cxx += ["-DPADDLE_WITH_CUDA"] + ([] if PADDLE_HAS_CUDA else ["-DPADDLE_NO_PYTHON"])
+        include_dirs.append(os.path.join(CUDA_HOME, "include"))
         cccl = os.path.join(CUDA_HOME, "include", "cccl")
         if os.path.isdir(cccl):  # CUDA 13 moved thrust/cub here
             include_dirs.append(cccl)
-        flash = _glob("csrc/cuda/attn/*.cu")
-        if flash and _env_flag("PTE_BUILD_FLASH") is not False:
-            # Generated instantiations, one per file; PTE_HDIMS picks the head dims compiled, one
-            # PTE_FLASH_HDIM_<d> macro each (as CMakeLists.txt does).
-            hdims = [h.strip() for h in os.environ.get("PTE_HDIMS", "64;128").replace(",", ";").split(";") if h.strip()]
-            for hd in hdims:
-                if not hd.isdigit():
-                    sys.exit(f"setup.py: PTE_HDIMS entry {hd!r}: expected a head dim such as 64")
-                flash += _glob(f"csrc/cuda/attn/inst/*_hdim{hd}_*.cu")
-            sources += flash
-            defines += ["-DPTE_WITH_FLASH"] + [f"-DPTE_FLASH_HDIM_{hd}" for hd in hdims]
-            cutlass = os.environ.get("CUTLASS_INCLUDE_DIR") or os.path.join(ROOT, "third_party", "cutlass", "include")
-            if os.path.isdir(cutlass):
-                include_dirs.append(cutlass)
-            summary["flash"] = True
-            summary["hdims"] = ",".join(hdims)
-        cudnn = _find_cudnn()
-        cudnn_sources = _glob("csrc/cuda/cudnn/*.cu", "csrc/cuda/cudnn/*.cc")
-        if cudnn is not None and cudnn_sources and _env_flag("PTE_BUILD_CUDNN") is not False:
-            # cudnn-frontend is header-only and libcudnn is loaded at run time (dlopen), so the
-            # library loads on machines without cuDNN; the backend then reports itself unavailable.
-            sources += cudnn_sources
-            include_dirs += cudnn
-            defines.append("-DPTE_WITH_CUDNN")
-            summary["cudnn"] = True
-            # Keep cudnn-frontend's inline functions out of the dynamic symbol table so they never
-            # interpose with another copy in the process (Paddle's own); see build_ext below.
-            HIDDEN_VISIBILITY_SOURCES.update(os.path.join(ROOT, p) for p in cudnn_sources if p.endswith(".cc"))
-        link.append("-ldl")
-        arch_flags = _archs()
-        summary["archs"] = os.environ.get("PTE_ARCHS", "80;90")
-        cxx += defines
-        nvcc += defines + arch_flags + ["--expt-relaxed-constexpr", "-lineinfo"]
-        cuda_lib = _cuda_lib_dir()
-        # rpath to the toolkit so the .so loads (CPU kernels run) on a machine without a GPU.
-        link += [f"-L{cuda_lib}", f"-Wl,-rpath,{cuda_lib}"]
-        ext = CUDAExtension(
-            sources=sources,
-            include_dirs=include_dirs,
-            depends=depends,
-            extra_compile_args={"cxx": cxx, "nvcc": nvcc},
-            extra_link_args=link,
-        )
-    else:
-        ext = CppExtension(
-            sources=sources,
-            include_dirs=include_dirs,
-            depends=depends,
-            extra_compile_args={"cxx": cxx},
-            extra_link_args=link,
-        )
+    ext = CppExtension(sources=sources, include_dirs=include_dirs,
+                       depends=_glob("csrc/include/**/*.h", "csrc/paddle/*.h"),
+                       extra_compile_args={"cxx": cxx})
     ext.name = EXT_NAME
-    return ext, summary
+    return ext
 
 
 class build_ext(BuildExtension.with_options(no_python_abi_suffix=True)):
@@ -232,25 +183,28 @@ class build_ext(BuildExtension.with_options(no_python_abi_suffix=True)):
     Paddle's own run() writes a generated Python stub next to the library, renames the library
     for its stub, and deletes *.o files under the output folder (the source tree for --inplace).
     paddle_te loads the library itself (paddle_te/_ops_lib.py), so only the compile/link part
-    is kept; we also write paddle_te/_build_info.py describing the build.
+    is kept; we also write paddle_te/_build_info.py describing the build (from CMake's
+    pte_build.json).
     """
 
     def build_extensions(self):
-        # Per-source flags: wrap the compiler class's _compile (Paddle's builder calls it for
-        # every object, on copies of the compiler) for the duration of this build.
-        cls = self.compiler.__class__
-        original = cls._compile
-
-        def _compile(comp, obj, src, ext, cc_args, extra_postargs, pp_opts):
-            if os.path.abspath(src) in HIDDEN_VISIBILITY_SOURCES:
-                extra_postargs = list(extra_postargs) + HIDDEN_VISIBILITY_FLAGS
-            return original(comp, obj, src, ext, cc_args, extra_postargs, pp_opts)
-
-        cls._compile = _compile
-        try:
-            super().build_extensions()
-        finally:
-            cls._compile = original
+        global BUILD
+        BUILD = build_core()
+        ext = self.extensions[0]
+        # Every object of the core, also those the glue does not call: the C API is reached
+        # through ctypes too (paddle_te/_ops_lib.py).
+        # (Appended: Paddle's builder put its own libraries there.)
+        ext.extra_link_args = list(ext.extra_link_args) + [
+            "-Wl,--whole-archive", BUILD["core_library"], "-Wl,--no-whole-archive", "-fopenmp",
+            "-ldl"]
+        ext.depends = list(ext.depends) + [BUILD["core_library"]]
+        ext.define_macros = list(ext.define_macros) + [
+            (d, None) for g in BUILD["groups"].values() for d in g["defines"]]
+        if BUILD["with_cuda"]:
+            lib = BUILD["cuda_library_dir"]
+            # rpath to the toolkit so the .so loads (CPU kernels run) on a machine without a GPU.
+            ext.extra_link_args += [f"-L{lib}", "-lcudart", f"-Wl,-rpath,{lib}"]
+        super().build_extensions()
 
     def run(self):
         from setuptools.command.build_ext import build_ext as _setuptools_build_ext
@@ -269,14 +223,17 @@ class build_ext(BuildExtension.with_options(no_python_abi_suffix=True)):
                     os.remove(os.path.join(dirpath, name))
 
     def _write_build_info(self):
+        groups = BUILD["groups"]
         text = (
             '"""Generated by setup.py: how this copy of paddle_te was built."""\n'
             f"VERSION = {VERSION!r}\n"
-            f"WITH_CUDA = {SUMMARY['cuda']!r}\n"
-            f"WITH_CUDNN = {SUMMARY['cudnn']!r}\n"
-            f"WITH_FLASH = {SUMMARY['flash']!r}\n"
-            f"CUDA_ARCHS = {SUMMARY['archs']!r}\n"
-            f"FLASH_HDIMS = {SUMMARY['hdims']!r}\n"
+            f"WITH_CUDA = {BUILD['with_cuda']!r}\n"
+            f"WITH_CUDNN = {'cudnn' in groups!r}\n"
+            f"WITH_FLASH = {'flash' in groups!r}\n"
+            f"WITH_FLASH_SM90 = {'flash_sm90' in groups!r}\n"
+            f"CUDA_ARCHS = {BUILD['archs']!r}\n"
+            f"FLASH_HDIMS = {BUILD['flash_hdims']!r}\n"
+            f"SOURCE_GROUPS = {sorted(groups)!r}\n"
             f"PADDLE_VERSION = {paddle.__version__!r}\n"
         )
         base = ROOT if self.inplace else self.build_lib
@@ -286,7 +243,8 @@ class build_ext(BuildExtension.with_options(no_python_abi_suffix=True)):
                 f.write(text)
 
 
-EXT, SUMMARY = build_config()
+EXT = build_config()
+BUILD = None  # pte_build.json of the core, once build_ext has built it
 
 setup(
     name="paddle_te",

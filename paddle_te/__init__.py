@@ -11,7 +11,7 @@ Paddle; saved models that contain them need this import before ``paddle.jit.load
 
 import importlib.util as _importlib_util
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402  (the one place the version is written)
 
 from . import _ops_lib  # noqa: E402  (registers the custom ops; must come first)
 from . import masks, ops  # noqa: E402

@@ -210,6 +210,12 @@ def run_check(verbose=True):
               "backends": {}, "ok": True}
     out(f"paddle_te {paddle_te.__version__} (built against Paddle {built_for}; "
         f"CUDA kernels: {'yes' if getattr(_build_info, 'WITH_CUDA', False) else 'no'})")
+    report["build"] = {k: getattr(_build_info, k, "")
+                       for k in ("CUDA_ARCHS", "FLASH_HDIMS", "SOURCE_GROUPS")}
+    if getattr(_build_info, "WITH_CUDA", False):
+        out(f"built for archs {_build_info.CUDA_ARCHS or 'none'}; flash head dims "
+            f"{getattr(_build_info, 'FLASH_HDIMS', '') or 'none'}; source groups "
+            f"{', '.join(getattr(_build_info, 'SOURCE_GROUPS', []))}")
     out(f"Paddle {paddle.__version__}, device {paddle.get_device()}, compiled with CUDA: "
         f"{paddle.is_compiled_with_cuda()}")
     if built_for not in ("unknown", paddle.__version__):

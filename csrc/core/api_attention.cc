@@ -6,19 +6,18 @@
 
 #include "common/philox.h"
 #include "core/api_common.h"
-#include "core/kernels.h"
+#include "core/attn_backends.h"
 #include "paddle_te/paddle_te.h"
 
 namespace pte {
 namespace {
 
-const char* format_name(pte_qkv_format_t f) {
-  switch (f) {
-    case PTE_QKV_BSHD: return "bshd";
-    case PTE_QKV_SBHD: return "sbhd";
-    case PTE_QKV_THD: return "thd";
-  }
-  return "unknown";
+// "a, b, c": every word of a vocabulary (api_names.cc), for messages.
+template <typename E>
+std::string words(const char* (*name)(E)) {
+  std::string s;
+  for (int i = 0; name(E(i)) != nullptr; ++i) s += str(i ? ", " : "", name(E(i)));
+  return s;
 }
 
 bool is_causal(pte_mask_type_t m) {
@@ -110,15 +109,12 @@ void check_cu_seqlens(const pte_tensor_t& cu, const char* name, int64_t b, int64
 
 // Validate p and build the problem. `backward` also checks d_out, d_q, d_k, d_v and lse.
 AttnProblem resolve(const pte_attn_params_t& p, bool backward) {
-  PTE_CHECK(p.qkv_format == PTE_QKV_BSHD || p.qkv_format == PTE_QKV_SBHD ||
-                p.qkv_format == PTE_QKV_THD,
-            "qkv_format=", int(p.qkv_format), ": must be one of bshd, sbhd, thd");
-  PTE_CHECK(p.mask_type >= PTE_MASK_NO_MASK && p.mask_type <= PTE_MASK_PADDING_CAUSAL_BOTTOM_RIGHT,
-            "attn_mask_type=", int(p.mask_type),
-            ": must be one of no_mask, padding, causal, padding_causal, causal_bottom_right, "
-            "padding_causal_bottom_right");
-  PTE_CHECK(p.backend >= PTE_BACKEND_AUTO && p.backend < PTE_BACKEND_COUNT, "backend=",
-            int(p.backend), ": must be one of auto, flash, cudnn, cpu");
+  PTE_CHECK(pte_qkv_format_name(p.qkv_format) != nullptr, "qkv_format=", int(p.qkv_format),
+            ": must be one of ", words(pte_qkv_format_name));
+  PTE_CHECK(pte_mask_type_name(p.mask_type) != nullptr, "attn_mask_type=", int(p.mask_type),
+            ": must be one of ", words(pte_mask_type_name));
+  PTE_CHECK(pte_backend_name(p.backend) != nullptr, "backend=", int(p.backend),
+            ": must be one of ", words(pte_backend_name));
   const pte_qkv_format_t f = p.qkv_format;
   const bool thd = f == PTE_QKV_THD;
 
@@ -183,7 +179,7 @@ AttnProblem resolve(const pte_attn_params_t& p, bool backward) {
     pr.t_kv = k.b * k.s;
     if (is_padding(p.mask_type)) {
       PTE_CHECK(has_cu_q, "cu_seqlens_q: attn_mask_type='padding*' with qkv_format='",
-                format_name(f), "' needs cu_seqlens_q and cu_seqlens_kv");
+                pte_qkv_format_name(f), "' needs cu_seqlens_q and cu_seqlens_kv");
     } else {
       PTE_CHECK(!has_cu_q, "cu_seqlens_q: given with an attn_mask_type that has no padding; use a "
                 "'padding*' mask type to apply sequence lengths");
@@ -249,109 +245,77 @@ AttnProblem resolve(const pte_attn_params_t& p, bool backward) {
   return pr;
 }
 
-// "" when `backend` can run pr, else the reason (thread-local storage for dynamic text).
-const char* backend_reason(const AttnProblem& pr, pte_backend_t backend,
-                           [[maybe_unused]] bool backward) {
-  thread_local std::string reason;
-  const bool cuda = pr.device == PTE_DEVICE_CUDA;
-  switch (backend) {
-    case PTE_BACKEND_CPU:
-      if (cuda) return "backend 'cpu' runs on CPU tensors; the tensors are on a CUDA device";
-      return "";
-    case PTE_BACKEND_FLASH:
-      if (!cuda) return "backend 'flash' runs on CUDA devices; the tensors are on the CPU";
-#ifdef PTE_WITH_FLASH
-      return flash::check(pr, backward);
-#else
-      return "backend 'flash' was not built into this paddle_te (no CUDA build or no flash "
-             "kernels)";
-#endif
-    case PTE_BACKEND_CUDNN:
-      if (!cuda) return "backend 'cudnn' runs on CUDA devices; the tensors are on the CPU";
-#ifdef PTE_WITH_CUDNN
-      return cudnn::check(pr, backward);
-#else
-      return "backend 'cudnn' was not built into this paddle_te (no CUDA build or the cuDNN / "
-             "cudnn-frontend headers were not found)";
-#endif
-    default:
-      reason = str("backend=", int(backend), ": not a concrete backend");
-      return reason.c_str();
-  }
+// The entry of a concrete backend, or INVALID_ARGUMENT.
+const AttnBackend& entry(pte_backend_t id) {
+  const AttnBackend* e = find_attn_backend(id);
+  PTE_CHECK(e != nullptr, "backend=", int(id), ": not a concrete backend");
+  return *e;
 }
 
-// Order in which `auto` tries the CUDA backends (docs/backends.md). Without dropout: by measured
-// speed (cuDNN leads on every case of docs/performance.md). With dropout: flash first, because its
-// mask is the documented Philox function (the CPU kernels' too), and forward and backward then
-// come from one backend whatever each pass's capability check says; cuDNN draws its own mask, so
-// a cuDNN forward paired with another backend's backward would give wrong gradients.
-const pte_backend_t kAutoOrderCuda[] = {PTE_BACKEND_CUDNN, PTE_BACKEND_FLASH};
-const pte_backend_t kAutoOrderCudaDropout[] = {PTE_BACKEND_FLASH, PTE_BACKEND_CUDNN};
-
-pte_backend_t choose(const AttnProblem& pr, pte_backend_t requested, bool backward) {
-  if (requested != PTE_BACKEND_AUTO) {
-    const char* why = backend_reason(pr, requested, backward);
-    if (*why) PTE_UNSUPPORTED(why);
-    return requested;
+// "" when `b` can run pr, else the reason (static or thread-local text).
+const char* reason(const AttnProblem& pr, const AttnBackend& b, bool backward) {
+  thread_local std::string text;
+  const char* name = pte_backend_name(b.id);
+  if (pr.device != b.device) {
+    text = b.device == PTE_DEVICE_CUDA
+               ? str("backend '", name, "' runs on CUDA devices; the tensors are on the CPU")
+               : str("backend '", name, "' runs on CPU tensors; the tensors are on a CUDA device");
+    return text.c_str();
   }
-  if (pr.device == PTE_DEVICE_CPU) return PTE_BACKEND_CPU;
+  if (b.check == nullptr) {
+    text = str("backend '", name, "' was not built into this paddle_te (", b.not_built, ")");
+    return text.c_str();
+  }
+  return b.check(pr, backward);
+}
+
+// The backend that runs pr: the requested one if it can, else (auto) the first entry of the
+// table that can, the entries drawing the documented Philox mask first when dropout is on
+// (attn_backends.cc says why).
+const AttnBackend& choose(const AttnProblem& pr, pte_backend_t requested, bool backward) {
+  if (requested != PTE_BACKEND_AUTO) {
+    const AttnBackend& b = entry(requested);
+    const char* why = reason(pr, b, backward);
+    if (*why) PTE_UNSUPPORTED(why);
+    return b;
+  }
+  size_t n = 0;
+  const AttnBackend* table = attn_backends(&n);
+  // Without dropout one pass in table order; with dropout the Philox entries, then the rest.
+  const int passes = pr.dropout > 0 ? 2 : 1;
   std::string reasons;
-  for (pte_backend_t b : pr.dropout > 0 ? kAutoOrderCudaDropout : kAutoOrderCuda) {
-    const char* why = backend_reason(pr, b, backward);
-    if (!*why) return b;
-    reasons += str(reasons.empty() ? "" : "; ", pte_backend_name(b), ": ", why);
+  for (int pass = 0; pass < passes; ++pass) {
+    for (size_t i = 0; i < n; ++i) {
+      const AttnBackend& b = table[i];
+      if (b.device != pr.device || (passes == 2 && b.philox_dropout != (pass == 0))) continue;
+      const char* why = reason(pr, b, backward);
+      if (!*why) return b;
+      reasons += str(reasons.empty() ? "" : "; ", pte_backend_name(b.id), ": ", why);
+    }
   }
   PTE_UNSUPPORTED("no backend can run this call (", reasons, ")");
+}
+
+size_t workspace_of(const AttnBackend& b, const AttnProblem& pr, bool backward) {
+  return backward ? b.bwd_workspace(pr) : b.fwd_workspace(pr);
 }
 
 void run(const pte_attn_params_t* p, bool backward) {
   PTE_CHECK(p != nullptr, "params: null pointer");
   AttnProblem pr = resolve(*p, backward);
-  pte_backend_t b = choose(pr, p->backend, backward);
-  switch (b) {
-    case PTE_BACKEND_CPU:
-      PTE_CHECK(pr.dtype == PTE_FLOAT32 || pr.dtype == PTE_FLOAT64, "q has dtype ",
-                pte_dtype_name(pr.dtype),
-                ": the CPU kernels take float32 or float64 (convert float16/bfloat16 first)");
-      backward ? cpu::attn_bwd(pr) : cpu::attn_fwd(pr);
-      return;
-#ifdef PTE_WITH_FLASH
-    case PTE_BACKEND_FLASH: {
-      size_t need = backward ? flash::bwd_workspace_size(pr) : flash::fwd_workspace_size(pr);
-      PTE_CHECK(pr.workspace_size >= need, "workspace_size=", pr.workspace_size, ": the flash ",
-                backward ? "backward" : "forward", " needs ", need, " bytes");
-      backward ? flash::attn_bwd(pr) : flash::attn_fwd(pr);
-      return;
-    }
-#endif
-#ifdef PTE_WITH_CUDNN
-    case PTE_BACKEND_CUDNN: {
-      size_t need = backward ? cudnn::bwd_workspace_size(pr) : cudnn::fwd_workspace_size(pr);
-      PTE_CHECK(pr.workspace_size >= need, "workspace_size=", pr.workspace_size, ": the cudnn ",
-                backward ? "backward" : "forward", " needs ", need, " bytes");
-      backward ? cudnn::attn_bwd(pr) : cudnn::attn_fwd(pr);
-      return;
-    }
-#endif
-    default:
-      PTE_INTERNAL("backend ", pte_backend_name(b), " chosen but not compiled in");
-  }
+  const AttnBackend& b = choose(pr, p->backend, backward);
+  // The one workspace check: backends trust the size they asked for.
+  const size_t need = workspace_of(b, pr, backward);
+  PTE_CHECK(pr.workspace_size >= need && (need == 0 || pr.workspace != nullptr),
+            "workspace_size=", pr.workspace_size, ": the ", pte_backend_name(b.id), " ",
+            backward ? "backward" : "forward", " needs ", need, " bytes");
+  backward ? b.bwd(pr) : b.fwd(pr);
 }
 
 size_t workspace_size(const pte_attn_params_t* p, bool backward) {
   PTE_CHECK(p != nullptr, "params: null pointer");
   AttnProblem pr = resolve(*p, backward);
-  pte_backend_t b = choose(pr, p->backend, backward);
-  (void)b;
-#ifdef PTE_WITH_FLASH
-  if (b == PTE_BACKEND_FLASH)
-    return backward ? flash::bwd_workspace_size(pr) : flash::fwd_workspace_size(pr);
-#endif
-#ifdef PTE_WITH_CUDNN
-  if (b == PTE_BACKEND_CUDNN)
-    return backward ? cudnn::bwd_workspace_size(pr) : cudnn::fwd_workspace_size(pr);
-#endif
-  return 0;
+  return workspace_of(choose(pr, p->backend, backward), pr, backward);
 }
 
 }  // namespace
@@ -375,7 +339,7 @@ pte_status_t pte_attn_select_backend(const pte_attn_params_t* p, int backward,
   return pte::api_guard([&] {
     PTE_CHECK(p != nullptr && chosen != nullptr, "params/chosen: null pointer");
     pte::AttnProblem pr = pte::resolve(*p, backward != 0);
-    *chosen = pte::choose(pr, p->backend, backward != 0);
+    *chosen = pte::choose(pr, p->backend, backward != 0).id;
   });
 }
 
@@ -409,58 +373,13 @@ pte_status_t pte_attn_bwd(const pte_attn_params_t* p) {
   return pte::api_guard([&] { pte::run(p, true); });
 }
 
-const char* pte_backend_name(pte_backend_t backend) {
-  switch (backend) {
-    case PTE_BACKEND_AUTO: return "auto";
-    case PTE_BACKEND_FLASH: return "flash";
-    case PTE_BACKEND_CUDNN: return "cudnn";
-    case PTE_BACKEND_CPU: return "cpu";
-    default: return "unknown";
-  }
-}
-
 int pte_backend_available(pte_backend_t backend, const char** reason) {
   thread_local std::string why;
-  why.clear();
-  switch (backend) {
-    case PTE_BACKEND_CPU:
-    case PTE_BACKEND_AUTO:
-      break;
-    case PTE_BACKEND_FLASH:
-    case PTE_BACKEND_CUDNN: {
-#ifdef PTE_WITH_CUDA
-      const bool built =
-#if defined(PTE_WITH_FLASH)
-          backend == PTE_BACKEND_FLASH ||
-#endif
-#if defined(PTE_WITH_CUDNN)
-          backend == PTE_BACKEND_CUDNN ||
-#endif
-          false;
-      if (!built) {
-        why = backend == PTE_BACKEND_FLASH
-                  ? "not built: this paddle_te was compiled without the flash kernels"
-                  : "not built: the cuDNN / cudnn-frontend headers were not found at build time";
-        break;
-      }
-      try {
-        int arch = pte::cuda::device_arch(-1);
-        if (arch < 80) why = pte::str("needs an sm_80 or newer GPU; this one is sm_", arch);
-#ifdef PTE_WITH_CUDNN
-        if (why.empty() && backend == PTE_BACKEND_CUDNN && pte::cudnn::runtime_version() == 0)
-          why = "the cuDNN library (libcudnn.so.9) could not be loaded";
-#endif
-      } catch (const std::exception& e) {
-        why = pte::str("no usable CUDA device: ", e.what());
-      }
-#else
-      why = "not built: this paddle_te was compiled without CUDA";
-#endif
-      break;
-    }
-    default:
-      why = pte::str("backend=", int(backend), ": unknown");
-  }
+  const pte::AttnBackend* b = pte::find_attn_backend(backend);
+  if (backend == PTE_BACKEND_AUTO) why.clear();  // the CPU kernels are always there
+  else if (b == nullptr) why = pte::str("backend=", int(backend), ": unknown");
+  else if (b->available == nullptr) why = pte::str("not built: ", b->not_built);
+  else why = b->available();
   if (reason) *reason = why.c_str();
   return why.empty() ? 1 : 0;
 }

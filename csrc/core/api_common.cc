@@ -101,6 +101,7 @@ const char* pte_dtype_name(pte_dtype_t dtype) {
   return "unknown";
 }
 
-const char* pte_version(void) { return "0.1.0"; }
+// PTE_VERSION comes from paddle_te/_version.py through the build (CMakeLists.txt).
+const char* pte_version(void) { return PTE_VERSION; }
 
 }  // extern "C"

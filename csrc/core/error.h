@@ -22,10 +22,10 @@ class Error : public std::runtime_error {
 };
 
 namespace detail {
-// Messages are built without iostreams: on the GPU test machine the module is compiled by
-// /opt/gcc (GCC 13) and runs in a process whose libstdc++ formats numbers through `ostream <<`
-// only by crashing (SIGSEGV in ostream::_M_insert<long>, seen 2026-11-25 on the H100 machine,
-// torch 2.11). std::to_string / snprintf do not touch locale facets.
+// Messages are built without iostreams: where the module is compiled by another GCC than the
+// libstdc++ of the process that loads it, `ostream <<` of a number can crash in locale code
+// (docs/performance.md, "Notes behind code comments"). std::to_string / snprintf do not touch
+// locale facets.
 inline void append_one(std::string& s, const std::string& v) { s += v; }
 inline void append_one(std::string& s, const char* v) { s += v != nullptr ? v : "(null)"; }
 inline void append_one(std::string& s, char v) { s += v; }

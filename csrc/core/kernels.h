@@ -1,5 +1,7 @@
 // Internal entry points of each backend. The core (api_*.cc) validates every argument, builds
-// the resolved problem, and calls exactly one of these. They throw pte::Error on failure.
+// the resolved problem, and calls exactly one of these; the attention backends are reached
+// through the table in core/attn_backends.cc, which also checks the caller's workspace against
+// *_workspace_size before attn_fwd/attn_bwd run. They throw pte::Error on failure.
 #pragma once
 
 #include <cstddef>

@@ -11,36 +11,6 @@
 namespace pte_paddle {
 namespace {
 
-pte_qkv_format_t parse_format(const std::string& s) {
-  if (s == "bshd") return PTE_QKV_BSHD;
-  if (s == "sbhd") return PTE_QKV_SBHD;
-  if (s == "thd") return PTE_QKV_THD;
-  PD_THROW("[paddle_te:invalid_argument] qkv_format=\"", s,
-           "\": allowed \"bshd\", \"sbhd\", \"thd\"");
-}
-
-pte_mask_type_t parse_mask_type(const std::string& s) {
-  if (s == "no_mask") return PTE_MASK_NO_MASK;
-  if (s == "padding") return PTE_MASK_PADDING;
-  if (s == "causal") return PTE_MASK_CAUSAL;
-  if (s == "padding_causal") return PTE_MASK_PADDING_CAUSAL;
-  if (s == "causal_bottom_right") return PTE_MASK_CAUSAL_BOTTOM_RIGHT;
-  if (s == "padding_causal_bottom_right") return PTE_MASK_PADDING_CAUSAL_BOTTOM_RIGHT;
-  PD_THROW("[paddle_te:invalid_argument] attn_mask_type=\"", s,
-           "\": the fused op takes \"no_mask\", \"padding\", \"causal\", \"padding_causal\", "
-           "\"causal_bottom_right\", \"padding_causal_bottom_right\" (\"arbitrary\" runs "
-           "through the unfused path)");
-}
-
-pte_backend_t parse_backend(const std::string& s) {
-  if (s == "auto") return PTE_BACKEND_AUTO;
-  if (s == "flash") return PTE_BACKEND_FLASH;
-  if (s == "cudnn") return PTE_BACKEND_CUDNN;
-  if (s == "cpu") return PTE_BACKEND_CPU;
-  PD_THROW("[paddle_te:invalid_argument] backend=\"", s,
-           "\": the fused op takes \"auto\", \"flash\", \"cudnn\", \"cpu\"");
-}
-
 // The attributes of both ops, in declaration order.
 struct Attrs {
   std::string qkv_format;
@@ -66,14 +36,15 @@ void fill_common(pte_attn_params_t* p, const Attrs& a, const paddle::Tensor& q,
   p->cu_seqlens_kv = to_pte(cu_seqlens_kv);
   p->max_seqlen_q = a.max_seqlen_q;
   p->max_seqlen_kv = a.max_seqlen_kv;
-  p->qkv_format = parse_format(a.qkv_format);
-  p->mask_type = parse_mask_type(a.mask_type);
+  p->qkv_format = parse_word(pte_qkv_format_parse, a.qkv_format);
+  p->mask_type = parse_word(pte_mask_type_parse, a.mask_type,
+                            " (\"arbitrary\" runs through the unfused path)");
   p->window_left = a.window_left;
   p->window_right = a.window_right;
   p->softmax_scale = parse_scale(a.softmax_scale, "softmax_scale");
   p->dropout = a.dropout;
   p->deterministic = a.deterministic ? 1 : 0;
-  p->backend = parse_backend(a.backend);
+  p->backend = parse_word(pte_backend_parse, a.backend);
   p->stream = stream_of(q);
 
   // seed_offset: int64 [2] = {seed, offset}, drawn from Paddle's generator in Python. On the GPU

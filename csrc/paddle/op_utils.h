@@ -37,6 +37,16 @@ inline void check_status(pte_status_t s, const char* what) {
   PD_THROW(std::string(status_tag(s)) + what + ": " + (msg && *msg ? msg : "unknown error"));
 }
 
+// A word of one of the C API's vocabularies (pte_qkv_format_parse, pte_mask_type_parse,
+// pte_backend_parse): the core holds the one table and writes the message with the allowed set.
+template <typename E>
+E parse_word(pte_status_t (*parse)(const char*, E*), const std::string& s, const char* extra = "") {
+  E value{};
+  if (parse(s.c_str(), &value) != PTE_SUCCESS)
+    PD_THROW("[paddle_te:invalid_argument] ", pte_last_error(), extra);
+  return value;
+}
+
 inline pte_dtype_t to_pte_dtype(paddle::DataType t) {
   switch (t) {
     case paddle::DataType::FLOAT32:

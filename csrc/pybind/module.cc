@@ -241,19 +241,16 @@ E parse(const std::string& s, const char* arg, const Choice<E> (&choices)[N],
   throw py::value_error(std::string(arg) + "='" + s + "': must be one of " + allowed + extra);
 }
 
-const Choice<pte_qkv_format_t> kFormats[] = {
-    {"bshd", PTE_QKV_BSHD}, {"sbhd", PTE_QKV_SBHD}, {"thd", PTE_QKV_THD}};
-const Choice<pte_mask_type_t> kMaskTypes[] = {
-    {"no_mask", PTE_MASK_NO_MASK},
-    {"padding", PTE_MASK_PADDING},
-    {"causal", PTE_MASK_CAUSAL},
-    {"padding_causal", PTE_MASK_PADDING_CAUSAL},
-    {"causal_bottom_right", PTE_MASK_CAUSAL_BOTTOM_RIGHT},
-    {"padding_causal_bottom_right", PTE_MASK_PADDING_CAUSAL_BOTTOM_RIGHT}};
-const Choice<pte_backend_t> kBackends[] = {{"auto", PTE_BACKEND_AUTO},
-                                           {"flash", PTE_BACKEND_FLASH},
-                                           {"cudnn", PTE_BACKEND_CUDNN},
-                                           {"cpu", PTE_BACKEND_CPU}};
+// The attention vocabularies come from the C API's tables (pte_*_parse), so every front end
+// accepts and names the same words.
+template <typename E>
+E parse_word(pte_status_t (*parse)(const char*, E*), const std::string& s, const char* extra = "") {
+  E value{};
+  if (parse(s.c_str(), &value) != PTE_SUCCESS)
+    throw py::value_error(std::string(pte_last_error()) + extra);
+  return value;
+}
+
 const Choice<pte_softmax_causal_t> kCausal[] = {{"top_left", PTE_SOFTMAX_CAUSAL_TOP_LEFT},
                                                 {"bottom_right", PTE_SOFTMAX_CAUSAL_BOTTOM_RIGHT}};
 
@@ -314,9 +311,9 @@ void fill_attn(pte_attn_params_t* p, Args& a, const AttnKw& kw) {
   p->cu_seqlens_kv = a.add(kw.cu_seqlens_kv, "cu_seqlens_kv");
   p->max_seqlen_q = kw.max_seqlen_q.is_none() ? 0 : kw.max_seqlen_q.cast<int64_t>();
   p->max_seqlen_kv = kw.max_seqlen_kv.is_none() ? 0 : kw.max_seqlen_kv.cast<int64_t>();
-  p->qkv_format = parse(kw.qkv_format, "qkv_format", kFormats);
-  p->mask_type = parse(kw.attn_mask_type, "attn_mask_type", kMaskTypes,
-                       " ('arbitrary' masks run through the unfused path of the layers)");
+  p->qkv_format = parse_word(pte_qkv_format_parse, kw.qkv_format);
+  p->mask_type = parse_word(pte_mask_type_parse, kw.attn_mask_type,
+                            " ('arbitrary' masks run through the unfused path of the layers)");
   if (kw.window_size.is_none()) {
     p->window_left = p->window_right = -1;
   } else {
@@ -338,8 +335,8 @@ void fill_attn(pte_attn_params_t* p, Args& a, const AttnKw& kw) {
   p->seed = as_u64(kw.seed, "seed");
   p->offset = as_u64(kw.offset, "offset");
   p->deterministic = kw.deterministic ? 1 : 0;
-  p->backend = parse(kw.backend, "backend", kBackends,
-                     " ('unfused' is a path of the Paddle layers, not of the core)");
+  p->backend = parse_word(pte_backend_parse, kw.backend,
+                          " ('unfused' is a path of the Paddle layers, not of the core)");
   p->stream = a.stream();
 }
 
@@ -619,7 +616,9 @@ void decode_attn(py::object q, py::object k_cache, py::object v_cache, py::objec
 
 py::dict backends() {
   py::dict d;
-  for (pte_backend_t b : {PTE_BACKEND_FLASH, PTE_BACKEND_CUDNN, PTE_BACKEND_CPU}) {
+  // Every concrete backend, as the C API names them (value 0 is auto).
+  for (int i = PTE_BACKEND_AUTO + 1; pte_backend_name(pte_backend_t(i)) != nullptr; ++i) {
+    const pte_backend_t b = pte_backend_t(i);
     const char* reason = nullptr;
     const int ok = pte_backend_available(b, &reason);
     py::dict e;

@@ -253,9 +253,76 @@ void test_softmax_and_seqlens() {
   expect_error(pte_mask_to_cu_seqlens(&lp), PTE_ERROR_INVALID_ARGUMENT, "valid", "valid dtype");
 }
 
+// One table per vocabulary: names and parsing agree, values outside the enums have no name, and
+// a bad word is INVALID_ARGUMENT naming the argument and the allowed set.
+void test_vocabularies() {
+  int n = 0;
+  for (int i = 0; pte_qkv_format_name(pte_qkv_format_t(i)) != nullptr; ++i, ++n) {
+    pte_qkv_format_t f;
+    EXPECT(pte_qkv_format_parse(pte_qkv_format_name(pte_qkv_format_t(i)), &f) == PTE_SUCCESS &&
+               int(f) == i, "qkv_format %d does not round-trip", i);
+  }
+  EXPECT(n == 3, "%d layouts", n);
+  n = 0;
+  for (int i = 0; pte_mask_type_name(pte_mask_type_t(i)) != nullptr; ++i, ++n) {
+    pte_mask_type_t m;
+    EXPECT(pte_mask_type_parse(pte_mask_type_name(pte_mask_type_t(i)), &m) == PTE_SUCCESS &&
+               int(m) == i, "mask type %d does not round-trip", i);
+  }
+  EXPECT(n == 6, "%d mask types", n);
+  for (int i = 0; i < PTE_BACKEND_COUNT; ++i) {
+    pte_backend_t b;
+    EXPECT(pte_backend_parse(pte_backend_name(pte_backend_t(i)), &b) == PTE_SUCCESS && int(b) == i,
+           "backend %d does not round-trip", i);
+  }
+  EXPECT(pte_backend_name(PTE_BACKEND_COUNT) == nullptr, "a name past the enum");
+  EXPECT(std::strcmp(pte_mask_type_name(PTE_MASK_PADDING_CAUSAL), "padding_causal") == 0,
+         "mask name %s", pte_mask_type_name(PTE_MASK_PADDING_CAUSAL));
+  pte_qkv_format_t f;
+  expect_error(pte_qkv_format_parse("bhsd", &f), PTE_ERROR_INVALID_ARGUMENT,
+               "qkv_format='bhsd': must be one of 'bshd', 'sbhd', 'thd'", "bad layout");
+  pte_mask_type_t m;
+  expect_error(pte_mask_type_parse("arbitrary", &m), PTE_ERROR_INVALID_ARGUMENT,
+               "attn_mask_type='arbitrary'", "bad mask type");
+  pte_backend_t b;
+  expect_error(pte_backend_parse("triton", &b), PTE_ERROR_INVALID_ARGUMENT, "'cpu'", "bad backend");
+}
+
+// The backend table: on CPU tensors `auto` picks the CPU kernels (with and without dropout), a
+// CUDA backend asked for by name says why it cannot run, and the CPU needs no workspace.
+void test_backend_table() {
+  std::vector<float> q(2 * 4 * 2 * 8, 0.5f), o(q.size()), lse(2 * 2 * 4);
+  pte_attn_params_t p;
+  pte_attn_params_init(&p);
+  p.q = tensor(q.data(), PTE_FLOAT32, {2, 4, 2, 8});
+  p.k = p.q;
+  p.v = p.q;
+  p.out = tensor(o.data(), PTE_FLOAT32, {2, 4, 2, 8});
+  p.lse = tensor(lse.data(), PTE_FLOAT32, {2, 2, 4});
+  p.softmax_scale = 0.125;
+  for (float dropout : {0.f, 0.2f}) {
+    p.dropout = dropout;
+    pte_backend_t chosen = PTE_BACKEND_AUTO;
+    EXPECT(pte_attn_select_backend(&p, 0, &chosen) == PTE_SUCCESS && chosen == PTE_BACKEND_CPU,
+           "auto on CPU chose %d: %s", int(chosen), pte_last_error());
+  }
+  size_t bytes = 1;
+  EXPECT(pte_attn_fwd_workspace_size(&p, &bytes) == PTE_SUCCESS && bytes == 0,
+         "cpu workspace %zu: %s", bytes, pte_last_error());
+  expect_error(pte_attn_check(&p, PTE_BACKEND_FLASH, 0), PTE_ERROR_NOT_SUPPORTED,
+               "backend 'flash' runs on CUDA devices", "flash on CPU tensors");
+  expect_error(pte_attn_check(&p, PTE_BACKEND_CUDNN, 0), PTE_ERROR_NOT_SUPPORTED,
+               "backend 'cudnn' runs on CUDA devices", "cudnn on CPU tensors");
+  const char* reason = nullptr;
+  EXPECT(pte_backend_available(PTE_BACKEND_COUNT, &reason) == 0 && std::strstr(reason, "unknown"),
+         "an unknown backend is available: %s", reason);
+}
+
 }  // namespace
 
 int main() {
+  test_vocabularies();
+  test_backend_table();
   test_forward_matches_naive();
   test_errors();
   test_softmax_and_seqlens();

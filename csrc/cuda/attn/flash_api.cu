@@ -271,12 +271,8 @@ size_t bwd_workspace_size(const AttnProblem& p) {
 
 void attn_fwd(const AttnProblem& p) { run<false>(p); }
 
-void attn_bwd(const AttnProblem& p) {
-  if (p.workspace_size < bwd_workspace_size(p) || (p.workspace == nullptr && bwd_workspace_size(p) > 0))
-    PTE_INTERNAL("flash: backward workspace of ", p.workspace_size, " bytes < ",
-                 bwd_workspace_size(p));
-  run<true>(p);
-}
+// The core checked the workspace against bwd_workspace_size (core/api_attention.cc).
+void attn_bwd(const AttnProblem& p) { run<true>(p); }
 
 }  // namespace flash
 }  // namespace pte

@@ -1,5 +1,6 @@
-// Declarations of the flash launchers (defined in launch_impl.h, instantiated once per
-// (head dim, dtype) in the generated inst/*.cu files).
+// Declarations of the flash launchers of the sm80 (mma.sync) family, which runs on every
+// supported arch (defined in sm80/launch_impl.h, instantiated once per (head dim, dtype) in the
+// generated sm80/inst/*.cu files), and the backward's workspace layout.
 #pragma once
 
 #include <cstddef>

@@ -1,49 +1,18 @@
-// Host side of the flash kernels: the tile configuration of each compiled head dim and the
-// launchers that the generated instantiations (inst/*.cu) compile once per (head dim, dtype).
-// Only inst/*.cu include this file; everything else sees the declarations in launch.h, so the
-// kernels are compiled once per instantiation file and nowhere else.
+// Host side that every kernel family's launchers share (sm80/launch_impl.h, sm90/launch_*.h):
+// grid arithmetic, the opt-in to large shared memory, the zeroing of a thd tensor's tail, and
+// the launches of the one-warp-per-row kernels of row_kernels.h around the dK/dV kernels. Only launcher headers include this file, so the
+// kernels are compiled once per instantiation file (inst/*.cu) and nowhere else.
 #pragma once
-
-#include "cuda/attn/launch.h"
 
 #include <algorithm>
 #include <cstdint>
 
-#include "core/kernels.h"
-#include "core/problem.h"
-#include "cuda/attn/bwd_kernel.h"
-#include "cuda/attn/fwd_kernel.h"
+#include "cuda/attn/launch.h"
+#include "cuda/attn/row_kernels.h"
 #include "cuda/common.cuh"
 
 namespace pte {
 namespace flash {
-
-// Tile shapes per compiled head dim D. Register budget (fp32 accumulators per thread):
-// forward MT*D/2 (output) + MT*BN/2 (scores); tiled dK/dV kernel 2*KT*KO*4 (dK + dV) +
-// 2*MT*NT*4 (S, dP) of its warp tiles; 1-D dK/dV kernel D/kSplit + BM/2; dQ kernel D/2 + BN/2.
-// -Xptxas -v (nvcc 13.0, sm_90a, 2026-11-25): every kernel uses up to 255 registers; stack
-// frames of 0-8 bytes without dropout except the D = 128 forward (32 bytes, measured faster than
-// the spill-free 8-warp variant anyway); the tiled backward with dropout spills 72-208 bytes.
-template <int D>
-struct Configs {
-  // Forward: 4 warps of 2 m16 row tiles each (128 rows) up to D = 128. Two row tiles per warp
-  // halve the shared-memory fragment traffic per MMA (measured on H100, bf16: 148 -> 245 TFLOP/s
-  // at d = 64, 235 -> 270 at d = 128, against 8 warps of one row tile). With dropout the Philox
-  // draws push that variant into spills, so dropout keeps one row tile per warp (8 warps).
-  using Fwd = FwdConfig<D, (D <= 128 ? 128 : 64), (D <= 128 ? 64 : 32), 4>;
-  using FwdDropout = FwdConfig<D, (D <= 128 ? 128 : 64), (D <= 128 ? 64 : 32), (D <= 128 ? 8 : 4)>;
-  // dK/dV (+ atomic dQ) up to D = 128: the 2-D tiled kernel, 8 warps over 128 keys, FA2's
-  // warp grids (S/dP rows x keys, dK/dV keys x columns, dQ rows x columns). D = 64 takes 128
-  // queries per step as FA2 does.
-  // Two Q/dO stages: a third (one more step in flight) measured no faster on H100.
-  using BwdTiled = BwdTiledConfig<D, 128, (D == 64 ? 128 : 64), 8, (D == 64 ? 4 : 2), 4,
-                                  (D == 128 ? 2 : 4)>;
-  static constexpr bool kHasTiled = D <= 128;
-  // Past D = 128, and on devices whose blocks cannot hold the tiled kernel's shared memory: the
-  // 1-D kernel, 4 warps of 16 keys, the head dim split over kSplit blocks past 128.
-  using BwdKV = BwdKVConfig<D, 64, (D <= 64 ? 64 : 32), 4, (D <= 128 ? 1 : 2)>;
-  using BwdQ = BwdQConfig<D, 64, (D <= 128 ? 64 : 32), 4>;
-};
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -64,104 +33,33 @@ void zero_thd_tail(T* x, const Strides& st, int64_t t, int64_t heads, int d, con
   PTE_CUDA_CHECK_LAUNCH();
 }
 
-template <typename Cfg, typename T, bool kDropout>
-void launch_fwd(const AttnProblem& p, cudaStream_t stream) {
-  const dim3 grid(unsigned(ceil_div(p.s_q, Cfg::BM)), unsigned(p.h), unsigned(p.b));
-  constexpr int smem = Cfg::template smem_bytes<T>();
-  auto kernel = fwd_kernel<Cfg, T, kDropout>;
-  set_smem(kernel, smem);
-  kernel<<<grid, Cfg::kThreads, smem, stream>>>(p);
+// The passes around every family's dK/dV kernel (sm80/launch_impl.h, sm90/launch_bwd.h):
+
+// A thd backward's gradients past the last sequence are zeros.
+template <typename T>
+void zero_bwd_thd_tails(const AttnProblem& p, cudaStream_t stream) {
+  if (!p.thd) return;
+  const int d = int(p.d);
+  zero_thd_tail(static_cast<T*>(p.grad_q), p.grad_q_st, p.t_q, p.h, d, p.cu_q, p.b, stream);
+  zero_thd_tail(static_cast<T*>(p.grad_k), p.grad_k_st, p.t_kv, p.h_kv, d, p.cu_kv, p.b, stream);
+  zero_thd_tail(static_cast<T*>(p.grad_v), p.grad_v_st, p.t_kv, p.h_kv, d, p.cu_kv, p.b, stream);
+}
+
+// Dsum = rowsum(dO o O) into the workspace, one warp per row (p.s_q > 0).
+template <typename T>
+void launch_bwd_dot(const AttnProblem& p, float* dsum, cudaStream_t stream) {
+  const dim3 grid(unsigned(ceil_div(p.s_q, kDotWarps)), unsigned(p.h), unsigned(p.b));
+  bwd_dot_kernel<T><<<grid, kDotWarps * 32, 0, stream>>>(p, dsum);
   PTE_CUDA_CHECK_LAUNCH();
 }
 
-template <int D, typename T>
-void run_fwd(const AttnProblem& p) {
-  cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
-  if (p.thd) zero_thd_tail(static_cast<T*>(p.out), p.out_st, p.t_q, p.h, int(p.d), p.cu_q, p.b, stream);
-  if (p.b == 0 || p.s_q == 0) return;
-  if (p.dropout > 0.f)
-    launch_fwd<typename Configs<D>::FwdDropout, T, true>(p, stream);
-  else
-    launch_fwd<typename Configs<D>::Fwd, T, false>(p, stream);
+// dQ = scale * dq_accum (rows of D floats), one warp per row (p.s_q > 0).
+template <typename T>
+void launch_dq_convert(const AttnProblem& p, const float* dq_accum, int D, cudaStream_t stream) {
+  const dim3 grid(unsigned(ceil_div(p.s_q, kDotWarps)), unsigned(p.h), unsigned(p.b));
+  bwd_dq_convert_kernel<T><<<grid, kDotWarps * 32, 0, stream>>>(p, dq_accum, D);
+  PTE_CUDA_CHECK_LAUNCH();
 }
-
-// The 2-D tiled dK/dV kernel where it is compiled (D <= 128) and fits the device's shared memory
-// (sm_90: 227 KB per block; sm_80: 163 KB, too small for D = 64, 128); false: use the 1-D kernel.
-template <int D, typename T>
-bool launch_bwd_tiled(const AttnProblem& p, const float* dsum, float* dq_accum,
-                      cudaStream_t stream) {
-  if constexpr (Configs<D>::kHasTiled) {
-    using TC = typename Configs<D>::BwdTiled;
-    constexpr int smem = TC::template smem_bytes<T>();
-    if (smem > cuda::max_smem_optin(p.device_id)) return false;
-    const bool drop = p.dropout > 0.f;
-    auto kernel = !p.deterministic ? (drop ? bwd_tiled_kernel<TC, T, true, true>
-                                           : bwd_tiled_kernel<TC, T, false, true>)
-                                   : (drop ? bwd_tiled_kernel<TC, T, true, false>
-                                           : bwd_tiled_kernel<TC, T, false, false>);
-    set_smem(kernel, smem);
-    const dim3 grid(unsigned(ceil_div(p.s_kv, TC::BN)), unsigned(p.h_kv), unsigned(p.b));
-    kernel<<<grid, TC::kThreads, smem, stream>>>(p, dsum, dq_accum);
-    PTE_CUDA_CHECK_LAUNCH();
-    return true;
-  } else {
-    return false;
-  }
-}
-
-template <int D, typename T>
-void run_bwd(const AttnProblem& p) {
-  using KV = typename Configs<D>::BwdKV;
-  using Q = typename Configs<D>::BwdQ;
-  cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
-  const int d = int(p.d);
-  if (p.thd) {
-    zero_thd_tail(static_cast<T*>(p.grad_q), p.grad_q_st, p.t_q, p.h, d, p.cu_q, p.b, stream);
-    zero_thd_tail(static_cast<T*>(p.grad_k), p.grad_k_st, p.t_kv, p.h_kv, d, p.cu_kv, p.b, stream);
-    zero_thd_tail(static_cast<T*>(p.grad_v), p.grad_v_st, p.t_kv, p.h_kv, d, p.cu_kv, p.b, stream);
-  }
-  if (p.b == 0) return;
-  float* dsum = static_cast<float*>(p.workspace);
-  // Without `deterministic`, dQ is accumulated by the dK/dV kernel with fp32 atomics.
-  const bool atomic_dq = !p.deterministic;
-  float* dq_accum = atomic_dq ? dsum + bwd_dq_accum_offset(p) : nullptr;
-  if (atomic_dq && p.s_q > 0)
-    PTE_CUDA_CHECK(cudaMemsetAsync(dq_accum, 0, bwd_dq_accum_elems(p, D) * sizeof(float), stream));
-  if (p.s_q > 0) {
-    const dim3 grid(unsigned(ceil_div(p.s_q, kDotWarps)), unsigned(p.h), unsigned(p.b));
-    bwd_dot_kernel<T><<<grid, kDotWarps * 32, 0, stream>>>(p, dsum);
-    PTE_CUDA_CHECK_LAUNCH();
-  }
-  if (p.s_kv > 0 && !launch_bwd_tiled<D, T>(p, dsum, dq_accum, stream)) {
-    const bool drop = p.dropout > 0.f;
-    const dim3 grid(unsigned(ceil_div(p.s_kv, KV::BN) * KV::kSplit), unsigned(p.h_kv),
-                    unsigned(p.b));
-    auto kernel = atomic_dq ? (drop ? bwd_dkdv_kernel<KV, T, true, true>
-                                    : bwd_dkdv_kernel<KV, T, false, true>)
-                            : (drop ? bwd_dkdv_kernel<KV, T, true, false>
-                                    : bwd_dkdv_kernel<KV, T, false, false>);
-    const int smem = KV::template smem_bytes<T>(atomic_dq);
-    set_smem(kernel, smem);
-    kernel<<<grid, KV::kThreads, smem, stream>>>(p, dsum, dq_accum);
-    PTE_CUDA_CHECK_LAUNCH();
-  }
-  if (p.s_q > 0 && atomic_dq) {
-    const dim3 grid(unsigned(ceil_div(p.s_q, kDotWarps)), unsigned(p.h), unsigned(p.b));
-    bwd_dq_convert_kernel<T><<<grid, kDotWarps * 32, 0, stream>>>(p, dq_accum, D);
-    PTE_CUDA_CHECK_LAUNCH();
-  } else if (p.s_q > 0) {
-    const dim3 grid(unsigned(ceil_div(p.s_q, Q::BM)), unsigned(p.h), unsigned(p.b));
-    constexpr int smem = Q::template smem_bytes<T>();
-    auto kernel = p.dropout > 0.f ? bwd_dq_kernel<Q, T, true> : bwd_dq_kernel<Q, T, false>;
-    set_smem(kernel, smem);
-    kernel<<<grid, Q::kThreads, smem, stream>>>(p, dsum);
-    PTE_CUDA_CHECK_LAUNCH();
-  }
-}
-
-// Explicit instantiations, one per generated file inst/flash_{fwd,bwd}_hdim<D>_<dtype>.cu.
-#define PTE_FLASH_INSTANTIATE_FWD(D, T) template void run_fwd<D, T>(const AttnProblem&);
-#define PTE_FLASH_INSTANTIATE_BWD(D, T) template void run_bwd<D, T>(const AttnProblem&);
 
 }  // namespace flash
 }  // namespace pte

@@ -49,6 +49,16 @@ struct SeqInfo {
   }
 };
 
+// Tiles [first, first + count) of `tile` positions that cover positions [lo, hi] (none when
+// hi < lo).
+struct TileSpan {
+  int64_t first, count;
+  __device__ __forceinline__ static TileSpan of(int64_t lo, int64_t hi, int tile) {
+    const int64_t first = lo / tile;
+    return {first, hi >= lo ? hi / tile - first + 1 : 0};
+  }
+};
+
 // The window rule with both lengths: query i sees key j.
 struct Mask {
   int64_t L_q, L_kv, delta, left, right;
@@ -95,6 +105,22 @@ struct Mask {
     *lo = l < 0 ? 0 : l;
     *hi = r > L_q - 1 ? L_q - 1 : r;
     if (n0 >= n1) *hi = *lo - 1;
+  }
+
+  // The tiles of BN keys that queries [m0, m1) may see (key_range in whole tiles), and the tiles
+  // of BM queries that keys [n0, n1) may be seen by (query_range): a kernel visits tiles
+  // [first, first + count) and loads nothing else.
+  template <int BN>
+  __device__ __forceinline__ TileSpan key_tiles(int64_t m0, int64_t m1) const {
+    int64_t lo, hi;
+    key_range(m0, m1, &lo, &hi);
+    return TileSpan::of(lo, hi, BN);
+  }
+  template <int BM>
+  __device__ __forceinline__ TileSpan query_tiles(int64_t n0, int64_t n1) const {
+    int64_t lo, hi;
+    query_range(n0, n1, &lo, &hi);
+    return TileSpan::of(lo, hi, BM);
   }
 
   // True when every (query, key) of the tile [m0, m1) x [n0, n1) is visible, so the tile can skip

@@ -9,13 +9,24 @@
 
 #include <cmath>
 
-#include "cuda/attn/mma.h"
-
 namespace pte {
 namespace flash {
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
+
+// Sum / max over the 4 lanes of a quad (the lanes that hold one row of an mma.sync
+// accumulator fragment).
+__device__ __forceinline__ float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  v += __shfl_xor_sync(0xffffffffu, v, 2);
+  return v;
+}
+__device__ __forceinline__ float quad_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+  return v;
+}
 
 // 2^x as one MUFU.EX2 (flush-to-zero, ~2 ulp): exp2f without fast-math adds a range test and two
 // multiplies per element to keep subnormal results, which a probability never needs. 2^-inf = +0.

@@ -281,8 +281,8 @@ __global__ void __launch_bounds__(block_threads<TPR>(), min_blocks<TPR>())
 }
 
 // No register cap for the backward: it keeps y and d_y packed (16-bit) until the row sum is
-// known, and with two input streams it reached 2.8-3.0 TB/s even at 12 warps per SM (measured on
-// the H100, 2026-11-25), while a 64-register cap spills.
+// known, and with two input streams it reaches 2.8-3.0 TB/s even at 12 warps per SM (docs/
+// performance.md, "Masked softmax"), while a 64-register cap spills.
 template <typename T, int TPR, int NV>
 __global__ void __launch_bounds__(block_threads<TPR>())
     bwd_reg_kernel(const Args a) {

@@ -114,7 +114,20 @@ PTE_API pte_status_t pte_attn_bwd(const pte_attn_params_t* p);
 /* Whether this build and the current device can run `backend` at all; if not, *reason (static
  * or thread-local text) says why. */
 PTE_API int pte_backend_available(pte_backend_t backend, const char** reason);
+
+/* The one spelling of each vocabulary word, shared by every front end (the Paddle ops, the
+ * pybind11 module): "bshd"/"sbhd"/"thd"; "no_mask", "padding", "causal", "padding_causal",
+ * "causal_bottom_right", "padding_causal_bottom_right"; "auto", "flash", "cudnn", "cpu".
+ * The *_name functions return NULL for a value outside the enum, so a front end lists the
+ * allowed words by counting up from 0 until NULL. The *_parse functions set *out, or fail with
+ * INVALID_ARGUMENT and "<argument>='<name>': must be one of '...', ..." in pte_last_error(), the
+ * argument named as the Python API names it (qkv_format, attn_mask_type, backend). */
+PTE_API const char* pte_qkv_format_name(pte_qkv_format_t format);
+PTE_API const char* pte_mask_type_name(pte_mask_type_t mask_type);
 PTE_API const char* pte_backend_name(pte_backend_t backend);
+PTE_API pte_status_t pte_qkv_format_parse(const char* name, pte_qkv_format_t* out);
+PTE_API pte_status_t pte_mask_type_parse(const char* name, pte_mask_type_t* out);
+PTE_API pte_status_t pte_backend_parse(const char* name, pte_backend_t* out);
 
 /* The dropout keep decision for one element, exactly as the kernels compute it. */
 PTE_API int pte_dropout_keep(uint64_t seed, uint64_t offset, float p, int64_t batch,
