@@ -591,7 +591,7 @@ void decode_attn(py::object q, py::object k_cache, py::object v_cache, py::objec
   p.window_left = w[0].cast<int64_t>();
   p.window_right = w[1].cast<int64_t>();
   p.num_splits = num_splits;
-  p.backend = parse(backend, "backend", kBackends);
+  p.backend = parse_word(pte_backend_parse, backend);
   p.stream = a.stream();
   DeviceGuard guard(a.cuda_device());
   const bool cuda = p.q.device == PTE_DEVICE_CUDA;
