@@ -85,9 +85,9 @@ def main():
             core.fused_attn_fwd(q, k, v, out, lse=lse, stream=stream, **kw)
 
         o = measure(ours, args.iters)
-        # Host cost of the DLPack exports of one call (5 CUDA tensors): every tensor with the
-        # call's stream, and the first only (-1 after), which is what the module does
-        # (docs/performance.md, "Biggest part: the DLPack exports").
+        # Host cost of the DLPack exports of one call (5 CUDA tensors), as the module makes them
+        # now (the call's stream with the first only, -1 after) against the older way (the
+        # call's stream with each).
         def exports(first_only):
             for i, x in enumerate((q, k, v, out, lse)):
                 x.__dlpack_device__()

@@ -211,6 +211,8 @@ def documented_refusal(core, variant, case, dropout=0.0):
             return "cuDNN's ragged offsets (thd) need sm_90"
         if dropout > 0 and R.is_bottom_right(case.mask):
             return "cuDNN refuses dropout with bottom-right causal masks"
+        if case.s_q == 1 and case.s_kv == 1:
+            return "cuDNN refuses s_q = s_kv = 1"
         for dim in (case.d, case.d_v):
             if dim > 256 or dim % 8:
                 return "cuDNN takes head dims that are multiples of 8 and <= 256"

@@ -101,12 +101,7 @@ void run_bwd(const AttnProblem& p) {
   using KV = typename Configs<D>::BwdKV;
   using Q = typename Configs<D>::BwdQ;
   cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
-  const int d = int(p.d);
-  if (p.thd) {
-    zero_thd_tail(static_cast<T*>(p.grad_q), p.grad_q_st, p.t_q, p.h, d, p.cu_q, p.b, stream);
-    zero_thd_tail(static_cast<T*>(p.grad_k), p.grad_k_st, p.t_kv, p.h_kv, d, p.cu_kv, p.b, stream);
-    zero_thd_tail(static_cast<T*>(p.grad_v), p.grad_v_st, p.t_kv, p.h_kv, d, p.cu_kv, p.b, stream);
-  }
+  zero_bwd_thd_tails<T>(p, stream);
   if (p.b == 0) return;
   float* dsum = static_cast<float*>(p.workspace);
   // Without `deterministic`, dQ is accumulated by the dK/dV kernel with fp32 atomics.
@@ -114,11 +109,7 @@ void run_bwd(const AttnProblem& p) {
   float* dq_accum = atomic_dq ? dsum + bwd_dq_accum_offset(p) : nullptr;
   if (atomic_dq && p.s_q > 0)
     PTE_CUDA_CHECK(cudaMemsetAsync(dq_accum, 0, bwd_dq_accum_elems(p, D) * sizeof(float), stream));
-  if (p.s_q > 0) {
-    const dim3 grid(unsigned(ceil_div(p.s_q, kDotWarps)), unsigned(p.h), unsigned(p.b));
-    bwd_dot_kernel<T><<<grid, kDotWarps * 32, 0, stream>>>(p, dsum);
-    PTE_CUDA_CHECK_LAUNCH();
-  }
+  if (p.s_q > 0) launch_bwd_dot<T>(p, dsum, stream);
   if (p.s_kv > 0 && !launch_bwd_tiled<D, T>(p, dsum, dq_accum, stream)) {
     const dim3 grid(unsigned(ceil_div(p.s_kv, KV::BN) * KV::kSplit), unsigned(p.h_kv),
                     unsigned(p.b));
@@ -133,9 +124,7 @@ void run_bwd(const AttnProblem& p) {
     });
   }
   if (p.s_q > 0 && atomic_dq) {
-    const dim3 grid(unsigned(ceil_div(p.s_q, kDotWarps)), unsigned(p.h), unsigned(p.b));
-    bwd_dq_convert_kernel<T><<<grid, kDotWarps * 32, 0, stream>>>(p, dq_accum, D);
-    PTE_CUDA_CHECK_LAUNCH();
+    launch_dq_convert<T>(p, dq_accum, D, stream);
   } else if (p.s_q > 0) {
     const dim3 grid(unsigned(ceil_div(p.s_q, Q::BM)), unsigned(p.h), unsigned(p.b));
     constexpr int smem = Q::template smem_bytes<T>();

@@ -9,7 +9,7 @@
 #include <cute/tensor.hpp>
 
 #include "core/problem.h"
-#include "cuda/attn/launch_impl.h"  // zero_thd_tail, the preprocess and dQ conversion kernels
+#include "cuda/attn/launch_impl.h"  // the passes around the dK/dV kernel
 #include "cuda/attn/sm90/bwd_kernel.h"
 #include "cuda/attn/sm90/launch_fwd.h"
 #include "cuda/common.cuh"
@@ -48,20 +48,13 @@ template <int D, typename T>
 void run_bwd(const AttnProblem& p) {
   using Traits = BwdTraits<D, T>;
   cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
-  const int d = int(p.d);
-  if (p.thd) {
-    zero_thd_tail(static_cast<T*>(p.grad_q), p.grad_q_st, p.t_q, p.h, d, p.cu_q, p.b, stream);
-    zero_thd_tail(static_cast<T*>(p.grad_k), p.grad_k_st, p.t_kv, p.h_kv, d, p.cu_kv, p.b, stream);
-    zero_thd_tail(static_cast<T*>(p.grad_v), p.grad_v_st, p.t_kv, p.h_kv, d, p.cu_kv, p.b, stream);
-  }
+  zero_bwd_thd_tails<T>(p, stream);
   if (p.b == 0) return;
   float* dsum = static_cast<float*>(p.workspace);
   float* dq_accum = dsum + bwd_dq_accum_offset(p);
   if (p.s_q > 0) {
     PTE_CUDA_CHECK(cudaMemsetAsync(dq_accum, 0, bwd_dq_accum_elems(p, D) * sizeof(float), stream));
-    const dim3 grid(unsigned(ceil_div(p.s_q, kDotWarps)), unsigned(p.h), unsigned(p.b));
-    bwd_dot_kernel<T><<<grid, kDotWarps * 32, 0, stream>>>(p, dsum);
-    PTE_CUDA_CHECK_LAUNCH();
+    launch_bwd_dot<T>(p, dsum, stream);
   }
   if (p.s_kv > 0) {
     if (p.dropout > 0.f)
@@ -69,11 +62,7 @@ void run_bwd(const AttnProblem& p) {
     else
       launch_bwd<Traits, false>(p, dsum, dq_accum, stream);
   }
-  if (p.s_q > 0) {
-    const dim3 grid(unsigned(ceil_div(p.s_q, kDotWarps)), unsigned(p.h), unsigned(p.b));
-    bwd_dq_convert_kernel<T><<<grid, kDotWarps * 32, 0, stream>>>(p, dq_accum, D);
-    PTE_CUDA_CHECK_LAUNCH();
-  }
+  if (p.s_q > 0) launch_dq_convert<T>(p, dq_accum, D, stream);
 }
 
 #define PTE_FLASH_SM90_INSTANTIATE_BWD(D, T) template void run_bwd<D, T>(const AttnProblem&);
