@@ -35,12 +35,15 @@ class Family(NamedTuple):
     hdims: tuple
 
 
-# The Hopper family joins as, e.g.,
-#   Family("sm90", "cuda/attn/sm90/launch_fwd.h", "PTE_FLASH_SM90_INSTANTIATE", "sm90", ("fwd",),
-#          (64, 128)),
+# A family may take several rows (one per launcher header); rows of one arch share its inst/.
 FAMILIES = (
     Family("sm80", "cuda/attn/sm80/launch_impl.h", "PTE_FLASH_INSTANTIATE", "", ("fwd", "bwd"),
            ALL_HDIMS),
+    # Hopper: whole 128-byte swizzle atoms (multiples of 64); the backward at 64 and 128 only.
+    Family("sm90", "cuda/attn/sm90/launch_fwd.h", "PTE_FLASH_SM90_INSTANTIATE", "sm90", ("fwd",),
+           (64, 128, 192, 256)),
+    Family("sm90", "cuda/attn/sm90/launch_bwd.h", "PTE_FLASH_SM90_INSTANTIATE", "sm90", ("bwd",),
+           (64, 128)),
 )
 
 TEMPLATE = """\
@@ -94,10 +97,13 @@ def main():
                     help="folder holding the <arch>/inst/ folders (default: csrc/cuda/attn)")
     ap.add_argument("--check", action="store_true", help="fail if the files are not current")
     args = ap.parse_args()
-    stale = []
+    wanted = {}  # arch -> {file name: text}
     for family in FAMILIES:
-        out = args.root / family.arch / "inst"
-        stale += [f"{family.arch}/inst/{n}" for n in sync(out, dict(files(family)), args.check)]
+        wanted.setdefault(family.arch, {}).update(files(family))
+    stale = []
+    for arch, arch_files in wanted.items():
+        out = args.root / arch / "inst"
+        stale += [f"{arch}/inst/{n}" for n in sync(out, arch_files, args.check)]
     if args.check and stale:
         print("out of date: " + ", ".join(stale) + " (run tools/gen_flash_inst.py)",
               file=sys.stderr)

@@ -146,7 +146,12 @@ bool use_sm90(const AttnProblem& p, bool backward) {
   const Variant v = requested_variant();
   if (v == Variant::kSm80) return false;
   const int arch = cuda::device_arch(p.device_id);
-  if (!backward) return sm90_fwd_reason(p, arch).empty();
+  if (!backward) {
+#ifdef PTE_FLASH_SM90
+    if (v == Variant::kAuto && !sm90::fwd_preferred(pick_sm90_hdim(p.d))) return false;
+#endif
+    return sm90_fwd_reason(p, arch).empty();
+  }
 #ifdef PTE_FLASH_SM90
   if (v == Variant::kAuto && !sm90::bwd_preferred(pick_sm90_hdim(p.d, true))) return false;
 #endif

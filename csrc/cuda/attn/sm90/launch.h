@@ -12,6 +12,10 @@ namespace sm90 {
 // Head dims with an sm90 forward: a call with head dim d runs the smallest one >= d (TMA fills
 // the columns past d with zeros).
 constexpr int kFwdHdims[] = {64, 128, 192, 256};
+// Where `auto` takes the sm90 forward: the head dims its GPU grid has run (64, 128; 2026-12-04,
+// H200). 192 and 256 compile and run when forced (PTE_FLASH_VARIANT=sm90) until the grid covers
+// them (the GPU build compiles PTE_HDIMS=64;128 by default).
+constexpr bool fwd_preferred(int D) { return D <= 128; }
 
 template <int D, typename T>
 void run_fwd(const AttnProblem& p);
