@@ -98,6 +98,10 @@ def test_zoo(core, torch, family, name, dtype):
 @pytest.mark.parametrize("d", [32, 64, 128, 256])
 def test_heads_and_head_dims(core, torch, family, mask_heads, d, dtype):
     b, s_q, s_kv, h, h_kv = 1, 200, 333, 6, 2
+    probe = torch.zeros((1, 64, 1, d), dtype=torch.float16, device="cuda")
+    why = core.attn_check(probe, probe, probe, probe.clone(), backend="flash", backward=True)
+    if why:
+        pytest.skip(f"head dim {d}: {why}")  # not compiled in this build (PTE_HDIMS)
     m = {"1": 1, "h_kv": h_kv, "h": h}[mask_heads]
     rng = _rng(mask_heads, d, dtype)
     name = {32: "causal_document", 64: "document", 128: "share_question", 256: "global_sliding"}[d]
