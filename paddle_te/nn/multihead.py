@@ -243,6 +243,15 @@ class MultiHeadAttention(paddle.nn.MultiHeadAttention):
         _core.check_tensor(attn_mask, "attn_mask")
         if static:
             s_kv = _core.static_dim(cache.k, 2)
+        elif isinstance(cache, self.InplaceCache):
+            # Any key length up to the buffer's: the step pads the mask to the whole buffer.
+            s_kv = None
+            length = _core.static_dim(attn_mask, attn_mask.ndim - 1)
+            if length is not None and length > cache.max_length:
+                raise ValueError(
+                    f"attn_mask has shape {list(attn_mask.shape)}: its key length {length} exceeds "
+                    f"the preallocated cache's max_length={cache.max_length}"
+                )
         elif isinstance(cache, self.Cache):
             prev = _core.static_dim(cache.k, 2)
             s_kv = None if prev is None or s_k is None else prev + s_k
