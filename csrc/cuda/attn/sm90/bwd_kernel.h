@@ -128,7 +128,7 @@ __device__ __forceinline__ void produce_stats(const BwdParams<Traits>& params,
     for (int r = lane; r < BM; r += 32) {
       const int64_t i = m0 + r;
       const bool ok = i < si.L_q;
-      const int64_t idx = ok ? (p.thd ? hq * p.t_q + si.q_start + i : (bi * p.h + hq) * p.s_q + i) : 0;
+      const int64_t idx = ok ? row_stat_index(p, si, bi, hq, i) : 0;
       ss.lse[s][r] = ok ? p.lse[idx] * kLog2e : 0.f;
       ss.dsum[s][r] = ok ? params.dsum[idx] : 0.f;
     }
@@ -283,7 +283,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     EmptyBarrier::arrive(&ss.q_empty[s]);
 
     // dQ_acc rows of this step (rows past L_q carry dS = 0 and may lie outside the accumulator).
-    const int64_t row_base = p.thd ? hq * p.t_q + si.q_start + m0 : (bi * p.h + hq) * p.s_q + m0;
+    const int64_t row_base = row_stat_index(p, si, bi, hq, m0);
     float* dq = params.dq_accum + row_base * D;
     // Adjacent columns of a fragment pair go as one 8-byte vector reduction (sm_90).
     CUTE_UNROLL

@@ -13,6 +13,7 @@
 #include <cute/tensor.hpp>
 
 #include "core/problem.h"
+#include "cuda/attn/row_kernels.h"  // store_pair, row_stat_index
 #include "cuda/attn/seqlen_mask.h"
 #include "cuda/attn/sm90/softmax.h"
 
@@ -26,17 +27,6 @@ constexpr int kBarWarpgroup0 = 2;
 
 __device__ __forceinline__ void named_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
-}
-
-template <typename T>
-__device__ __forceinline__ void store_pair(T* dst, float a, float b);
-template <>
-__device__ __forceinline__ void store_pair<__half>(__half* dst, float a, float b) {
-  *reinterpret_cast<__half2*>(dst) = __floats2half2_rn(a, b);
-}
-template <>
-__device__ __forceinline__ void store_pair<__nv_bfloat16>(__nv_bfloat16* dst, float a, float b) {
-  *reinterpret_cast<__nv_bfloat162*>(dst) = __floats2bfloat162_rn(a, b);
 }
 
 // Element offset of (row, chunk of 8 columns) in a warpgroup's [64, D] staging tile.
@@ -62,10 +52,8 @@ __device__ __forceinline__ void store_out(const AttnProblem& p, const SeqInfo& s
     const int64_t i = m0 + cute::get<0>(tOcO(2 * r));
     inv[r] *= drop_scale;
     if (p.lse != nullptr && cute::get<1>(tOcO(0)) == 0) {
-      if (i < si.L_q)
-        p.lse[p.thd ? hq * p.t_q + si.q_start + i : (bi * p.h + hq) * p.s_q + i] = lse;
-      else if (!p.thd && i < p.s_q)
-        p.lse[(bi * p.h + hq) * p.s_q + i] = -INFINITY;
+      if (i < si.L_q || (!p.thd && i < p.s_q))
+        p.lse[row_stat_index(p, si, bi, hq, i)] = i < si.L_q ? lse : -INFINITY;
     }
   }
   if (kInQ)
