@@ -198,7 +198,7 @@ def attn_check(backend, *, q_shape, kv_shape, v_shape, dtype, qkv_format, mask_t
     key = (backend, bool(backward), tuple(q_shape), tuple(kv_shape), tuple(v_shape), dtype,
            qkv_format, mask_type, tuple(window), float(softmax_scale), float(dropout),
            int(max_seqlen_q), int(max_seqlen_kv), cu_len, bool(on_gpu), int(device_id),
-           os.environ.get("PTE_FLASH_VARIANT"),
+           (os.environ.get("PTE_FLASH_VARIANT"), os.environ.get("PTE_FLASHMASK_CUDA")),
            None if startend_shape is None else tuple(int(x) for x in startend_shape))
     why = _CHECKS.get(key)
     if why is None:
@@ -212,7 +212,7 @@ def attn_check(backend, *, q_shape, kv_shape, v_shape, dtype, qkv_format, mask_t
 # The answers of pte_attn_check by call description: a training step asks the same few questions
 # every time (11 us each through ctypes; a dict lookup here). The answer depends on nothing else
 # (tensor data is never read, the device and build do not change within a process; the flash
-# kernel family's environment variable is part of the key). Bounded; dict operations are atomic
+# backend's environment variables are part of the key). Bounded; dict operations are atomic
 # under the GIL.
 _CHECKS = {}
 _CHECKS_MAX = 1024
