@@ -156,8 +156,12 @@ def _dygraph_losses(cls, inputs, params, steps):
 
 def run_static(name):
     cls, inputs = case(name)
+    # A fixed initialisation: with random parameters, three SGD steps at lr 0.1 do not always lower
+    # the loss (seen once in CI for the TransformerLayer model).
+    paddle.seed(0)
     paddle.enable_static()
     main, startup = paddle.static.Program(), paddle.static.Program()
+    main.random_seed = startup.random_seed = 0
     with paddle.static.program_guard(main, startup):
         feeds = [paddle.static.data(n, list(a.shape), str(a.dtype)) for n, a in inputs]
         model = cls()
