@@ -220,7 +220,7 @@ def test_cp_argument_errors():
 
 def test_pair_plans():
     """The work of each (query chunk, key chunk) pair, chunk length 4."""
-    from paddle_te.distributed._ring import _pair_plan
+    from paddle_te.distributed._plan import pair_plan as _pair_plan
 
     def plan(qc, kc, left, right):
         p = _pair_plan(qc, kc, 4, left, right)
