@@ -38,8 +38,9 @@ def test_merge_cuda(core, torch, acc, part, d):
     lb.reshape(-1)[3:11] = -np.inf  # rows 3..6 empty in both parts
     ta = torch.from_numpy(oa).to("cuda", getattr(torch, acc))
     tb = torch.from_numpy(ob).to("cuda", getattr(torch, part))
-    # The outputs of empty parts hold garbage the merge must not read.
-    ta.view(-1, d)[:7] = float("nan")
+    # The outputs of empty parts hold garbage the merge must not read: lse rows 0..6 of
+    # [b, h, s] are (b 0, h 0, s 0..6).
+    ta[0, :7, 0] = float("nan")
     out = poison(torch.empty_like(ta))
     lse = poison(torch.empty((b, h, s), dtype=torch.float32, device="cuda"))
     tla, tlb = torch.from_numpy(la).cuda(), torch.from_numpy(lb).cuda()
