@@ -626,7 +626,7 @@ void attn_merge(py::object out_a, py::object lse_a, py::object out_b, py::object
   p.lse_b = a.add(lse_b, "lse_b");
   p.out = a.add(out, "out");
   p.lse = a.add(lse, "lse");
-  p.qkv_format = parse(qkv_format, "qkv_format", kFormats);
+  p.qkv_format = parse_word(pte_qkv_format_parse, qkv_format);
   p.stream = a.stream();
   DeviceGuard guard(a.cuda_device());
   pte_status_t st;
