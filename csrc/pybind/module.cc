@@ -614,6 +614,31 @@ void decode_attn(py::object q, py::object k_cache, py::object v_cache, py::objec
   check_status(st);
 }
 
+// ---- lse merge (context parallelism) -------------------------------------------------------
+
+void attn_merge(py::object out_a, py::object lse_a, py::object out_b, py::object lse_b,
+                py::object out, py::object lse, const std::string& qkv_format,
+                py::object stream) {
+  Args a(stream_of(stream));
+  pte_merge_params_t p;
+  pte_merge_params_init(&p);
+  p.out_a = a.add(out_a, "out_a");
+  p.lse_a = a.add(lse_a, "lse_a");
+  p.out_b = a.add(out_b, "out_b");
+  p.lse_b = a.add(lse_b, "lse_b");
+  p.out = a.add(out, "out");
+  p.lse = a.add(lse, "lse");
+  p.qkv_format = parse_word(pte_qkv_format_parse, qkv_format);
+  p.stream = a.stream();
+  DeviceGuard guard(a.cuda_device());
+  pte_status_t st;
+  {
+    py::gil_scoped_release nogil;
+    st = pte_attn_merge(&p);
+  }
+  check_status(st);
+}
+
 // ---- backends -------------------------------------------------------------------------------
 
 py::dict backends() {
@@ -746,6 +771,12 @@ PYBIND11_MODULE(paddle_te_core, m) {
         py::arg("backend") = "auto", py::arg("stream") = py::none(),
         "Attention of q [b, s_q, h, d] over a KV cache into `out` [b, s_q, h, d_v] (and `lse` "
         "float32 [b, h, s_q]); k_new/v_new are appended in place at cache_seqlens (SPEC §10).");
+  m.def("attn_merge", &attn_merge, py::arg("out_a"), py::arg("lse_a"), py::arg("out_b"),
+        py::arg("lse_b"), py::arg("out"), py::arg("lse"), py::kw_only(),
+        py::arg("qkv_format") = "bshd", py::arg("stream") = py::none(),
+        "Merge two partial attention results through their lse, in float32: out/lse receive "
+        "the result over both key sets (out may alias out_a, lse may alias lse_a); rows where "
+        "both parts saw no key give 0 and -inf (SPEC §11, paddle_te/merge.h).");
   m.def("backends", &backends,
         "{name: {'available': bool, 'reason': str}} for this build and the current device.");
 }

@@ -32,6 +32,8 @@ class DotProductAttention(nn.Layer):
         softmax_scale: None = `1/sqrt(kv_channels)`.
         deterministic: bitwise-repeatable backward.
         backend: passed to `paddle_te.ops.fused_attn` ("auto", "flash", "cudnn", "unfused", "cpu").
+        cp_group, cp_global_ranks, cp_comm_type, cp_stream: context parallelism (SPEC §11,
+            docs/context_parallel.md); see `set_context_parallel_group`.
 
     Masks are in the canonical convention: True = masked out.
     """
@@ -49,6 +51,10 @@ class DotProductAttention(nn.Layer):
         softmax_scale=None,
         deterministic=False,
         backend="auto",
+        cp_group=None,
+        cp_global_ranks=None,
+        cp_comm_type="p2p",
+        cp_stream=None,
     ):
         super().__init__()
         num_attention_heads = _core.check_positive_int(num_attention_heads, "num_attention_heads")
@@ -86,6 +92,22 @@ class DotProductAttention(nn.Layer):
         # The name users know the mask by, for messages (TransformerLayer's cross-attention says
         # enc_dec_attn_mask).
         self._mask_name = "attention_mask"
+        self.set_context_parallel_group(cp_group, cp_global_ranks, cp_stream, cp_comm_type)
+
+    def set_context_parallel_group(self, cp_group, cp_global_ranks=None, cp_stream=None,
+                                   cp_comm_type="p2p"):
+        """Shard the sequence over `cp_group` (a paddle.distributed group of N >= 2 ranks; None
+        turns context parallelism off). Each rank then passes its shard of q, k, v (chunks r and
+        2N-1-r of 2N, `paddle_te.distributed.get_batch_on_this_cp_rank`) and gets its shard of the
+        output. `cp_comm_type`: "p2p" (ring) or "all_gather". `cp_stream` is accepted for
+        TransformerEngine compatibility: Paddle's asynchronous send/recv already run on the
+        group's communication stream, which is what the ring overlaps with its compute."""
+        from ..distributed import check_cp_args  # noqa: PLC0415 - distributed imports nn's deps
+
+        self.cp_global_ranks = check_cp_args(cp_group, cp_global_ranks, cp_comm_type, cp_stream)
+        self.cp_group = cp_group
+        self.cp_comm_type = cp_comm_type
+        self.cp_stream = cp_stream
 
     def extra_repr(self):
         return (
@@ -128,6 +150,9 @@ class DotProductAttention(nn.Layer):
         if not given(cu_kv) and given(cu_q) and self.attention_type == "self":
             cu_kv = cu_q
         has_cu = given(cu_q) or given(cu_kv)
+        if self.cp_group is not None:
+            return self._forward_cp(query, key, value, attention_mask, cu_q, cu_kv,
+                                    core_attention_bias)
 
         mask_q = mask_kv = arbitrary_mask = None
         if given(attention_mask):
@@ -243,6 +268,11 @@ class DotProductAttention(nn.Layer):
 
     def _flashmask_forward(self, query, key, value, attention_mask, cu_q, cu_kv, bias, startend):
         fmt, mask_type = self.qkv_format, self.attn_mask_type
+        if self.cp_group is not None:
+            raise ValueError(
+                "startend_row_indices with cp_group: context parallelism takes the mask types of "
+                "SPEC §11 (no_mask, causal, padding, padding_causal, windows), not column bounds"
+            )
         if mask_type not in ("no_mask", "causal"):
             raise ValueError(
                 f"startend_row_indices with attn_mask_type={mask_type!r}: takes 'no_mask' or "
@@ -266,6 +296,48 @@ class DotProductAttention(nn.Layer):
             training=self.training, softmax_scale=self.softmax_scale,
         )
         return out if fmt == "bshd" else out.transpose([1, 0, 2, 3])
+
+    def _forward_cp(self, query, key, value, attention_mask, cu_q, cu_kv, bias):
+        """Context-parallel forward: this rank's shards in, this rank's output shard out."""
+        from ..distributed import context_parallel_attn  # noqa: PLC0415
+
+        if given(bias):
+            raise ValueError("core_attention_bias is not supported with context parallelism (cp_group)")
+        if given(attention_mask):
+            if cu_q is not None or cu_kv is not None:
+                raise ValueError(
+                    f"{self._mask_name} and cu_seqlens_q/cu_seqlens_kv were both given: pass one"
+                )
+            if self.attn_mask_type not in PADDING_MASK_TYPES:
+                raise ValueError(
+                    f"{self._mask_name} was given but attn_mask_type={self.attn_mask_type!r} takes "
+                    "no mask (context parallelism takes padding masks of the whole sequences)"
+                )
+            # A padding mask of the whole sequences (not of the shard): [b, 1, 1, S], a
+            # (mask_q, mask_kv) tuple, or [b, 1, S, S].
+            if isinstance(attention_mask, (tuple, list)):
+                cu_q, cu_kv = ops.mask_to_cu_seqlens(attention_mask[0], attention_mask[1])
+            else:
+                cu_q, cu_kv = ops.mask_to_cu_seqlens(attention_mask)
+        query, key, value, _ = _core.amp_cast(query, key, value, None)
+        return context_parallel_attn(
+            query,
+            key,
+            value,
+            cp_group=self.cp_group,
+            cp_global_ranks=self.cp_global_ranks,
+            cp_comm_type=self.cp_comm_type,
+            cu_seqlens_q=cu_q,
+            cu_seqlens_kv=cu_kv,
+            qkv_format=self.qkv_format,
+            attn_mask_type=self.attn_mask_type,
+            window_size=self.window_size,
+            softmax_scale=self.softmax_scale,
+            dropout=self.attention_dropout,
+            training=self.training,
+            deterministic=self.deterministic,
+            backend=self.backend,
+        )
 
     # ---- validation helpers -------------------------------------------------------------
     @paddle.jit.not_to_static

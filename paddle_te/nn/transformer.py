@@ -86,6 +86,10 @@ class TransformerLayer(nn.Layer):
         layernorm_epsilon=1e-5,
         activation="gelu",
         backend="auto",
+        cp_group=None,
+        cp_global_ranks=None,
+        cp_comm_type="p2p",
+        cp_stream=None,
     ):
         super().__init__()
         _core.check_choice(layer_type, "layer_type", ("encoder", "decoder"))
@@ -141,6 +145,7 @@ class TransformerLayer(nn.Layer):
         self.fc1 = nn.Linear(hidden_size, ffn_hidden_size)
         self.fc2 = nn.Linear(ffn_hidden_size, hidden_size)
         self.hidden_dropout = nn.Dropout(hidden_dropout)
+        self.set_context_parallel_group(cp_group, cp_global_ranks, cp_stream, cp_comm_type)
 
     @paddle.jit.not_to_static
     def _check_inputs(self, hidden_states, encoder_output):
@@ -160,6 +165,16 @@ class TransformerLayer(nn.Layer):
                     f"encoder_output has shape {list(encoder_output.shape)}: batch {b_enc} must "
                     f"equal hidden_states' {b}"
                 )
+
+    def set_context_parallel_group(self, cp_group, cp_global_ranks=None, cp_stream=None,
+                                   cp_comm_type="p2p"):
+        """Context parallelism for the self-attention (SPEC §11): hidden_states is then this
+        rank's shard of the sequence (paddle_te.distributed.get_batch_on_this_cp_rank) and the
+        output is its shard. The layer norms and the MLP act per token, so only the attention
+        core communicates. Cross-attention keeps the whole encoder output on every rank (its keys
+        are not part of the sharded sequence)."""
+        self.self_attention.core_attention.set_context_parallel_group(
+            cp_group, cp_global_ranks, cp_stream, cp_comm_type)
 
     def forward(self, hidden_states, attention_mask=None, encoder_output=None,
                 enc_dec_attn_mask=None):

@@ -7,5 +7,6 @@
 #include "paddle_te/softmax.h"
 #include "paddle_te/seqlens.h"
 #include "paddle_te/decode.h"
+#include "paddle_te/merge.h"
 
 #endif /* PADDLE_TE_PADDLE_TE_H_ */
