@@ -146,7 +146,7 @@ def _pair_fwd(cfg, q_chunk, k_chunk, v_chunk, qc, kc, base_so):
         [("q", q_), ("k", k_), ("v", v_),
          ("cu_seqlens_q", cfg.cu(cfg.len_q, qc * c + plan.f, c - plan.f)),
          ("cu_seqlens_kv", cfg.cu(cfg.len_kv, kc * c + plan.e, c - plan.e)),
-         ("seed_offset", cfg.seed_offset(base_so, qc, kc))],
+         ("seed_offset", cfg.seed_offset(base_so, qc, kc)), ("startend_row_indices", None)],
         _attrs(cfg, plan),
         ["out", "lse"],
     )
