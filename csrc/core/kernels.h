@@ -60,6 +60,8 @@ void mask_to_cu_seqlens(const SeqlensProblem& p);
 int device_arch(int device_id);
 // Largest dynamic shared memory a block of device_id may opt in to, in bytes (cached per device).
 int max_smem_optin(int device_id);
+// Multiprocessors of device_id (cached per device).
+int sm_count(int device_id);
 }  // namespace cuda
 
 #endif

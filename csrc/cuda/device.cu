@@ -16,7 +16,12 @@ int device_arch(int device_id) {
   return major * 10 + minor;
 }
 
-int max_smem_optin(int device_id) {
+namespace {
+
+// A device attribute that cannot change in a process, read once per device (the query is a driver
+// call; launchers ask on every call). Thread-safe: a racing first read stores the same value.
+template <cudaDeviceAttr kAttr>
+int cached_attribute(int device_id) {
   if (device_id < 0) PTE_CUDA_CHECK(cudaGetDevice(&device_id));
   constexpr int kMaxDevices = 64;
   static std::atomic<int> cache[kMaxDevices] = {};  // 0: not asked yet
@@ -24,12 +29,19 @@ int max_smem_optin(int device_id) {
     const int v = cache[device_id].load(std::memory_order_relaxed);
     if (v != 0) return v;
   }
-  int bytes = 0;
-  PTE_CUDA_CHECK(
-      cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device_id));
-  if (device_id < kMaxDevices) cache[device_id].store(bytes, std::memory_order_relaxed);
-  return bytes;
+  int value = 0;
+  PTE_CUDA_CHECK(cudaDeviceGetAttribute(&value, kAttr, device_id));
+  if (device_id < kMaxDevices) cache[device_id].store(value, std::memory_order_relaxed);
+  return value;
 }
+
+}  // namespace
+
+int max_smem_optin(int device_id) {
+  return cached_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>(device_id);
+}
+
+int sm_count(int device_id) { return cached_attribute<cudaDevAttrMultiProcessorCount>(device_id); }
 
 }  // namespace cuda
 }  // namespace pte

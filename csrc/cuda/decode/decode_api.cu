@@ -1,6 +1,5 @@
 // Host side of the CUDA decode kernels: what they can run (decode_check), how many splits
 // (from shapes and the device only, never from cache_seqlens), workspace, and the launch.
-#include <atomic>
 #include <climits>
 
 #include "core/decode_problem.h"
@@ -19,20 +18,6 @@ constexpr int kTargetBlocksPerSm = 4;
 constexpr int kMinKeysPerSplit = 32;  // short caches (latency case) still spread over many SMs
 constexpr int kMaxAutoSplits = 64;
 constexpr int kVecElems = 8;  // one 16-byte load of fp16/bf16
-
-int sm_count(int device_id) {
-  if (device_id < 0) PTE_CUDA_CHECK(cudaGetDevice(&device_id));
-  constexpr int kMaxDevices = 64;
-  static std::atomic<int> cache[kMaxDevices] = {};  // 0: not asked yet
-  if (device_id < kMaxDevices) {
-    const int v = cache[device_id].load(std::memory_order_relaxed);
-    if (v != 0) return v;
-  }
-  int n = 0;
-  PTE_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device_id));
-  if (device_id < kMaxDevices) cache[device_id].store(n, std::memory_order_relaxed);
-  return n;
-}
 
 bool vec_ok(const void* p, const Strides& st) {
   return is_aligned(p, 16) && st.batch % kVecElems == 0 && st.seq % kVecElems == 0 &&
@@ -116,7 +101,7 @@ int32_t decode_num_splits(const DecodeProblem& p) {
   if (p.num_splits > 0) return p.num_splits;
   const int64_t base = p.b * p.h_kv * row_chunks(p);
   if (base == 0) return 1;
-  const int64_t target = int64_t(kTargetBlocksPerSm) * sm_count(p.device_id);
+  const int64_t target = int64_t(kTargetBlocksPerSm) * cuda::sm_count(p.device_id);
   int64_t splits = (target + base - 1) / base;
   const int64_t by_len = p.capacity / kMinKeysPerSplit;
   if (splits > by_len) splits = by_len;

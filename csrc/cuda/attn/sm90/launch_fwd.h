@@ -10,6 +10,7 @@
 
 #include <cute/tensor.hpp>
 
+#include "core/kernels.h"  // cuda::sm_count
 #include "core/problem.h"
 #include "cuda/attn/launch_impl.h"  // zero_thd_tail
 #include "cuda/attn/sm90/fwd_kernel.h"
@@ -43,20 +44,6 @@ typename Traits::GmemTensor gmem_view(const AttnProblem& p, const void* ptr, con
   const typename Traits::GmemStride stride{st.seq, _1{}, st.head, p.thd ? int64_t(0) : st.batch};
   return make_tensor(make_gmem_ptr(static_cast<const typename Traits::Element*>(ptr)), shape,
                      stride);
-}
-
-// Multiprocessors of a device (cached: the attribute query is a driver call).
-inline int sm_count(int device_id) {
-  static int counts[64] = {};
-  if (device_id < 0) PTE_CUDA_CHECK(cudaGetDevice(&device_id));
-  if (device_id >= 64) {
-    int n = 0;
-    PTE_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device_id));
-    return n;
-  }
-  if (counts[device_id] == 0)
-    PTE_CUDA_CHECK(cudaDeviceGetAttribute(&counts[device_id], cudaDevAttrMultiProcessorCount, device_id));
-  return counts[device_id];
 }
 
 // Persistent forward (PTE_SM90_PERSISTENT=1) — measured against one tile per CTA; see
@@ -96,7 +83,7 @@ void launch(const AttnProblem& p) {
   };
   if constexpr (Traits::kSeparateO) {
     if (persistent()) {
-      const int64_t ctas = std::min<int64_t>(tiles.total(), sm_count(p.device_id));
+      const int64_t ctas = std::min<int64_t>(tiles.total(), cuda::sm_count(p.device_id));
       return drop ? run(fwd_kernel<Traits, T, true, kPingpong, true>, ctas)
                   : run(fwd_kernel<Traits, T, false, kPingpong, true>, ctas);
     }

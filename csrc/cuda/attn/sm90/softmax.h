@@ -17,15 +17,6 @@ namespace sm90 {
 
 __device__ __forceinline__ int frag_row(int i) { return (i >> 1) & 1; }
 
-__device__ __forceinline__ float quad_allreduce_max(float v) {
-  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
-  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
-}
-__device__ __forceinline__ float quad_allreduce_sum(float v) {
-  v += __shfl_xor_sync(0xffffffffu, v, 1);
-  return v + __shfl_xor_sync(0xffffffffu, v, 2);
-}
-
 struct RowSoftmax {
   float m[2];  // running max of x = s * scale * log2(e); -inf while nothing is visible
   float l[2];  // this lane's partial row sum; reduced over the quad in finish()
@@ -48,7 +39,7 @@ struct RowSoftmax {
     float m_use[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      const float m_new = fmaxf(m[r], quad_allreduce_max(mx[r]) * scale_log2);
+      const float m_new = fmaxf(m[r], quad_max(mx[r]) * scale_log2);
       m_use[r] = m_new == -INFINITY ? 0.f : m_new;
       alpha[r] = fast_exp2(m[r] - m_use[r]);
       m[r] = m_new;
@@ -73,7 +64,7 @@ struct RowSoftmax {
 
   // 1 / row sum (0 for a row that saw nothing) and the natural-log lse (-inf for such a row).
   __device__ __forceinline__ void finish(int r, float* inv, float* lse) const {
-    const float sum = quad_allreduce_sum(l[r]);
+    const float sum = quad_sum(l[r]);
     const float mu = m[r] == -INFINITY ? 0.f : m[r];
     *inv = sum > 0.f ? 1.f / sum : 0.f;
     *lse = sum > 0.f ? (mu + log2f(sum)) * kLn2 : -INFINITY;
