@@ -93,9 +93,7 @@ def test_simulated_ring(core, torch, n, window):
     rng = np.random.default_rng(n)
     xp = bench_cp.TorchXP("bfloat16")
     res = bench_cp.check(xp, core, n, 2, 2 * n * 128, 8, 2, 64, window, rng, with_bwd=True, oracle=True)
-    # Forward: the ring (float32 merges) is no worse than the one-device bf16 kernel against
-    # float64, within a floor; backward: float32 accumulation vs the one-device bf16 gradients.
-    assert res["out_vs_fp64"] <= 2 * res["one_device_vs_fp64"] + 2e-3, res
-    for k in ("dq", "dk", "dv"):
-        assert res[k] <= 5e-2, res
+    # The ring (float32 merges and accumulators) is no worse than the one-device bf16 kernels
+    # against float64: out and every gradient under FlashAttention's 2x rule, within a floor.
+    assert bench_cp.check_ok(res, 2e-3), res
     assert math.isfinite(sum(res.values()))

@@ -1,11 +1,14 @@
-// The Hopper (sm_90a) flash-attention backward, dK/dV with atomic dQ (BwdTraits in traits.h):
-// a producer warpgroup (thread 0 issues the TMA loads of K, V once and Q, dO per step; warp 1
-// stages the step's lse and Dsum) and two consumer warpgroups of 64 keys each. Per step
-// (query head of the group, query tile of 64):
-//   S^T = K Q^T, dP^T = V dO^T            (wgmma, both operands in shared memory)
-//   P^T = exp(scale S^T - lse), dS^T = P^T o (dP^T - Dsum)   (registers; dropout as in sm80)
-//   dV += P^T dO, dK += dS^T Q            (wgmma, A from registers)
-//   dQ_acc += dS K                         (dS staged in shared memory; fp32 atomics)
+// The Hopper (sm_90a) flash-attention backward, dK/dV with accumulated dQ (BwdTraits in
+// traits.h): a producer warpgroup (thread 0 issues the TMA loads of K, V once and Q, dO per step;
+// warp 1 stages the step's lse and Dsum; warp 2 is the dQ writer) and two consumer warpgroups of
+// 64 keys each. Per step (query head of the group, query tile of 64):
+//   S^T = K Q^T, dP^T = V dO^T            (wgmma, both operands in shared memory, issued together)
+//   P^T = exp(scale S^T - lse)             (registers, while dP^T is still in flight)
+//   dV += P^T dO                           (wgmma, A from registers; in flight during dS)
+//   dS^T = P^T o (dP^T - Dsum)             (registers; dropout as in sm80)
+//   dK += dS^T Q, dQ = dS K                (dS staged in shared memory, two buffers)
+//   dQ tile -> shared memory -> TMA reduce-add into the fp32 accumulator (the writer warp), so the
+//   consumers never wait on global atomics.
 // The preprocess (Dsum) and the dQ conversion are the arch-neutral kernels of the sm80 family.
 #pragma once
 
@@ -33,10 +36,11 @@ struct BwdParams {
   typename Traits::TmaQ tma_do;
   typename Traits::TmaKV tma_k;
   typename Traits::TmaKV tma_v;
+  typename Traits::TmaDQ tma_dq;  // reduce-add into the fp32 dQ accumulator [rows of lse's layout][D]
   typename Traits::GmemShape q_shape, do_shape, k_shape, v_shape;
+  int32_t dq_rows;
   AttnProblem p;
   const float* dsum;  // [rows of lse's layout]
-  float* dq_accum;    // [rows of lse's layout][D]
 };
 
 // The step sequence of a CTA: query heads of the kv head's group, each over the query tiles that
@@ -136,6 +140,33 @@ __device__ __forceinline__ void produce_stats(const BwdParams<Traits>& params,
   }
 }
 
+// Warp 2 of the producer warpgroup, one lane: each step's dQ tile, once the consumers have put it
+// in shared memory, goes to the accumulator with one TMA reduce-add (float32 adds in L2; rows past
+// the tensor are clipped, rows past L_q add exact zeros). The buffer is released once the TMA
+// has read it.
+template <class Traits>
+__device__ __forceinline__ void write_dq(const BwdParams<Traits>& params,
+                                         typename Traits::SharedStorage& ss, const SeqInfo& si,
+                                         int64_t bi, const BwdSteps& steps, int64_t total) {
+  using namespace cute;
+  constexpr int BM = Traits::BM, D = Traits::D;
+  Tensor mdQ = params.tma_dq.get_tma_tensor(make_shape(params.dq_rows, Int<D>{}));
+  Tensor sdQ = make_tensor(make_smem_ptr(ss.dq.data()), typename Traits::SmemLayoutDQ{});
+  for (int64_t step = 0; step < total; ++step) {
+    const int64_t row = row_stat_index(params.p, si, bi, steps.head(step), steps.m_block(step) * BM);
+    Tensor gdQ = local_tile(domain_offset(make_coord(int32_t(row), _0{}), mdQ),
+                            Shape<Int<BM>, Int<D>>{}, make_coord(_0{}, _0{}));
+    auto [tdQg, tdQs] = tma_partition(params.tma_dq, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sdQ),
+                                      group_modes<0, 2>(gdQ));
+    EmptyBarrier::wait(&ss.dq_full, uint32_t(step) & 1u);
+    copy(params.tma_dq, tdQs, tdQg);
+    tma_store_arrive();
+    tma_store_wait<0>();  // the TMA has read the tile: the consumers may write the next one
+    EmptyBarrier::arrive(&ss.dq_empty);
+  }
+  asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");  // every reduce-add has completed
+}
+
 template <class Traits, typename T, bool kDropout>
 __global__ void __launch_bounds__(Traits::kThreads, 1)
     bwd_kernel(const __grid_constant__ BwdParams<Traits> params) {
@@ -167,6 +198,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       EmptyBarrier::init(&ss.stat_full[s], 32);
       EmptyBarrier::init(&ss.q_empty[s], Traits::kConsumerThreads);
     }
+    EmptyBarrier::init(&ss.dq_full, Traits::kConsumerThreads);
+    EmptyBarrier::init(&ss.dq_empty, 1);
     cutlass::arch::fence_barrier_init();
   }
   __syncthreads();
@@ -179,6 +212,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         produce_bwd<Traits>(params, ss, si, bi, hk, n_block, steps, total);
       else if (threadIdx.x / 32 == 1)
         produce_stats<Traits>(params, ss, si, bi, steps, total, int(threadIdx.x) % 32);
+      else if (threadIdx.x == 64)
+        write_dq<Traits>(params, ss, si, bi, steps, total);
     }
     return;
   }
@@ -210,6 +245,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   Tensor tQrdS = thr_dq.partition_fragment_A(sdS);
   Tensor tQrKt = thr_dq.partition_fragment_B(sKt);
   Tensor tSsdS = thr_sdp.partition_C(sdSt);          // where this thread's dS^T elements go
+  Tensor sdQ = make_tensor(make_smem_ptr(ss.dq.data()), typename Traits::SmemLayoutDQ{});
+  Tensor tdQsdQ = thr_dq.partition_C(sdQ);           // where this thread's dQ elements go
 
   Tensor tSrS = partition_fragment_C(mma_sdp, Shape<Int<BN>, Int<BM>>{});
   Tensor tSrdP = partition_fragment_C(mma_sdp, Shape<Int<BN>, Int<BM>>{});
@@ -218,7 +255,6 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   Tensor tdKrdK = partition_fragment_C(mma_kv, Shape<Int<BN>, Int<D>>{});
   Tensor tKVc = thr_kv.partition_C(make_identity_tensor(Shape<Int<BN>, Int<D>>{}));
   Tensor tdQrdQ = partition_fragment_C(mma_dq, Shape<Int<BM>, Int<D>>{});
-  Tensor tdQc = thr_dq.partition_C(make_identity_tensor(Shape<Int<BM>, Int<D>>{}));
   Tensor tPrP = make_tensor<Element>(partition_shape_A(mma_kv, Shape<Int<BN>, Int<BM>>{}));
   Tensor tPrdS = make_tensor<Element>(partition_shape_A(mma_kv, Shape<Int<BN>, Int<BM>>{}));
   clear(tdVrdV);
@@ -233,66 +269,74 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   for (int64_t step = 0; step < total; ++step) {
     const StageIter<kStages> it{int(step)};
     const int s = it.stage();
+    const int ds_stage = int(step % Traits::kDSStages);
     const int64_t hq = steps.head(step), m0 = steps.m_block(step) * BM;
 
     FullBarrier::wait(&ss.q_full[s], it.phase());
     gemm_issue<true>(mma_sdp, tSrK, tSrQ(_, _, _, s), tSrS);
     gemm_issue<true>(mma_sdp, tSrV, tSrdO(_, _, _, s), tSrdP);
-    EmptyBarrier::wait(&ss.stat_full[s], it.phase());
-    warpgroup_wait<0>();
-    gemm_done(tSrS);
-    gemm_done(tSrdP);
-
-    // P^T (dropped and rescaled for dV) and dS^T, element by element; a select, not a product,
-    // zeroes what a key does not see (rows without keys have lse = -inf).
     const bool full = mask.tile_full(m0, m0 + BM, n0, n0 + BN);
     int lo[2] = {0, 0}, hi[2] = {BM, BM};
     if (!full) {
       key_span(mask, n0 + key0, m0, BM, &lo[0], &hi[0]);
       key_span(mask, n0 + key1, m0, BM, &lo[1], &hi[1]);
     }
+    EmptyBarrier::wait(&ss.stat_full[s], it.phase());
+    warpgroup_wait<1>();  // S^T has landed; dP^T may still be in flight
+    gemm_done(tSrS);
+
+    // P^T in place of S^T (float32, for dS) and, dropped and rescaled, as dV's A operand; a
+    // select, not a product, zeroes what a key does not see (rows without keys: lse = -inf).
+    uint32_t keep_bits = 0;  // dropout: bit i = element i kept (size(tSrS) = 32)
+    static_assert(decltype(size(tSrS))::value <= 32, "one keep bit per element");
     CUTE_UNROLL
     for (int i = 0; i < size(tSrS); ++i) {
       const int r = frag_row(i), q = get<1>(tSc(i));
       const bool vis = full || (q >= lo[r] && q < hi[r]);
       const float pv = vis ? fast_exp2(fmaf(tSrS(i), scale_log2, -ss.lse[s][q])) : 0.f;
-      float dpv = tSrdP(i), pd = pv;
+      tSrS(i) = pv;
+      float pd = pv;
       if constexpr (kDropout) {
         const bool keep = drop.keep(hq, m0 + q, n0 + (r ? key1 : key0));
-        dpv = keep ? dpv * drop.scale : 0.f;
+        keep_bits |= uint32_t(keep) << i;
         pd = keep ? pv * drop.scale : 0.f;
       }
       tPrP(i) = Element(pd);
-      tPrdS(i) = Element(pv * (dpv - ss.dsum[s][q]));
     }
+    gemm_issue<false>(mma_kv, tPrP, tKVrdOt(_, _, _, s), tdVrdV);
+    warpgroup_wait<1>();  // dP^T has landed; dV may still be in flight
+    gemm_done(tSrdP);
 
-    // Every warpgroup's dQ GEMM of the previous step has completed before dS is overwritten.
-    named_sync(kBarConsumers, 256);
     CUTE_UNROLL
-    for (int i = 0; i < size(tPrdS); ++i) tSsdS(i) = tPrdS(i);
+    for (int i = 0; i < size(tSrdP); ++i) {
+      const int q = get<1>(tSc(i));
+      float dpv = tSrdP(i);
+      if constexpr (kDropout) dpv = (keep_bits >> i) & 1u ? dpv * drop.scale : 0.f;
+      tPrdS(i) = Element(tSrS(i) * (dpv - ss.dsum[s][q]));
+    }
+    // dS into this step's buffer: the other warpgroup may still read the other buffer in its dQ
+    // GEMM of step - 1, but none reads this one (it finished step - 2 before the barrier below
+    // of step - 1).
+    Tensor tSsdS_s = tSsdS(_, _, _, ds_stage);
+    CUTE_UNROLL
+    for (int i = 0; i < size(tPrdS); ++i) tSsdS_s(i) = tPrdS(i);
     cutlass::arch::fence_view_async_shared();  // generic-proxy writes, read by wgmma next
 
-    gemm_issue<false>(mma_kv, tPrP, tKVrdOt(_, _, _, s), tdVrdV);
     gemm_issue<false>(mma_kv, tPrdS, tKVrQt(_, _, _, s), tdKrdK);
     named_sync(kBarConsumers, 256);  // all of dS is in shared memory
-    gemm_issue<true>(mma_dq, tQrdS, tQrKt, tdQrdQ);
+    gemm_issue<true>(mma_dq, tQrdS(_, _, _, ds_stage), tQrKt, tdQrdQ);
     warpgroup_wait<0>();
     gemm_done(tdVrdV);
     gemm_done(tdKrdK);
     gemm_done(tdQrdQ);
     EmptyBarrier::arrive(&ss.q_empty[s]);
 
-    // dQ_acc rows of this step (rows past L_q carry dS = 0 and may lie outside the accumulator).
-    const int64_t row_base = row_stat_index(p, si, bi, hq, m0);
-    float* dq = params.dq_accum + row_base * D;
-    // Adjacent columns of a fragment pair go as one 8-byte vector reduction (sm_90).
+    // The dQ tile to the writer warp, once it has read the previous one.
+    if (step > 0) EmptyBarrier::wait(&ss.dq_empty, uint32_t(step - 1) & 1u);
     CUTE_UNROLL
-    for (int i = 0; i < size(tdQrdQ); i += 2) {
-      const int q = get<0>(tdQc(i)), col = get<1>(tdQc(i));
-      if (m0 + q < si.L_q)
-        atomicAdd(reinterpret_cast<float2*>(dq + int64_t(q) * D + col),
-                  make_float2(tdQrdQ(i), tdQrdQ(i + 1)));
-    }
+    for (int i = 0; i < size(tdQrdQ); ++i) tdQsdQ(i) = tdQrdQ(i);
+    cutlass::arch::fence_view_async_shared();  // visible to the TMA (async proxy)
+    EmptyBarrier::arrive(&ss.dq_full);
   }
 
   // Epilogue: keys < L_kv get their gradients, padded keys (< s_kv, bshd/sbhd) exact zeros.

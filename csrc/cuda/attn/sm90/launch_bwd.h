@@ -31,11 +31,20 @@ void launch_bwd(const AttnProblem& p, const float* dsum, float* dq_accum, cudaSt
   auto q_layout = take<0, 2>(typename Traits::SmemLayoutQ{});
   const Shape<Int<Traits::BM>, Int<D>> q_box{};
   const Shape<Int<Traits::BN>, Int<D>> kv_box{};
+  // The dQ accumulator: one row of D floats per row of lse's layout (TMA coordinates are 32-bit).
+  const int64_t dq_rows = int64_t(bwd_dsum_elems(p));
+  PTE_CHECK(dq_rows < (int64_t(1) << 31), "flash (sm90): ", dq_rows,
+            " query rows x heads exceed the 2^31 rows of one TMA tensor");
+  const int32_t dq_rows32 = int32_t(dq_rows > 0 ? dq_rows : 1);
+  auto dq = make_tensor(make_gmem_ptr(dq_accum), make_shape(dq_rows32, Int<D>{}),
+                        make_stride(Int<D>{}, _1{}));
   BwdParams<Traits> params{make_tma_copy(SM90_TMA_LOAD{}, q, q_layout, q_box, _1{}),
                            make_tma_copy(SM90_TMA_LOAD{}, dout, q_layout, q_box, _1{}),
                            make_tma_copy(SM90_TMA_LOAD{}, k, typename Traits::SmemLayoutKV{}, kv_box, _1{}),
                            make_tma_copy(SM90_TMA_LOAD{}, v, typename Traits::SmemLayoutKV{}, kv_box, _1{}),
-                           q.shape(), dout.shape(), k.shape(), v.shape(), p, dsum, dq_accum};
+                           make_tma_copy(SM90_TMA_REDUCE_ADD{}, dq, typename Traits::SmemLayoutDQ{},
+                                         Shape<Int<Traits::BM>, Int<D>>{}, _1{}),
+                           q.shape(), dout.shape(), k.shape(), v.shape(), dq_rows32, p, dsum};
   const dim3 grid(unsigned((p.s_kv + Traits::BN - 1) / Traits::BN), unsigned(p.h_kv), unsigned(p.b));
   constexpr int smem = Traits::kSmemBytes;
   auto kernel = bwd_kernel<Traits, typename Traits::Storage, kDropout>;

@@ -104,11 +104,12 @@ struct FwdTraits {
 };
 
 
-// The sm90 backward's dK/dV (+ atomic dQ) kernel: one CTA per (key tile of BN = 128, kv head,
-// sequence); the two consumer warpgroups own 64 keys each and walk the query tiles (BM = 64) of
-// every query head of the GQA group. Products are computed transposed (keys as the M dimension),
-// so P^T and dS^T come out of the S^T / dP^T accumulators already in the A-operand layout of the
-// dV += P^T dO and dK += dS^T Q GEMMs; dS goes through shared memory once, for dQ = dS K.
+// The sm90 backward's dK/dV (+ dQ accumulation) kernel: one CTA per (key tile of BN = 128, kv
+// head, sequence); the two consumer warpgroups own 64 keys each and walk the query tiles (BM = 64)
+// of every query head of the GQA group. Products are computed transposed (keys as the M
+// dimension), so P^T and dS^T come out of the S^T / dP^T accumulators already in the A-operand
+// layout of the dV += P^T dO and dK += dS^T Q GEMMs; dS goes through shared memory once, for
+// dQ = dS K, whose float32 tile goes through shared memory to a TMA reduce-add.
 template <int D_, typename T>
 struct BwdTraits {
   using Storage = T;
@@ -156,11 +157,15 @@ struct BwdTraits {
                                                cute::Step<cute::_2, cute::_1, cute::_3>{})));
   // dS as the MN-major A operand of dQ = dS K: (queries, keys), queries contiguous; written
   // from the dS^T accumulators through the (keys, queries) view.
-  using SmemLayoutDS = decltype(cute::tile_to_shape(cute::GMMA::Layout_MN_SW128_Atom<Element>{},
-                                                    cute::Shape<cute::Int<BM>, cute::Int<BN>>{}));
+  // Two buffers (the last mode): dS of step t is written while step t - 1's dQ GEMM may still
+  // read the other.
+  static constexpr int kDSStages = 2;
+  using SmemLayoutDS = decltype(cute::tile_to_shape(
+      cute::GMMA::Layout_MN_SW128_Atom<Element>{},
+      cute::Shape<cute::Int<BM>, cute::Int<BN>, cute::Int<kDSStages>>{}));
   using SmemLayoutDSt = decltype(cute::composition(
-      SmemLayoutDS{}, cute::make_layout(cute::Shape<cute::Int<BN>, cute::Int<BM>>{},
-                                        cute::Stride<cute::Int<BM>, cute::_1>{})));
+      SmemLayoutDS{}, cute::make_layout(cute::Shape<cute::Int<BN>, cute::Int<BM>, cute::Int<kDSStages>>{},
+                                        cute::Stride<cute::Int<BM>, cute::_1, cute::Int<BM * BN>>{})));
 
   using GmemShape = typename FwdTraits<D, 128, 2, T>::GmemShape;
   using GmemStride = typename FwdTraits<D, 128, 2, T>::GmemStride;
@@ -171,6 +176,17 @@ struct BwdTraits {
   using TmaKV = decltype(cute::make_tma_copy(cute::SM90_TMA_LOAD{}, GmemTensor{}, SmemLayoutKV{},
                                              cute::Shape<cute::Int<BN>, cute::Int<D>>{}, cute::_1{}));
 
+  // The float32 dQ accumulator as TMA sees it: (row of lse's layout, D); a step's dQ tile goes
+  // from shared memory into it with one TMA reduce-add (rows past the tensor are clipped).
+  using DQShape = cute::Shape<int32_t, cute::Int<D>>;
+  using DQStride = cute::Stride<cute::Int<D>, cute::_1>;
+  using DQTensor = decltype(cute::make_tensor(cute::make_gmem_ptr(static_cast<float*>(nullptr)),
+                                              DQShape{}, DQStride{}));
+  using SmemLayoutDQ = decltype(cute::tile_to_shape(cute::GMMA::Layout_K_SW128_Atom<float>{},
+                                                    cute::Shape<cute::Int<BM>, cute::Int<D>>{}));
+  using TmaDQ = decltype(cute::make_tma_copy(cute::SM90_TMA_REDUCE_ADD{}, DQTensor{}, SmemLayoutDQ{},
+                                             cute::Shape<cute::Int<BM>, cute::Int<D>>{}, cute::_1{}));
+
   static constexpr int kKVBytes = 2 * BN * D * int(sizeof(Element));  // K and V
   static constexpr int kQBytes = 2 * BM * D * int(sizeof(Element));   // Q and dO of one step
 
@@ -180,12 +196,15 @@ struct BwdTraits {
     alignas(1024) cute::array_aligned<Element, cute::cosize_v<SmemLayoutQ>> q;
     alignas(1024) cute::array_aligned<Element, cute::cosize_v<SmemLayoutQ>> dout;
     alignas(1024) cute::array_aligned<Element, cute::cosize_v<SmemLayoutDS>> ds;
+    alignas(1024) cute::array_aligned<float, cute::cosize_v<SmemLayoutDQ>> dq;
     float lse[kStages][BM];   // lse * log2(e) of the step's queries (0 past L_q)
     float dsum[kStages][BM];  // rowsum(dO o O) of the step's queries
     alignas(8) uint64_t kv_full;
     uint64_t q_full[kStages];     // Q and dO landed (TMA)
     uint64_t stat_full[kStages];  // lse and Dsum stored (32 producer lanes arrive)
     uint64_t q_empty[kStages];    // every consumer thread is done with the step
+    uint64_t dq_full;             // the step's dQ tile is in shared memory (consumer threads)
+    uint64_t dq_empty;            // the dQ writer's reduce-add has read it (one thread)
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
   static_assert(kSmemBytes <= 227 * 1024, "more shared memory than an sm_90 block can have");
