@@ -30,9 +30,11 @@ constexpr int kMaxAutoSplits = 64;
 
 // Splits of the tensor-core kernel: every split gets at least one key tile of capacity; up to
 // kMmaMaxAutoSplits (b = 1 with one kv head still fills the SMs: 128 x 1k keys of a 128k cache);
-// the fewest splits whose wave efficiency is within kMmaWaveSlack of the best.
+// the fewest splits whose wave efficiency is within kMmaWaveSlack of the best. The slack is
+// tight: in one wave of equal blocks the time is the keys per block, so 0.95 gives up at most
+// 5 % to save splits (each costs a partial-output row per query row and a longer combine).
 constexpr int kMmaMaxAutoSplits = 128;
-constexpr double kMmaWaveSlack = 0.85;
+constexpr double kMmaWaveSlack = 0.95;
 constexpr int kSmemPerBlockReserved = 1024;  // the runtime's own shared memory per block (sm_80+)
 constexpr int kMaxThreadsPerSm = 2048;        // sm_80 / sm_90 (fewer on sm_86/89: a bound only)
 
@@ -181,7 +183,7 @@ int32_t simt_splits(const DecodeProblem& p, const Plan& pl) {
 // Tensor-core kernel: blocks are heavy (2-3 K/V tiles of 8-35 KB in flight each), so the grid
 // is sized in resident-block slots (SMs x blocks that fit an SM's shared memory). A split count
 // s gives base * s blocks, i.e. w = base * s / slots waves; its efficiency w / ceil(w) is the
-// fraction of the slots busy on average. Small batches get many splits (b = 1, 8 kv heads: 33
+// fraction of the slots busy on average. Small batches get many splits (b = 1, 8 kv heads: 32
 // splits of a 16k cache on 132 SMs x 2), large ones none (64 x 8 kv heads: 1). Every split
 // keeps at least one 64-key tile of capacity, so a short cache is not cut into empty blocks
 // (latency case, 1k keys x 4 kv heads: 16 splits of one tile each).
