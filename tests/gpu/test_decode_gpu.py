@@ -100,7 +100,7 @@ GRID = [
     (2, 1, 32, 32, 64, (17, 300), None, True),       # MHA (1 row), d 64
     (2, 1, 16, 16, 128, (1, 2000), None, True),      # MHA (1 row), d 128
     (2, 1, 8, 1, 128, (0, 2049), None, False),       # MQA, no append
-    (1, 4, 32, 8, 128, (5000,), None, True),         # speculative s_q = 4 (16 rows: 2 simt chunks, 1 m16 tile)
+    (1, 4, 32, 8, 128, (5000,), None, True),         # s_q = 4: 16 rows, 2 simt chunks, 1 m16 tile
     (2, 2, 16, 2, 128, (63, 64), None, True),        # group 8 x s_q 2 = 16 rows; lengths around the tile
     (2, 3, 16, 2, 128, (65, 700), None, True),       # 24 rows: mma two m16 tiles, one padded
     (2, 8, 16, 4, 64, (3, 129), None, True),         # 32 rows: two full m16 tiles, d 64

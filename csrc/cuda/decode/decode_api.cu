@@ -191,11 +191,12 @@ int32_t mma_splits(const DecodeProblem& p, const Plan& pl) {
   const int64_t base = p.b * p.h_kv * row_chunks(p, pl);
   if (base == 0) return 1;
   const int smem = mma_smem(p.d, pl.tile_rows / 16) + kSmemPerBlockReserved;
-  const int per_sm = std::max(1, std::min(smem_per_sm(p.device_id) / smem, kMaxThreadsPerSm / decode::kThreads));
+  const int per_sm =
+      std::max(1, std::min(smem_per_sm(p.device_id) / smem, kMaxThreadsPerSm / decode::kThreads));
   const int64_t slots = int64_t(sm_count(p.device_id)) * per_sm;
   constexpr int64_t kTileKeys = decode::MmaConfig<64, 1>::BN;  // the same for every config
-  const int64_t max_splits =
-      std::max<int64_t>(1, std::min<int64_t>(kMmaMaxAutoSplits, (p.capacity + kTileKeys - 1) / kTileKeys));
+  const int64_t by_len = (p.capacity + kTileKeys - 1) / kTileKeys;
+  const int64_t max_splits = std::max<int64_t>(1, std::min<int64_t>(kMmaMaxAutoSplits, by_len));
   auto efficiency = [&](int64_t s) {
     const double waves = double(base * s) / double(slots);
     return waves / std::ceil(waves);

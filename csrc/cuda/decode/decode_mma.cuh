@@ -145,9 +145,10 @@ __global__ void __launch_bounds__(kThreads) mma_kernel(Args<T> a) {
   const T* vn_row0 = a.v_new + (a.v_new ? bi * a.vn_st.batch + hk * a.vn_st.head : 0);
 
   // Issue the copies of the tile of keys [t0, t0 + BN) into `stage`. Thread tid copies chunk
-  // tid % kChunks of tile rows p * kRowsPerPass + tid / kChunks, p < kPasses; lane L < kResolvers
-  // of warp w resolves row (L / kRpw) * kRowsPerPass + w * kRpw + L % kRpw, i.e. the row that the
-  // warp copies in pass L / kRpw with lanes L % kRpw * kChunks ...
+  // tid % kChunks of tile rows p * kRowsPerPass + tid / kChunks (p < kPasses), so warp w copies
+  // rows p * kRowsPerPass + w * kRpw + q (q < kRpw, lanes q * kChunks ...). Lane L = p * kRpw + q
+  // (L < kResolvers) of warp w resolves that row's source once and the copying lanes read it by
+  // shuffle; its bad-page flag is bit L of s_bad[stage][w].
   auto load_tile = [&](int stage, int t0) {
     int src = kSrcNone, idx = 0;
     bool bad = false;
@@ -297,7 +298,8 @@ __global__ void __launch_bounds__(kThreads) mma_kernel(Args<T> a) {
       const float m_use = mx == -INFINITY ? 0.f : mx;
       float l = 0.f;
 #pragma unroll
-      for (int w = 0; w < kWarps; ++w) l += exp2f(s_m[w * kRows + rr] - m_use) * s_l[w * kRows + rr];
+      for (int w = 0; w < kWarps; ++w)
+        l += exp2f(s_m[w * kRows + rr] - m_use) * s_l[w * kRows + rr];
       // 2^-inf = 0 for a warp that saw no key; f = 0 for a row that saw none at all.
       const float f = l > 0.f ? exp2f(sm.m[mt][r] - m_use) / l : 0.f;
       float* o_row = s_o + (warp * kRows + rr) * MS + 2 * c;
@@ -332,7 +334,8 @@ __global__ void __launch_bounds__(kThreads) mma_kernel(Args<T> a) {
       const float m_use = mx == -INFINITY ? 0.f : mx;
       float l = 0.f;
 #pragma unroll
-      for (int w = 0; w < kWarps; ++w) l += exp2f(s_m[w * kRows + rr] - m_use) * s_l[w * kRows + rr];
+      for (int w = 0; w < kWarps; ++w)
+        l += exp2f(s_m[w * kRows + rr] - m_use) * s_l[w * kRows + rr];
       lse = l > 0.f ? (m_use + log2f(l)) * kLn2 : -INFINITY;
     }
     if (a.num_splits == 1) {
