@@ -12,8 +12,13 @@ Timing: every call is captured in a CUDA graph, R calls on R different cache cop
 (so the caches are read from HBM, not from the 60 MB L2), replayed after warm-up; the median of
 --iters replays divided by R. η = (bytes of K and V read + q and out) / 4.8 TB/s ÷ time.
 
+--kernels simt,mma runs paddle_te's attention kernels side by side (PTE_DECODE_KERNEL, read at
+each call, so at capture time for a graph); one column per kernel and page size. --splits N forces
+num_splits (0 = the kernel's automatic choice) to probe the split heuristic.
+
 Prints a markdown table last; --csv writes every measurement; --check compares paddle_te with
-tests/reference.py (float64) on a small case and with cuDNN SDPA on every benchmark case.
+tests/reference.py (float64) on a small case and with cuDNN SDPA on every benchmark case, for each
+kernel.
 """
 
 import argparse
@@ -144,9 +149,15 @@ def flex_fn(torch, q, k, v):
     return lambda: f(q, k, v, enable_gqa=gqa)
 
 
-def check_small(core, torch):
+def set_kernel(kernel):
+    """PTE_DECODE_KERNEL for the following paddle_te calls (auto, simt or mma)."""
+    os.environ["PTE_DECODE_KERNEL"] = kernel
+
+
+def check_small(core, torch, kernel):
     import reference as ref
 
+    set_kernel(kernel)
     rng = np.random.default_rng(0)
     b, s_q, h, h_kv, L, page = 3, 2, 8, 2, 300, 16
     pps = -(-(L + s_q) // page) + 1
@@ -166,7 +177,7 @@ def check_small(core, torch):
                      block_table=torch.from_numpy(bt).cuda())
     err = float(np.abs(r64(out) - want).max())
     assert err < 2e-2, f"check vs tests/reference.py failed: max error {err}"
-    print(f"# check vs tests/reference.py (paged, split, s_q=2): max abs error {err:.2e}")
+    print(f"# check [{kernel}] vs tests/reference.py (paged, split, s_q=2): max abs error {err:.2e}")
 
 
 def main():
@@ -176,6 +187,9 @@ def main():
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--flex", action="store_true", help="also flex_attention (torch.compile)")
+    ap.add_argument("--kernels", default="auto",
+                    help="paddle_te decode kernels side by side: comma-separated auto, simt, mma")
+    ap.add_argument("--splits", type=int, default=0, help="num_splits for ours (0 = automatic)")
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--csv", default=None)
     args = ap.parse_args()
@@ -183,23 +197,33 @@ def main():
     import torch
 
     core = load_core()
+    kernels = [k for k in args.kernels.split(",") if k]
     if args.check:
-        check_small(core, torch)
+        for kernel in kernels:
+            check_small(core, torch, kernel)
     cases = CASES if args.cases == "all" else [CASES[int(i)] for i in args.cases.split(",")]
     pages = [int(p) for p in args.pages.split(",") if p]
+
+    def label(kernel, page):
+        k = "ours" if len(kernels) == 1 else f"ours[{kernel}]"
+        return k if page is None else f"{k} page {page}"
+
+    ours_cols = [label(k, p) for k in kernels for p in [None] + pages]
     rows, table = [], []
     for name, b, L, h, h_kv, s_q in cases:
         per_call = 2 * b * L * h_kv * D * 2
         copies = max(1, min(MAX_ROTATE, math.ceil(ROTATE_BYTES / per_call)))
-        res = {}
+        res, ours_outs = {}, {}
         for page in [None] + pages:
             c = Case(torch, name, b, L, h, h_kv, s_q, page, copies)
-            label = "ours" if page is None else f"ours page {page}"
-            t = graph_time_us(torch, [c.ours(core, torch, i) for i in range(copies)], args.iters, args.warmup)
-            res[label] = t
+            for kernel in kernels:
+                set_kernel(kernel)
+                fns = [c.ours(core, torch, i, args.splits) for i in range(copies)]
+                res[label(kernel, page)] = graph_time_us(torch, fns, args.iters, args.warmup)
+                if page is None:
+                    ours_outs[kernel] = c.out.clone()
             if page is None:
                 floor_us = c.bytes() / HBM_BYTES_PER_S * 1e6
-                ours_out = c.out.clone()
                 for backend in ("cudnn", "flash"):
                     try:
                         try:
@@ -218,8 +242,10 @@ def main():
                         if args.check and backend == "cudnn" and s_q == 1:
                             peer = fns[-1]().transpose(1, 2)
                             # ours appended its own k_new at L-1; compare on the same keys:
-                            err = float((peer.float() - ours_out.float()).abs().max())
-                            print(f"# {name}: |ours - cuDNN SDPA| max {err:.2e} (same cache rows)")
+                            for kernel, o in ours_outs.items():
+                                err = float((peer.float() - o.float()).abs().max())
+                                print(f"# {name}: |ours[{kernel}] - cuDNN SDPA| max {err:.2e} "
+                                      "(same cache rows)")
                     except Exception as e:  # noqa: BLE001 - a peer that cannot run is reported
                         print(f"# {name}: {backend} SDPA unavailable: {type(e).__name__}: {e}")
                 if args.flex:
@@ -233,12 +259,13 @@ def main():
         eta = {k: floor_us / v for k, v in res.items()}
         for k, v in res.items():
             rows.append({"case": name, "impl": k, "us": f"{v:.2f}", "eta": f"{eta[k]:.3f}",
-                         "floor_us": f"{floor_us:.2f}", "rotate": copies})
+                         "floor_us": f"{floor_us:.2f}", "rotate": copies, "splits": args.splits})
         peers = [res[k] for k in ("cudnn", "flash", "flex") if k in res]
         best = min(peers) if peers else float("nan")
         cells = [f"{res[k]:.1f} ({eta[k]:.2f})" if k in res else "-"
-                 for k in ["ours"] + [f"ours page {p}" for p in pages] + ["cudnn", "flash"]]
-        table.append([name, f"{floor_us:.1f}"] + cells + [f"{best / res['ours']:.2f}"])
+                 for k in ours_cols + ["cudnn", "flash"]]
+        ratios = [f"{best / res[label(k, None)]:.2f}" for k in kernels]
+        table.append([name, f"{floor_us:.1f}"] + cells + ratios)
         print(f"# {name}: " + ", ".join(f"{k} {v:.1f} us (η {eta[k]:.2f})" for k, v in res.items()), flush=True)
 
     if args.csv:
@@ -246,8 +273,9 @@ def main():
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
-    head = ["case (bf16, d 128)", "floor µs"] + ["ours µs (η)"] + [f"ours page {p}" for p in pages] + \
-           ["cuDNN SDPA", "FA2 (torch flash)", "best peer ÷ ours"]
+    head = ["case (bf16, d 128)", "floor µs"] + [f"{k} µs (η)" for k in ours_cols] + \
+           ["cuDNN SDPA", "FA2 (torch flash)"] + \
+           [f"best peer ÷ {label(k, None)}" for k in kernels]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in table:

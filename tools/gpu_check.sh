@@ -116,7 +116,7 @@ step memcheck sanitize memcheck
 step racecheck sanitize racecheck
 step bench_softmax "$PY" bench/bench_softmax.py --check --compile 2048 --csv "$OUT/bench_softmax.csv"
 step bench_attention "$PY" bench/bench_attention.py --csv "$OUT/bench_attention.csv"
-step bench_decode "$PY" bench/bench_decode.py --check --csv "$OUT/bench_decode.csv"
+step bench_decode "$PY" bench/bench_decode.py --check --kernels mma,simt --csv "$OUT/bench_decode.csv"
 step bench_flashmask "$PY" bench/bench_flashmask.py --csv "$OUT/bench_flashmask.csv" --plot "$OUT/flashmask_density.png"
 # ------------------------------------------------------------------------------------------------
 

@@ -166,27 +166,50 @@ def attention_cases(core, A):
 
 
 def decode_cases(core, A):
-    """decode_attn (SPEC §10): a paged cache with an odd page size, GQA, s_q = 3 (two row chunks),
-    forced splits, a window; then bad values (lengths past the capacity, page indices out of
-    range) that the kernels must clamp and mask without touching memory out of bounds."""
+    """decode_attn (SPEC §10), both attention kernels (PTE_DECODE_KERNEL=simt and mma): paged
+    caches with an odd page size and with pages of one key, GQA, s_q = 3 (two simt row chunks; one
+    padded mma tile) and s_q = 5 with a group of 8 (40 rows: two mma chunks of 32), forced and
+    automatic splits (more splits than key tiles), a window; then bad values (lengths past the
+    capacity, page indices out of range) that the kernels must clamp and mask without touching
+    memory out of bounds."""
     g = np.random.default_rng(5)
-    b, s_q, h, h_kv, d, page, pps = 2, 3, 8, 2, 128, 7, 40
-    table = g.permutation(b * pps).reshape(b, pps).astype(np.int32)
-    kc = A.half(g.standard_normal((b * pps, page, h_kv, d)), "float16")
-    vc = A.half(g.standard_normal((b * pps, page, h_kv, d)), "float16")
-    q = A.half(g.standard_normal((b, s_q, h, d)), "float16")
-    kn = A.half(g.standard_normal((b, s_q, h_kv, d)), "float16")
-    vn = A.half(g.standard_normal((b, s_q, h_kv, d)), "float16")
-    out = A.half(np.zeros((b, s_q, h, d)), "float16")
-    lse = A.dev(np.zeros((b, h, s_q), np.float32))
-    for lens, tbl, splits, window in (([0, 200], table, 5, (-1, 0)), ([100, 1], table, 0, (16, 0))):
-        core.decode_attn(q, kc, vc, A.dev(np.asarray(lens, np.int32)), out, k_new=kn, v_new=vn,
-                         block_table=A.dev(tbl), lse=lse, num_splits=splits, window_size=window)
-    bad = table.copy()
-    bad[0, :3] = [b * pps, -1, 10**6]
-    core.decode_attn(q, kc, vc, A.dev(np.asarray([10**6, -4], np.int32)), out, k_new=kn,
-                     v_new=vn, block_table=A.dev(bad), lse=lse)
-    A.sync()
+    b, h, h_kv, d = 2, 8, 2, 128
+    saved = os.environ.get("PTE_DECODE_KERNEL")
+    try:
+        for kernel in ("simt", "mma"):
+            os.environ["PTE_DECODE_KERNEL"] = kernel
+            for s_q, h, page, pps in ((3, 8, 7, 40), (5, 16, 1, 260)):
+                table = g.permutation(b * pps).reshape(b, pps).astype(np.int32)
+                kc = A.half(g.standard_normal((b * pps, page, h_kv, d)), "float16")
+                vc = A.half(g.standard_normal((b * pps, page, h_kv, d)), "float16")
+                q = A.half(g.standard_normal((b, s_q, h, d)), "float16")
+                kn = A.half(g.standard_normal((b, s_q, h_kv, d)), "float16")
+                vn = A.half(g.standard_normal((b, s_q, h_kv, d)), "float16")
+                out = A.half(np.full((b, s_q, h, d), np.nan), "float16")
+                lse = A.dev(np.zeros((b, h, s_q), np.float32))
+                for lens, splits, window in (([0, 200], 5, (-1, 0)), ([100, 1], 0, (16, 0)),
+                                             ([250, 17], 64, (-1, 0))):
+                    core.decode_attn(q, kc, vc, A.dev(np.asarray(lens, np.int32)), out, k_new=kn,
+                                     v_new=vn, block_table=A.dev(table), lse=lse,
+                                     num_splits=splits, window_size=window)
+                    A.sync()
+                    assert not np.isnan(A.host(out).astype(np.float64)).any(), (kernel, s_q, lens)
+                bad = table.copy()
+                bad[0, :3] = [b * pps, -1, 10**6]
+                core.decode_attn(q, kc, vc, A.dev(np.asarray([10**6, -4], np.int32)), out,
+                                 k_new=kn, v_new=vn, block_table=A.dev(bad), lse=lse)
+            # Contiguous cache, one row per kv head (MHA) and d 64.
+            kc = A.half(g.standard_normal((b, 300, 4, 64)), "float16")
+            vc = A.half(g.standard_normal((b, 300, 4, 64)), "float16")
+            q = A.half(g.standard_normal((b, 1, 4, 64)), "float16")
+            out = A.half(np.full((b, 1, 4, 64), np.nan), "float16")
+            core.decode_attn(q, kc, vc, A.dev(np.asarray([299, 0], np.int32)), out)
+            A.sync()
+    finally:
+        if saved is None:
+            os.environ.pop("PTE_DECODE_KERNEL", None)
+        else:
+            os.environ["PTE_DECODE_KERNEL"] = saved
 
 
 def flashmask_cases(core, A):

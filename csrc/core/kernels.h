@@ -62,6 +62,9 @@ int device_arch(int device_id);
 int max_smem_optin(int device_id);
 // Multiprocessors of device_id (cached per device).
 int sm_count(int device_id);
+// Shared memory of one multiprocessor of device_id, all resident blocks together, in bytes
+// (cached per device).
+int smem_per_sm(int device_id);
 }  // namespace cuda
 
 #endif

@@ -43,5 +43,9 @@ int max_smem_optin(int device_id) {
 
 int sm_count(int device_id) { return cached_attribute<cudaDevAttrMultiProcessorCount>(device_id); }
 
+int smem_per_sm(int device_id) {
+  return cached_attribute<cudaDevAttrMaxSharedMemoryPerMultiprocessor>(device_id);
+}
+
 }  // namespace cuda
 }  // namespace pte

@@ -1,8 +1,11 @@
 """CUDA decode_attn (SPEC §10) through paddle_te_core on torch tensors, against tests/reference.py.
 
+Both attention kernels run every case (PTE_DECODE_KERNEL=simt: CUDA cores; mma: tensor cores).
 Grid: float16/bfloat16, head dims 64/128/256, GQA groups (MHA, 4, 8, MQA), s_q 1..16 (rows per
-block 1..8 and several row chunks), contiguous and paged caches (page sizes 1, 7, 16, 64, 256,
-shuffled page tables), lengths 0, 1, odd and long, windows, forced and automatic split counts,
+block: simt 1..8 and several row chunks; mma one or two m16 tiles, padded, and several chunks),
+contiguous and paged caches (page sizes 1, 7, 16, 64, 256, shuffled page tables; pages smaller
+than, equal to and larger than the mma kernel's 64-key tile), lengths 0, 1, odd and long (not
+multiples of the tile), windows, forced and automatic split counts (more splits than tiles),
 with and without the in-place append. Each case: outputs poisoned with NaN, FlashAttention's
 error rule against float64, exact zeros / -inf lse for rows without keys, and the caches after
 the call bit-identical to the reference append (every row not appended untouched).
@@ -18,6 +21,15 @@ from gpu_util import to_numpy64
 
 DTYPES = ("float16", "bfloat16")
 FLOOR = {"float16": 2e-3, "bfloat16": 1e-2}
+KERNELS = ("simt", "mma")
+
+
+@pytest.fixture(params=KERNELS)
+def kernel(request, monkeypatch):
+    """The attention kernel under test (csrc/cuda/decode/decode_api.cu reads the variable at every
+    call)."""
+    monkeypatch.setenv("PTE_DECODE_KERNEL", request.param)
+    return request.param
 
 
 def _dev(torch, a, dtype=None):
@@ -85,22 +97,31 @@ GRID = [
     # (b, s_q, h, h_kv, d, lens, page_size, append)
     (3, 1, 8, 2, 128, (0, 1, 37), None, True),
     (2, 1, 32, 8, 128, (4095, 1000), None, True),
-    (2, 1, 32, 32, 64, (17, 300), None, True),       # MHA, d 64
+    (2, 1, 32, 32, 64, (17, 300), None, True),       # MHA (1 row), d 64
+    (2, 1, 16, 16, 128, (1, 2000), None, True),      # MHA (1 row), d 128
     (2, 1, 8, 1, 128, (0, 2049), None, False),       # MQA, no append
-    (1, 4, 32, 8, 128, (5000,), None, True),         # speculative s_q = 4 (16 rows: 2 chunks)
+    (1, 4, 32, 8, 128, (5000,), None, True),         # s_q = 4: 16 rows, 2 simt chunks, 1 m16 tile
+    (2, 2, 16, 2, 128, (63, 64), None, True),        # group 8 x s_q 2 = 16 rows; lengths around the tile
+    (2, 3, 16, 2, 128, (65, 700), None, True),       # 24 rows: mma two m16 tiles, one padded
+    (2, 8, 16, 4, 64, (3, 129), None, True),         # 32 rows: two full m16 tiles, d 64
+    (2, 16, 32, 4, 128, (0, 77), None, True),        # 128 rows: 4 mma chunks of 32
     (2, 16, 4, 4, 64, (0, 40), None, True),          # chunked prefill s_q = 16
-    (2, 3, 12, 4, 256, (7, 130), None, True),        # d 256, 9 rows: 2 chunks of 8
+    (2, 3, 12, 4, 256, (7, 130), None, True),        # d 256, 9 rows
+    (2, 5, 16, 4, 256, (1, 333), None, True),        # d 256, 20 rows: 2 mma chunks of 16
     (3, 1, 8, 2, 128, (0, 5, 33), 1, True),
+    (2, 4, 16, 4, 128, (0, 131), 1, True),           # page 1, 16 rows: every key row its own page
     (3, 2, 8, 2, 128, (6, 100, 1), 7, True),
     (2, 1, 32, 8, 128, (1023, 4000), 16, True),
+    (2, 4, 32, 8, 128, (15, 1001), 16, True),        # page 16, s_q 4 x group 4
     (2, 1, 16, 2, 64, (64, 129), 64, False),
     (2, 4, 8, 8, 128, (255, 600), 256, True),
+    (2, 2, 32, 4, 128, (1, 513), 256, True),         # page 256, group 8 x s_q 2
 ]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", GRID, ids=[str(i) for i in range(len(GRID))])
-def test_decode_grid(core, torch, dtype, shape):
+def test_decode_grid(core, torch, kernel, dtype, shape):
     b, s_q, h, h_kv, d, lens, page, append = shape
     rng = np.random.default_rng(sum(map(ord, repr(shape))))
     c = _case(rng, b=b, s_q=s_q, h=h, h_kv=h_kv, d=d, lens=lens, page_size=page, append=append)
@@ -108,9 +129,9 @@ def test_decode_grid(core, torch, dtype, shape):
     _check(torch, c, dtype, t, out, lse)
 
 
-@pytest.mark.parametrize("num_splits", [1, 2, 3, 17, 64])
+@pytest.mark.parametrize("num_splits", [1, 2, 3, 17, 64, 256])
 @pytest.mark.parametrize("page", [None, 16])
-def test_decode_forced_splits(core, torch, num_splits, page):
+def test_decode_forced_splits(core, torch, kernel, num_splits, page):
     rng = np.random.default_rng(num_splits)
     c = _case(rng, b=2, s_q=2, h=8, h_kv=2, d=128, lens=(0, 1500), page_size=page)
     t, out, lse = _run(core, torch, c, "bfloat16", num_splits=num_splits)
@@ -119,55 +140,87 @@ def test_decode_forced_splits(core, torch, num_splits, page):
 
 @pytest.mark.parametrize("window", [(0, 0), (1, 0), (100, 0), (3000, 0)])
 @pytest.mark.parametrize("page", [None, 7])
-def test_decode_window(core, torch, window, page):
+def test_decode_window(core, torch, kernel, window, page):
     rng = np.random.default_rng(window[0])
     c = _case(rng, b=2, s_q=4, h=8, h_kv=2, d=128, lens=(2, 2500), page_size=page)
     t, out, lse = _run(core, torch, c, "float16", window=window)
     _check(torch, c, "float16", t, out, lse, window=window)
 
 
-def test_decode_cuda_graph_replay(core, torch):
+@pytest.mark.parametrize("window", [(-1, 0), (70, 0)])
+@pytest.mark.parametrize("splits", [0, 1, 5])
+def test_decode_window_gqa_splits(core, torch, kernel, window, splits):
+    """Windows with 16-32 rows per kv head (several query positions per block: each row its own
+    lower bound), paged with pages smaller than a key tile, forced and automatic splits."""
+    rng = np.random.default_rng(11 + splits)
+    c = _case(rng, b=3, s_q=3, h=16, h_kv=2, d=128, lens=(0, 70, 1234), page_size=16)
+    t, out, lse = _run(core, torch, c, "bfloat16", window=window, num_splits=splits)
+    _check(torch, c, "bfloat16", t, out, lse, window=window)
+
+
+@pytest.mark.parametrize("page", [None, 1, 16, 256])
+def test_decode_auto_splits_small_batch(core, torch, kernel, page):
+    """b = 1 with a short cache (the latency case's shape, scaled down): the automatic split count
+    is at its largest (one key tile per split), so the combine merges many short splits."""
+    rng = np.random.default_rng(21)
+    c = _case(rng, b=1, s_q=1, h=32, h_kv=4, d=128, lens=(1023,), page_size=page, spare=0)
+    t, out, lse = _run(core, torch, c, "bfloat16")
+    _check(torch, c, "bfloat16", t, out, lse)
+
+
+@pytest.mark.parametrize("page,s_q", [(None, 1), (16, 4), (1, 2)])
+def test_decode_cuda_graph_replay(core, torch, kernel, page, s_q):
     """Capture one step, replay it with new cache_seqlens, q, k_new, v_new: no host sync and a
-    fixed grid, so every replay equals a fresh reference call."""
+    fixed grid, so every replay equals a fresh reference call (contiguous and paged)."""
     rng = np.random.default_rng(7)
-    b, s_q, h, h_kv, d, cap = 4, 1, 32, 8, 128, 4096
+    b, h, h_kv, d, cap = 4, 32, 8, 128, 4096
     dt = torch.bfloat16
     q = torch.zeros((b, s_q, h, d), dtype=dt, device="cuda")
     k_new = torch.zeros((b, s_q, h_kv, d), dtype=dt, device="cuda")
     v_new = torch.zeros_like(k_new)
-    kc = _dev(torch, rng.standard_normal((b, cap, h_kv, d)), "bfloat16")
-    vc = _dev(torch, rng.standard_normal((b, cap, h_kv, d)), "bfloat16")
+    if page is None:
+        shape, table = (b, cap, h_kv, d), None
+    else:
+        pps = cap // page
+        shape = (b * pps, page, h_kv, d)
+        table = rng.permutation(b * pps).reshape(b, pps).astype(np.int32)
+    kc = _dev(torch, rng.standard_normal(shape), "bfloat16")
+    vc = _dev(torch, rng.standard_normal(shape), "bfloat16")
+    bt = None if table is None else _dev(torch, table)
     seqlens = torch.zeros((b,), dtype=torch.int32, device="cuda")
     out = torch.zeros((b, s_q, h, d), dtype=dt, device="cuda")
     lse = torch.zeros((b, h, s_q), dtype=torch.float32, device="cuda")
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):  # warm-up outside the capture
-        core.decode_attn(q, kc, vc, seqlens, out, k_new=k_new, v_new=v_new, lse=lse,
-                         stream=s.cuda_stream)
+        core.decode_attn(q, kc, vc, seqlens, out, k_new=k_new, v_new=v_new, block_table=bt,
+                         lse=lse, stream=s.cuda_stream)
     torch.cuda.current_stream().wait_stream(s)
     torch.cuda.synchronize()
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
-        core.decode_attn(q, kc, vc, seqlens, out, k_new=k_new, v_new=v_new, lse=lse,
-                         stream=torch.cuda.current_stream().cuda_stream)
-    for lens in ([0, 1, 2, 3], [17, 4000, 1, 255], [4095, 4095, 0, 2048]):
+        core.decode_attn(q, kc, vc, seqlens, out, k_new=k_new, v_new=v_new, block_table=bt,
+                         lse=lse, stream=torch.cuda.current_stream().cuda_stream)
+    for lens in ([0, 1, 2, 3], [17, 4000, 1, 255], [cap - s_q, cap - s_q, 0, 2048]):
         c = {"q": rng.standard_normal((b, s_q, h, d)),
              "k_new": rng.standard_normal((b, s_q, h_kv, d)),
              "v_new": rng.standard_normal((b, s_q, h_kv, d)),
              "cache_seqlens": np.asarray(lens, dtype=np.int32),
              "k_cache": to_numpy64(kc), "v_cache": to_numpy64(vc)}
+        if table is not None:
+            c["block_table"] = table
         q.copy_(_dev(torch, c["q"], "bfloat16"))
         k_new.copy_(_dev(torch, c["k_new"], "bfloat16"))
         v_new.copy_(_dev(torch, c["v_new"], "bfloat16"))
         seqlens.copy_(_dev(torch, c["cache_seqlens"]))
         out.fill_(float("nan"))
+        lse.fill_(float("nan"))
         g.replay()
         torch.cuda.synchronize()
         _check(torch, c, "bfloat16", {"k_cache": kc, "v_cache": vc}, out, lse)
 
 
-def test_decode_bad_values_do_not_fault(core, torch):
+def test_decode_bad_values_do_not_fault(core, torch, kernel):
     """cache_seqlens past the capacity and page indices out of range: the kernels clamp and mask
     (nothing read or written out of bounds; compute-sanitizer runs this too)."""
     rng = np.random.default_rng(3)
@@ -177,6 +230,18 @@ def test_decode_bad_values_do_not_fault(core, torch):
     c["block_table"][1, 0] = -1
     t, out, lse = _run(core, torch, c, "float16")
     assert torch.isfinite(out).all()
+
+
+def test_decode_kernel_variable(core, torch, monkeypatch):
+    """PTE_DECODE_KERNEL takes auto, simt or mma; anything else is refused with the reason."""
+    rng = np.random.default_rng(5)
+    c = _case(rng, b=1, s_q=1, h=4, h_kv=2, d=64, lens=(3,))
+    monkeypatch.setenv("PTE_DECODE_KERNEL", "auto")
+    t, out, lse = _run(core, torch, c, "float16")
+    _check(torch, c, "float16", t, out, lse)
+    monkeypatch.setenv("PTE_DECODE_KERNEL", "wgmma")
+    with pytest.raises(ValueError, match="PTE_DECODE_KERNEL must be auto, simt or mma"):
+        _run(core, torch, c, "float16")
 
 
 def test_decode_unsupported(core, torch):

@@ -1,6 +1,10 @@
-// Host side of the CUDA decode kernels: what they can run (decode_check), how many splits
-// (from shapes and the device only, never from cache_seqlens), workspace, and the launch.
+// Host side of the CUDA decode kernels: what they can run (decode_check), which attention kernel
+// and how many rows per block (plan), how many splits (from shapes and the device only, never
+// from cache_seqlens), workspace, and the launch.
+#include <algorithm>
 #include <climits>
+#include <cstdlib>
+#include <cstring>
 
 #include "core/decode_problem.h"
 #include "core/kernels.h"
@@ -10,28 +14,87 @@ namespace pte {
 namespace cuda {
 namespace {
 
+using decode::Kernel;
+using decode::Plan;
+
 constexpr int kMinArch = 80;
 constexpr int kMaxGridYZ = 65535;
-// Splits: aim for this many blocks per SM (several resident blocks keep enough loads in flight
-// to saturate HBM), with at least kMinKeysPerSplit positions of capacity per split.
+constexpr int kVecElems = 8;  // one 16-byte load of fp16/bf16
+
+// Splits of the CUDA-core kernel: aim for this many blocks per SM (several resident blocks keep
+// enough loads in flight to saturate HBM), with at least kMinKeysPerSplit positions of capacity
+// per split.
 constexpr int kTargetBlocksPerSm = 4;
 constexpr int kMinKeysPerSplit = 32;  // short caches (latency case) still spread over many SMs
 constexpr int kMaxAutoSplits = 64;
-constexpr int kVecElems = 8;  // one 16-byte load of fp16/bf16
+
+// Splits of the tensor-core kernel: every split gets at least one key tile of capacity; up to
+// kMmaMaxAutoSplits (b = 1 with one kv head still fills the SMs: 128 x 1k keys of a 128k cache);
+// the fewest splits whose wave efficiency is within kMmaWaveSlack of the best. The slack is
+// tight: in one wave of equal blocks the time is the keys per block, so 0.95 gives up at most
+// 5 % to save splits (each costs a partial-output row per query row and a longer combine).
+constexpr int kMmaMaxAutoSplits = 128;
+constexpr double kMmaWaveSlack = 0.95;
+constexpr int kSmemPerBlockReserved = 1024;  // the runtime's own shared memory per block (sm_80+)
+constexpr int kMaxThreadsPerSm = 2048;        // sm_80 / sm_90 (fewer on sm_86/89: a bound only)
+
+// PTE_DECODE_KERNEL=auto|simt|mma chooses the attention kernel (benchmarks and tests run both).
+enum class Requested { kAuto, kSimt, kMma, kInvalid };
+
+Requested requested_kernel() {
+  const char* v = std::getenv("PTE_DECODE_KERNEL");
+  if (v == nullptr || *v == 0 || std::strcmp(v, "auto") == 0) return Requested::kAuto;
+  if (std::strcmp(v, "simt") == 0) return Requested::kSimt;
+  if (std::strcmp(v, "mma") == 0) return Requested::kMma;
+  return Requested::kInvalid;
+}
+
+int64_t group_rows(const DecodeProblem& p) { return (p.h / p.h_kv) * p.s_q; }
+
+// Dynamic shared memory of the tensor-core kernel for head dim d and `tiles` m16 tiles.
+int mma_smem(int64_t d, int tiles) {
+  using E = __half;  // 2 bytes, as __nv_bfloat16
+  switch (d) {
+    case 64: return tiles == 1 ? decode::MmaConfig<64, 1>::smem_bytes<E>()
+                               : decode::MmaConfig<64, 2>::smem_bytes<E>();
+    case 128: return tiles == 1 ? decode::MmaConfig<128, 1>::smem_bytes<E>()
+                                : decode::MmaConfig<128, 2>::smem_bytes<E>();
+    case 256: return decode::MmaConfig<256, 1>::smem_bytes<E>();
+    default: return INT_MAX;
+  }
+}
+
+int mma_tiles(const DecodeProblem& p) {
+  return decode::mma_tiles(int(std::min<int64_t>(group_rows(p), INT_MAX)), int(p.d));
+}
+
+bool mma_fits(const DecodeProblem& p) {
+  return mma_smem(p.d, mma_tiles(p)) <= max_smem_optin(p.device_id);
+}
+
+// The attention kernel and its rows per block. auto: the tensor-core kernel wherever its shared
+// memory fits (every sm_80/sm_90 part; not the 99 KB of sm_86/sm_89 at d >= 128). It does the
+// same arithmetic per key for 1 row as for 16, well under the bandwidth budget either way, and
+// keeps 2-3 tiles of K/V in flight per block where the CUDA-core kernel issues two key steps;
+// the CUDA-core kernel stays selectable (PTE_DECODE_KERNEL=simt) for comparison.
+Plan plan(const DecodeProblem& p) {
+  const Requested req = requested_kernel();
+  if (req == Requested::kMma || (req == Requested::kAuto && mma_fits(p)))
+    return {Kernel::kMma, 16 * mma_tiles(p)};
+  return {Kernel::kSimt, decode::rows_per_block(int(std::min<int64_t>(group_rows(p), INT_MAX)))};
+}
 
 bool vec_ok(const void* p, const Strides& st) {
   return is_aligned(p, 16) && st.batch % kVecElems == 0 && st.seq % kVecElems == 0 &&
          st.head % kVecElems == 0;
 }
 
-int64_t row_chunks(const DecodeProblem& p) {
-  const int64_t rows = (p.h / p.h_kv) * p.s_q;
-  const int64_t per = decode::rows_per_block(int(rows < INT_MAX ? rows : INT_MAX));
-  return (rows + per - 1) / per;
+int64_t row_chunks(const DecodeProblem& p, const Plan& pl) {
+  return (group_rows(p) + pl.tile_rows - 1) / pl.tile_rows;
 }
 
 template <typename T>
-decode::Args<T> make_args(const DecodeProblem& p) {
+decode::Args<T> make_args(const DecodeProblem& p, const Plan& pl) {
   decode::Args<T> a{};
   a.q = static_cast<const T*>(p.q);
   a.k_cache = static_cast<T*>(p.k_cache);
@@ -54,7 +117,7 @@ decode::Args<T> make_args(const DecodeProblem& p) {
   a.h_kv = int(p.h_kv);
   a.group = int(p.h / p.h_kv);
   a.rows = a.group * a.s_q;
-  a.row_chunks = int(row_chunks(p));
+  a.row_chunks = int(row_chunks(p, pl));
   a.d = int(p.d);
   a.d_v = int(p.d_v);
   a.capacity = int(p.capacity);
@@ -94,12 +157,20 @@ const char* decode_check(const DecodeProblem& p) {
   if (p.k_new != nullptr && (!vec_ok(p.k_new, p.kn_st) || !vec_ok(p.v_new, p.vn_st)))
     return "k_new and v_new need 16-byte aligned rows (pointers and strides multiples of 8 "
            "elements)";
+  const Requested req = requested_kernel();
+  if (req == Requested::kInvalid)
+    return "PTE_DECODE_KERNEL must be auto, simt or mma (the environment variable that picks "
+           "the decode kernel)";
+  if (req == Requested::kMma && !mma_fits(p))
+    return "PTE_DECODE_KERNEL=mma: the tensor-core decode kernel needs more shared memory for "
+           "this head dim than the device allows per block (use auto or simt)";
   return "";
 }
 
-int32_t decode_num_splits(const DecodeProblem& p) {
-  if (p.num_splits > 0) return p.num_splits;
-  const int64_t base = p.b * p.h_kv * row_chunks(p);
+namespace {
+
+int32_t simt_splits(const DecodeProblem& p, const Plan& pl) {
+  const int64_t base = p.b * p.h_kv * row_chunks(p, pl);
   if (base == 0) return 1;
   const int64_t target = int64_t(kTargetBlocksPerSm) * cuda::sm_count(p.device_id);
   int64_t splits = (target + base - 1) / base;
@@ -107,6 +178,42 @@ int32_t decode_num_splits(const DecodeProblem& p) {
   if (splits > by_len) splits = by_len;
   if (splits > kMaxAutoSplits) splits = kMaxAutoSplits;
   return int32_t(splits < 1 ? 1 : splits);
+}
+
+// Tensor-core kernel: blocks are heavy (2-3 K/V tiles of 8-35 KB in flight each), so the grid
+// is sized in resident-block slots (SMs x blocks that fit an SM's shared memory). A split count
+// s gives base * s blocks, i.e. w = base * s / slots waves; its efficiency w / ceil(w) is the
+// fraction of the slots busy on average. Small batches get many splits (b = 1, 8 kv heads: 32
+// splits of a 16k cache on 132 SMs x 2), large ones none (64 x 8 kv heads: 1). Every split
+// keeps at least one 64-key tile of capacity, so a short cache is not cut into empty blocks
+// (latency case, 1k keys x 4 kv heads: 16 splits of one tile each).
+int32_t mma_splits(const DecodeProblem& p, const Plan& pl) {
+  const int64_t base = p.b * p.h_kv * row_chunks(p, pl);
+  if (base == 0) return 1;
+  const int smem = mma_smem(p.d, pl.tile_rows / 16) + kSmemPerBlockReserved;
+  const int per_sm =
+      std::max(1, std::min(smem_per_sm(p.device_id) / smem, kMaxThreadsPerSm / decode::kThreads));
+  const int64_t slots = int64_t(sm_count(p.device_id)) * per_sm;
+  constexpr int64_t kTileKeys = decode::MmaConfig<64, 1>::BN;  // the same for every config
+  const int64_t by_len = (p.capacity + kTileKeys - 1) / kTileKeys;
+  const int64_t max_splits = std::max<int64_t>(1, std::min<int64_t>(kMmaMaxAutoSplits, by_len));
+  auto efficiency = [&](int64_t s) {
+    const double waves = double(base * s) / double(slots);
+    return waves / std::ceil(waves);
+  };
+  double best = 0.0;
+  for (int64_t s = 1; s <= max_splits; ++s) best = std::max(best, efficiency(s));
+  for (int64_t s = 1; s <= max_splits; ++s)
+    if (efficiency(s) >= kMmaWaveSlack * best) return int32_t(s);
+  return 1;
+}
+
+}  // namespace
+
+int32_t decode_num_splits(const DecodeProblem& p) {
+  if (p.num_splits > 0) return p.num_splits;
+  const Plan pl = plan(p);
+  return pl.kernel == Kernel::kMma ? mma_splits(p, pl) : simt_splits(p, pl);
 }
 
 size_t decode_workspace_size(const DecodeProblem& p, int32_t num_splits) {
@@ -117,12 +224,13 @@ size_t decode_workspace_size(const DecodeProblem& p, int32_t num_splits) {
 
 void decode_attn(const DecodeProblem& p) {
   const cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
-  const int rows_per = decode::rows_per_block(int((p.h / p.h_kv) * p.s_q));
   if (p.b == 0) return;
+  const Plan pl = plan(p);
+  PTE_CHECK(p.num_splits <= 1 || is_aligned(p.workspace, 16), "workspace: must be 16-byte aligned");
   if (p.dtype == PTE_FLOAT16) {
-    decode::launch_fp16(make_args<__half>(p), rows_per, stream);
+    decode::launch_fp16(make_args<__half>(p, pl), pl, stream);
   } else if (p.dtype == PTE_BFLOAT16) {
-    decode::launch_bf16(make_args<__nv_bfloat16>(p), rows_per, stream);
+    decode::launch_bf16(make_args<__nv_bfloat16>(p, pl), pl, stream);
   } else {
     PTE_CHECK(false, "q has dtype ", pte_dtype_name(p.dtype),
               ": the CUDA decode kernels take float16 or bfloat16");

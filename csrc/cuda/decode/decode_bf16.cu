@@ -4,8 +4,8 @@
 namespace pte {
 namespace cuda {
 namespace decode {
-void launch_bf16(const Args<__nv_bfloat16>& a, int rows_per, cudaStream_t stream) {
-  launch<__nv_bfloat16>(a, rows_per, stream);
+void launch_bf16(const Args<__nv_bfloat16>& a, const Plan& plan, cudaStream_t stream) {
+  launch<__nv_bfloat16>(a, plan, stream);
 }
 }  // namespace decode
 }  // namespace cuda

@@ -4,8 +4,8 @@
 namespace pte {
 namespace cuda {
 namespace decode {
-void launch_fp16(const Args<__half>& a, int rows_per, cudaStream_t stream) {
-  launch<__half>(a, rows_per, stream);
+void launch_fp16(const Args<__half>& a, const Plan& plan, cudaStream_t stream) {
+  launch<__half>(a, plan, stream);
 }
 }  // namespace decode
 }  // namespace cuda
