@@ -39,7 +39,7 @@ build: deps
 # The framework-free core, its pybind11 module and the C++ tests (CPU-only here; the GPU machine
 # builds the CUDA core with tools/gpu_check.sh).
 core: setup
-	$(VENV)/bin/cmake -S . -B build/core -G Ninja -DCMAKE_MAKE_PROGRAM=$(CURDIR)/$(VENV)/bin/ninja \
+	$(VENV)/bin/cmake -S . -B build/core -G Ninja -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV))/bin/ninja \
 	  -DPTE_WITH_CUDA=OFF -DPython3_EXECUTABLE=$$(realpath $(PY)) >/dev/null
 	$(VENV)/bin/cmake --build build/core -j $(JOBS)
 
