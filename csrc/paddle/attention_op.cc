@@ -145,10 +145,7 @@ PD_BUILD_OP(pte_fused_attn)
     .Inputs({"q", "k", "v", paddle::Optional("cu_seqlens_q"), paddle::Optional("cu_seqlens_kv"),
              "seed_offset", paddle::Optional("startend_row_indices")})
     .Outputs({"out", "lse"})
-    .Attrs({"qkv_format: std::string", "mask_type: std::string", "backend: std::string",
-            "max_seqlen_q: int64_t", "max_seqlen_kv: int64_t", "window_left: int",
-            "window_right: int", "softmax_scale: std::string", "dropout: float",
-            "deterministic: bool"})
+    .Attrs(pte_paddle::attn_attr_decls())
     .SetKernelFn(PD_KERNEL(pte_paddle::FusedAttnForward))
     .SetInferShapeFn(PD_INFER_SHAPE(pte_paddle::FusedAttnInferShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(pte_paddle::FusedAttnInferDtype));
@@ -158,10 +155,7 @@ PD_BUILD_GRAD_OP(pte_fused_attn)
              paddle::Optional("cu_seqlens_kv"), "seed_offset",
              paddle::Optional("startend_row_indices")})
     .Outputs({paddle::Grad("q"), paddle::Grad("k"), paddle::Grad("v")})
-    .Attrs({"qkv_format: std::string", "mask_type: std::string", "backend: std::string",
-            "max_seqlen_q: int64_t", "max_seqlen_kv: int64_t", "window_left: int",
-            "window_right: int", "softmax_scale: std::string", "dropout: float",
-            "deterministic: bool"})
+    .Attrs(pte_paddle::attn_attr_decls())
     .SetKernelFn(PD_KERNEL(pte_paddle::FusedAttnBackward))
     .SetInferShapeFn(PD_INFER_SHAPE(pte_paddle::FusedAttnGradInferShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(pte_paddle::FusedAttnGradInferDtype));

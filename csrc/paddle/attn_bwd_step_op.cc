@@ -74,10 +74,7 @@ PD_BUILD_OP(pte_attn_bwd_step)
     .Inputs({"q", "k", "v", "out", "lse", "d_out", paddle::Optional("cu_seqlens_q"),
              paddle::Optional("cu_seqlens_kv"), "seed_offset"})
     .Outputs({"d_q", "d_k", "d_v"})
-    .Attrs({"qkv_format: std::string", "mask_type: std::string", "backend: std::string",
-            "max_seqlen_q: int64_t", "max_seqlen_kv: int64_t", "window_left: int",
-            "window_right: int", "softmax_scale: std::string", "dropout: float",
-            "deterministic: bool"})
+    .Attrs(pte_paddle::attn_attr_decls())
     .SetKernelFn(PD_KERNEL(pte_paddle::AttnBwdStep))
     .SetInferShapeFn(PD_INFER_SHAPE(pte_paddle::AttnBwdStepInferShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(pte_paddle::AttnBwdStepInferDtype));

@@ -11,7 +11,16 @@
 
 namespace pte_paddle {
 
-// The attributes of the attention ops, in declaration order.
+// The attribute declarations of the attention ops, in AttnAttrs' order (InferShape takes a
+// prefix of the list positionally, so the order matters).
+inline std::vector<std::string> attn_attr_decls() {
+  return {"qkv_format: std::string", "mask_type: std::string", "backend: std::string",
+          "max_seqlen_q: int64_t", "max_seqlen_kv: int64_t", "window_left: int",
+          "window_right: int", "softmax_scale: std::string", "dropout: float",
+          "deterministic: bool"};
+}
+
+// The attributes of the attention ops, as the kernels receive them.
 struct AttnAttrs {
   std::string qkv_format;
   std::string mask_type;
