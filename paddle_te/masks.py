@@ -199,6 +199,7 @@ def layer_checks_mask(on_gpu):
 
 
 # FlashMask column bounds (SPEC §9): conversions and builders (paddle_te/_flashmask.py).
+from . import _flashmask  # noqa: E402
 from ._flashmask import (  # noqa: E402
     causal_document_mask,
     dense_to_startend_row_indices,
@@ -209,12 +210,4 @@ from ._flashmask import (  # noqa: E402
     startend_row_indices_to_dense,
 )
 
-__all__ += [
-    "startend_row_indices_to_dense",
-    "dense_to_startend_row_indices",
-    "document_mask",
-    "causal_document_mask",
-    "prefix_lm_document_mask",
-    "share_question_mask",
-    "sliding_window_mask",
-]
+__all__ += _flashmask.__all__

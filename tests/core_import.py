@@ -1,6 +1,7 @@
-"""Finding the framework-free core module `paddle_te_core` (built by CMake): $PTE_CORE_DIR first,
-then build/python (`cmake -S . -B build && cmake --build build`). Shared by the GPU tests, the
-benchmarks and tools/gpu_sanitize.py so they all look in the same places."""
+"""Finding the framework-free core module `paddle_te_core` (built by CMake). import_core, for the
+GPU tests, the benchmarks and tools/gpu_sanitize.py: $PTE_CORE_DIR first, then build/python
+(`cmake -S . -B build && cmake --build build`). cpu_core, for the CPU suite: the one on the path
+(`make test` puts build/core/python there), else build/core/python (`make core`) or build/python."""
 
 import glob
 import importlib
@@ -18,3 +19,16 @@ def import_core():
                 sys.path.insert(0, d)
             break
     return importlib.import_module("paddle_te_core")
+
+
+def cpu_core():
+    """paddle_te_core for the CPU suite, or None when it is not built."""
+    try:
+        return importlib.import_module("paddle_te_core")
+    except ImportError:
+        pass
+    for d in (os.path.join(ROOT, "build", "core", "python"), os.path.join(ROOT, "build", "python")):
+        if glob.glob(os.path.join(d, "paddle_te_core*.so")):
+            sys.path.insert(0, d)
+            return importlib.import_module("paddle_te_core")
+    return None

@@ -6,32 +6,15 @@ DLPack conversions (strided views, bool masks, int32 outputs) and the error mapp
 (`make test` puts build/core/python there) or build/core/python / build/python.
 """
 
-import glob
-import importlib
-import os
-import sys
-
 import numpy as np
 import pytest
 
 import reference as ref
+from core_import import cpu_core
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _import_core():
-    try:
-        return importlib.import_module("paddle_te_core")
-    except ImportError:
-        pass
-    for d in (os.path.join(_ROOT, "build", "core", "python"), os.path.join(_ROOT, "build", "python")):
-        if glob.glob(os.path.join(d, "paddle_te_core*.so")):
-            sys.path.insert(0, d)
-            return importlib.import_module("paddle_te_core")
+core = cpu_core()
+if core is None:
     pytest.skip("paddle_te_core is not built (make core)", allow_module_level=True)
-
-
-core = _import_core()
 
 
 def _poisoned(shape, dtype=np.float64):

@@ -9,19 +9,10 @@ import paddle
 import pytest
 
 import reference as ref
-from core_import import ROOT, import_core
+from core_import import cpu_core
 from paddle_te import distributed as ptd
 
-try:
-    core = import_core()
-except ImportError:
-    import sys
-
-    sys.path.insert(0, f"{ROOT}/build/core/python")  # where `make core` puts it
-    try:
-        core = import_core()
-    except ImportError:
-        core = None
+core = cpu_core()
 needs_core = pytest.mark.skipif(core is None, reason="paddle_te_core is not built (make core)")
 
 NEG_INF = -math.inf

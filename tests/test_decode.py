@@ -4,19 +4,13 @@ the in-place append (every other cache row bit-identical), lse, dtypes, and bad 
 clear errors. Through the Paddle op (dygraph) and through paddle_te_core (numpy).
 """
 
-import glob
-import importlib
-import os
-import sys
-
 import numpy as np
 import paddle
 import pytest
 
 import paddle_te
 import reference as ref
-
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from core_import import cpu_core
 
 
 def make_case(rng, *, b=3, s_q=1, h=4, h_kv=2, d=16, d_v=None, lens=(0, 1, 7), page_size=None,
@@ -274,23 +268,13 @@ def test_bad_page_size(rng):
 # ---- paddle_te_core (the pybind11 module over the C API) --------------------------------------
 
 
-def _import_core():
-    try:
-        return importlib.import_module("paddle_te_core")
-    except ImportError:
-        pass
-    for d in (os.path.join(_ROOT, "build", "core", "python"), os.path.join(_ROOT, "build", "python")):
-        if glob.glob(os.path.join(d, "paddle_te_core*.so")):
-            sys.path.insert(0, d)
-            return importlib.import_module("paddle_te_core")
-    return None
+core = cpu_core()
+needs_core = pytest.mark.skipif(core is None, reason="paddle_te_core is not built (make core)")
 
 
+@needs_core
 @pytest.mark.parametrize("kw", [dict(), dict(page_size=3, s_q=2), dict(append=False, h_kv=1)])
 def test_core_decode_numpy(rng, kw):
-    core = _import_core()
-    if core is None:
-        pytest.skip("paddle_te_core is not built (make core)")
     case = make_case(rng, **kw)
     out_r, lse_r, kc_r, vc_r = reference(case, window_size=(5, 0))
     kc, vc = case["k_cache"].copy(), case["v_cache"].copy()
@@ -306,10 +290,8 @@ def test_core_decode_numpy(rng, kw):
     np.testing.assert_array_equal(vc, vc_r)
 
 
+@needs_core
 def test_core_decode_errors(rng):
-    core = _import_core()
-    if core is None:
-        pytest.skip("paddle_te_core is not built (make core)")
     case = make_case(rng, page_size=4)
     b, s_q, h, d = case["q"].shape
     out = np.zeros((b, s_q, h, d))
@@ -329,12 +311,10 @@ def test_core_decode_errors(rng):
                          block_table=case["block_table"], backend="flash")
 
 
+@needs_core
 def test_core_decode_strided_views(rng):
     """Strided views (heads of a wider buffer, a batch-strided q): read and appended in place
     through their strides; the rest of the buffer is untouched."""
-    core = _import_core()
-    if core is None:
-        pytest.skip("paddle_te_core is not built (make core)")
     b, s_q, h, h_kv, d, s_max = 2, 2, 4, 2, 8, 9
     big_k = rng.standard_normal((b, s_max, h_kv + 3, d))
     big_v = rng.standard_normal((b, s_max, h_kv + 3, d))

@@ -64,12 +64,7 @@ std::vector<paddle::Tensor> DecodeAttnForward(
   p.backend = parse_decode_backend(backend);
   p.stream = stream_of(q);
 
-  size_t bytes = 0;
-  check_status(pte_decode_workspace_size(&p, &bytes), "pte_decode_attn");
-  paddle::Tensor ws = workspace(bytes, q.place());
-  p.workspace = bytes ? ws.data() : nullptr;
-  p.workspace_size = bytes;
-  check_status(pte_decode_attn(&p), "pte_decode_attn");
+  run_with_workspace(&p, pte_decode_workspace_size, pte_decode_attn, q.place(), "pte_decode_attn");
   return {out, lse};
 }
 

@@ -11,14 +11,6 @@
 namespace pte_paddle {
 namespace {
 
-pte_qkv_format_t merge_format(const std::string& s) {
-  if (s == "bshd") return PTE_QKV_BSHD;
-  if (s == "sbhd") return PTE_QKV_SBHD;
-  if (s == "thd") return PTE_QKV_THD;
-  PD_THROW("[paddle_te:invalid_argument] qkv_format=\"", s,
-           "\": allowed \"bshd\", \"sbhd\", \"thd\"");
-}
-
 std::vector<paddle::Tensor> AttnMergeForward(const paddle::Tensor& out_a,  // [b, s, h, d] | ...
                                              const paddle::Tensor& lse_a,  // float32 [b, h, s]
                                              const paddle::Tensor& out_b,  // like out_a
@@ -37,7 +29,7 @@ std::vector<paddle::Tensor> AttnMergeForward(const paddle::Tensor& out_a,  // [b
   p.lse_b = to_pte(lse_b);
   p.out = to_pte(out);
   p.lse = to_pte(lse);
-  p.qkv_format = merge_format(qkv_format);
+  p.qkv_format = parse_word(pte_qkv_format_parse, qkv_format);
   p.stream = stream_of(out_a);
   check_status(pte_attn_merge(&p), "pte_attn_merge");
   if (cast_a) out = out.cast(out_a.dtype());

@@ -1,5 +1,5 @@
 // Helpers shared by the Paddle custom ops: paddle::Tensor -> pte_tensor_t, status -> exception,
-// workspace allocation. This directory is the only code in paddle_te that sees Paddle types;
+// a C call with its workspace. This directory is the only code in paddle_te that sees Paddle types;
 // everything below it talks through the C API in csrc/include/paddle_te/.
 #pragma once
 
@@ -153,10 +153,20 @@ inline double parse_scale(const std::string& s, const char* name) {
   return v;  // finiteness and sign are checked by the core, which names the argument
 }
 
-// Caller-allocated workspace on the tensors' place; an empty (undefined) tensor when none.
-inline paddle::Tensor workspace(size_t bytes, const paddle::Place& place) {
-  if (bytes == 0) return paddle::Tensor();
-  return paddle::empty({static_cast<int64_t>(bytes)}, paddle::DataType::UINT8, place);
+// Run `call` with the workspace `size` asks for, allocated on `place` (Paddle's allocator, on the
+// op's stream) and released when the call has been queued. `op` names the op in errors.
+template <typename P>
+void run_with_workspace(P* p, pte_status_t (*size)(const P*, size_t*),
+                        pte_status_t (*call)(const P*), const paddle::Place& place,
+                        const char* op) {
+  size_t bytes = 0;
+  check_status(size(p, &bytes), op);
+  paddle::Tensor ws;  // undefined when none is needed
+  if (bytes != 0)
+    ws = paddle::empty({static_cast<int64_t>(bytes)}, paddle::DataType::UINT8, place);
+  p->workspace = bytes ? ws.data() : nullptr;
+  p->workspace_size = bytes;
+  check_status(call(p), op);
 }
 
 }  // namespace pte_paddle

@@ -285,6 +285,59 @@ class Workspace {
   std::vector<unsigned char> host_;
 };
 
+// ---- running a C call -------------------------------------------------------------------------
+
+// Runs `call` on the arguments' CUDA device with the GIL released; its status.
+template <typename F>
+pte_status_t call_nogil(const Args& a, F&& call) {
+  DeviceGuard guard(a.cuda_device());
+  py::gil_scoped_release nogil;
+  return call();
+}
+
+// Runs call(p); raises on failure.
+template <typename P>
+void run(const Args& a, const P& p, pte_status_t (*call)(const P*)) {
+  check_status(call_nogil(a, [&] { return call(&p); }));
+}
+
+// Runs call(p) with the per-call workspace size(p) asks for, on q's device (see the header
+// comment); raises on failure.
+template <typename P>
+void run(const Args& a, P& p, pte_status_t (*size)(const P*, size_t*),
+         pte_status_t (*call)(const P*)) {
+  const bool cuda = p.q.device == PTE_DEVICE_CUDA;
+  check_status(call_nogil(a, [&] {
+    size_t bytes = 0;
+    const pte_status_t st = size(&p, &bytes);
+    if (st != PTE_SUCCESS) return st;
+    Workspace ws(bytes, cuda, p.stream);
+    p.workspace = ws.ptr();
+    p.workspace_size = bytes;
+    return call(&p);
+  }));
+}
+
+// ---- keywords shared by the attention and decode calls ----------------------------------------
+
+// softmax_scale=None: 1/sqrt(d), d = q's head dim.
+double softmax_scale_or_default(const py::object& scale, const pte_tensor_t& q) {
+  if (!scale.is_none()) return scale.cast<double>();
+  const int64_t d = q.ndim > 0 ? q.shape[q.ndim - 1] : 0;
+  if (d <= 0) throw py::value_error("q: head dim must be > 0 to derive softmax_scale");
+  return 1.0 / std::sqrt(double(d));
+}
+
+// window_size=(left, right).
+void parse_window(const py::object& window_size, int64_t* left, int64_t* right) {
+  py::sequence w = window_size.cast<py::sequence>();
+  if (w.size() != 2)
+    throw py::value_error("window_size=" + std::string(py::repr(window_size)) +
+                          ": must be a pair (left, right)");
+  *left = w[0].cast<int64_t>();
+  *right = w[1].cast<int64_t>();
+}
+
 // ---- attention --------------------------------------------------------------------------------
 
 struct AttnKw {
@@ -307,62 +360,11 @@ uint64_t as_u64(const py::object& v, const char* name) {
   return u;
 }
 
-void fill_attn(pte_attn_params_t* p, Args& a, const AttnKw& kw) {
-  p->cu_seqlens_q = a.add(kw.cu_seqlens_q, "cu_seqlens_q");
-  p->cu_seqlens_kv = a.add(kw.cu_seqlens_kv, "cu_seqlens_kv");
-  p->max_seqlen_q = kw.max_seqlen_q.is_none() ? 0 : kw.max_seqlen_q.cast<int64_t>();
-  p->max_seqlen_kv = kw.max_seqlen_kv.is_none() ? 0 : kw.max_seqlen_kv.cast<int64_t>();
-  p->qkv_format = parse_word(pte_qkv_format_parse, kw.qkv_format);
-  p->mask_type = parse_word(pte_mask_type_parse, kw.attn_mask_type,
-                            " ('arbitrary' masks run through the unfused path of the layers)");
-  if (kw.window_size.is_none()) {
-    p->window_left = p->window_right = -1;
-  } else {
-    py::sequence w = kw.window_size.cast<py::sequence>();
-    if (w.size() != 2)
-      throw py::value_error("window_size=" + std::string(py::repr(kw.window_size)) +
-                            ": must be a pair (left, right)");
-    p->window_left = w[0].cast<int64_t>();
-    p->window_right = w[1].cast<int64_t>();
-  }
-  if (kw.softmax_scale.is_none()) {
-    const int64_t d = p->q.ndim > 0 ? p->q.shape[p->q.ndim - 1] : 0;
-    if (d <= 0) throw py::value_error("q: head dim must be > 0 to derive softmax_scale");
-    p->softmax_scale = 1.0 / std::sqrt(double(d));
-  } else {
-    p->softmax_scale = kw.softmax_scale.cast<double>();
-  }
-  p->dropout = float(kw.dropout);
-  p->seed = as_u64(kw.seed, "seed");
-  p->offset = as_u64(kw.offset, "offset");
-  p->deterministic = kw.deterministic ? 1 : 0;
-  p->backend = parse_word(pte_backend_parse, kw.backend,
-                          " ('unfused' is a path of the Paddle layers, not of the core)");
-  p->stream = a.stream();
-  p->startend_row_indices = a.add(kw.startend_row_indices, "startend_row_indices");
-}
-
-void run_attn(pte_attn_params_t* p, const Args& a, bool backward) {
-  DeviceGuard guard(a.cuda_device());
-  const bool cuda = p->q.device == PTE_DEVICE_CUDA;
-  pte_status_t st;
-  {
-    py::gil_scoped_release nogil;
-    size_t bytes = 0;
-    st = backward ? pte_attn_bwd_workspace_size(p, &bytes) : pte_attn_fwd_workspace_size(p, &bytes);
-    if (st == PTE_SUCCESS) {
-      Workspace ws(bytes, cuda, p->stream);
-      p->workspace = ws.ptr();
-      p->workspace_size = bytes;
-      st = backward ? pte_attn_bwd(p) : pte_attn_fwd(p);
-    }
-  }
-  check_status(st);
-}
-
-void fused_attn_fwd(py::object q, py::object k, py::object v, py::object out, py::object lse,
-                    const AttnKw& kw) {
-  Args a(stream_of(kw.stream));
+// The params of one attention call: q, k, v, out, lse (None: absent) and the keywords, imported
+// into `a`.
+pte_attn_params_t attn_params(Args& a, const py::object& q, const py::object& k,
+                              const py::object& v, const py::object& out, const py::object& lse,
+                              const AttnKw& kw) {
   pte_attn_params_t p;
   pte_attn_params_init(&p);
   p.q = a.add(q, "q");
@@ -370,27 +372,46 @@ void fused_attn_fwd(py::object q, py::object k, py::object v, py::object out, py
   p.v = a.add(v, "v");
   p.out = a.add(out, "out");
   p.lse = a.add(lse, "lse");
-  fill_attn(&p, a, kw);
-  run_attn(&p, a, false);
+  p.cu_seqlens_q = a.add(kw.cu_seqlens_q, "cu_seqlens_q");
+  p.cu_seqlens_kv = a.add(kw.cu_seqlens_kv, "cu_seqlens_kv");
+  p.max_seqlen_q = kw.max_seqlen_q.is_none() ? 0 : kw.max_seqlen_q.cast<int64_t>();
+  p.max_seqlen_kv = kw.max_seqlen_kv.is_none() ? 0 : kw.max_seqlen_kv.cast<int64_t>();
+  p.qkv_format = parse_word(pte_qkv_format_parse, kw.qkv_format);
+  p.mask_type = parse_word(pte_mask_type_parse, kw.attn_mask_type,
+                           " ('arbitrary' masks run through the unfused path of the layers)");
+  if (kw.window_size.is_none())
+    p.window_left = p.window_right = -1;
+  else
+    parse_window(kw.window_size, &p.window_left, &p.window_right);
+  p.softmax_scale = softmax_scale_or_default(kw.softmax_scale, p.q);
+  p.dropout = float(kw.dropout);
+  p.seed = as_u64(kw.seed, "seed");
+  p.offset = as_u64(kw.offset, "offset");
+  p.deterministic = kw.deterministic ? 1 : 0;
+  p.backend = parse_word(pte_backend_parse, kw.backend,
+                         " ('unfused' is a path of the Paddle layers, not of the core)");
+  p.stream = a.stream();
+  p.startend_row_indices = a.add(kw.startend_row_indices, "startend_row_indices");
+  return p;
+}
+
+void fused_attn_fwd(py::object q, py::object k, py::object v, py::object out, py::object lse,
+                    const AttnKw& kw) {
+  Args a(stream_of(kw.stream));
+  pte_attn_params_t p = attn_params(a, q, k, v, out, lse, kw);
+  run(a, p, pte_attn_fwd_workspace_size, pte_attn_fwd);
 }
 
 void fused_attn_bwd(py::object q, py::object k, py::object v, py::object out, py::object d_out,
                     py::object lse, py::object d_q, py::object d_k, py::object d_v,
                     const AttnKw& kw) {
   Args a(stream_of(kw.stream));
-  pte_attn_params_t p;
-  pte_attn_params_init(&p);
-  p.q = a.add(q, "q");
-  p.k = a.add(k, "k");
-  p.v = a.add(v, "v");
-  p.out = a.add(out, "out");
+  pte_attn_params_t p = attn_params(a, q, k, v, out, lse, kw);
   p.d_out = a.add(d_out, "d_out");
-  p.lse = a.add(lse, "lse");
   p.d_q = a.add(d_q, "d_q");
   p.d_k = a.add(d_k, "d_k");
   p.d_v = a.add(d_v, "d_v");
-  fill_attn(&p, a, kw);
-  run_attn(&p, a, true);
+  run(a, p, pte_attn_bwd_workspace_size, pte_attn_bwd);
 }
 
 // The capability check (pte_attn_check) of one call, without running it: "" when `backend` can
@@ -401,14 +422,7 @@ void fused_attn_bwd(py::object q, py::object k, py::object v, py::object out, py
 std::string attn_check(py::object q, py::object k, py::object v, py::object out, py::object lse,
                        const AttnKw& kw, bool backward) {
   Args a(stream_of(kw.stream));
-  pte_attn_params_t p;
-  pte_attn_params_init(&p);
-  p.q = a.add(q, "q");
-  p.k = a.add(k, "k");
-  p.v = a.add(v, "v");
-  p.out = a.add(out, "out");
-  p.lse = a.add(lse, "lse");
-  fill_attn(&p, a, kw);
+  pte_attn_params_t p = attn_params(a, q, k, v, out, lse, kw);
   if (p.lse.data == nullptr && p.q.data != nullptr && (backward || p.dropout > 0.f)) {
     // The lse these calls need, described from q's shape (float32 [b, h, s_q] / [h, t_q]).
     const pte_tensor_t& q_t = p.q;
@@ -434,13 +448,8 @@ std::string attn_check(py::object q, py::object k, py::object v, py::object out,
     p.d_k = p.k;
     p.d_v = p.v;
   }
-  const pte_backend_t backend = p.backend;
-  DeviceGuard guard(a.cuda_device());
-  pte_status_t st;
-  {
-    py::gil_scoped_release nogil;
-    st = pte_attn_check(&p, backend, backward ? 1 : 0);
-  }
+  const pte_status_t st =
+      call_nogil(a, [&] { return pte_attn_check(&p, p.backend, backward ? 1 : 0); });
   if (st == PTE_SUCCESS) return "";
   if (st == PTE_ERROR_NOT_SUPPORTED) return pte_last_error();
   raise_status(st);
@@ -461,13 +470,7 @@ void softmax_fwd(py::object x, py::object y, py::object mask, double scale, py::
                               : parse(causal.cast<std::string>(), "causal", kCausal,
                                       " or None");
   p.stream = a.stream();
-  DeviceGuard guard(a.cuda_device());
-  pte_status_t st;
-  {
-    py::gil_scoped_release nogil;
-    st = pte_softmax_fwd(&p);
-  }
-  check_status(st);
+  run(a, p, pte_softmax_fwd);
 }
 
 void softmax_bwd(py::object y, py::object d_y, py::object d_x, double scale, py::object stream) {
@@ -479,13 +482,7 @@ void softmax_bwd(py::object y, py::object d_y, py::object d_x, double scale, py:
   p.d_x = a.add(d_x, "d_x");
   p.scale = scale;
   p.stream = a.stream();
-  DeviceGuard guard(a.cuda_device());
-  pte_status_t st;
-  {
-    py::gil_scoped_release nogil;
-    st = pte_softmax_bwd(&p);
-  }
-  check_status(st);
+  run(a, p, pte_softmax_bwd);
 }
 
 // ---- mask -> cu_seqlens -----------------------------------------------------------------------
@@ -579,39 +576,14 @@ void decode_attn(py::object q, py::object k_cache, py::object v_cache, py::objec
   p.v_new = a.add(v_new, "v_new");
   p.block_table = a.add(block_table, "block_table");
   p.lse = a.add(lse, "lse");
-  if (softmax_scale.is_none()) {
-    const int64_t d = p.q.ndim > 0 ? p.q.shape[p.q.ndim - 1] : 0;
-    if (d <= 0) throw py::value_error("q: head dim must be > 0 to derive softmax_scale");
-    p.softmax_scale = 1.0 / std::sqrt(double(d));
-  } else {
-    p.softmax_scale = softmax_scale.cast<double>();
-  }
-  py::sequence w = window_size.cast<py::sequence>();
-  if (w.size() != 2)
-    throw py::value_error("window_size=" + std::string(py::repr(window_size)) +
-                          ": must be a pair (left, right)");
-  p.window_left = w[0].cast<int64_t>();
-  p.window_right = w[1].cast<int64_t>();
+  p.softmax_scale = softmax_scale_or_default(softmax_scale, p.q);
+  parse_window(window_size, &p.window_left, &p.window_right);
   p.num_splits = num_splits;
   p.backend = parse_word(pte_backend_parse, backend);
   p.stream = a.stream();
-  DeviceGuard guard(a.cuda_device());
-  const bool cuda = p.q.device == PTE_DEVICE_CUDA;
-  pte_status_t st;
-  {
-    py::gil_scoped_release nogil;
-    size_t bytes = 0;
-    st = pte_decode_workspace_size(&p, &bytes);
-    if (st == PTE_SUCCESS) {
-      // cudaMallocAsync on the call's stream is capturable: a CUDA graph records it as a memory
-      // node, so a captured decode step replays without host work.
-      Workspace ws(bytes, cuda, p.stream);
-      p.workspace = ws.ptr();
-      p.workspace_size = bytes;
-      st = pte_decode_attn(&p);
-    }
-  }
-  check_status(st);
+  // cudaMallocAsync on the call's stream is capturable: a CUDA graph records it as a memory node,
+  // so a captured decode step replays without host work.
+  run(a, p, pte_decode_workspace_size, pte_decode_attn);
 }
 
 // ---- lse merge (context parallelism) -------------------------------------------------------
@@ -630,13 +602,7 @@ void attn_merge(py::object out_a, py::object lse_a, py::object out_b, py::object
   p.lse = a.add(lse, "lse");
   p.qkv_format = parse_word(pte_qkv_format_parse, qkv_format);
   p.stream = a.stream();
-  DeviceGuard guard(a.cuda_device());
-  pte_status_t st;
-  {
-    py::gil_scoped_release nogil;
-    st = pte_attn_merge(&p);
-  }
-  check_status(st);
+  run(a, p, pte_attn_merge);
 }
 
 // ---- backends -------------------------------------------------------------------------------

@@ -5,46 +5,16 @@
 #include <cstdio>
 #include <cstring>
 #include <random>
-#include <string>
 #include <vector>
 
 #include "paddle_te/paddle_te.h"
+#include "test_helpers.h"
 
 namespace {
 
-int g_failures = 0;
-
-#define EXPECT(cond, ...)                                     \
-  do {                                                        \
-    if (!(cond)) {                                            \
-      ++g_failures;                                           \
-      std::printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-      std::printf(__VA_ARGS__);                               \
-      std::printf("\n");                                      \
-    }                                                         \
-  } while (0)
-
-pte_tensor_t tensor(void* data, pte_dtype_t dt, std::vector<int64_t> shape) {
-  pte_tensor_t t{};
-  t.data = data;
-  t.dtype = dt;
-  t.ndim = int32_t(shape.size());
-  int64_t stride = 1;
-  for (int i = t.ndim - 1; i >= 0; --i) {
-    t.shape[i] = shape[i];
-    t.strides[i] = stride;
-    stride *= shape[i];
-  }
-  t.device = PTE_DEVICE_CPU;
-  return t;
-}
-
-std::vector<double> randn(size_t n, std::mt19937& rng) {
-  std::normal_distribution<double> dist;
-  std::vector<double> v(n);
-  for (auto& x : v) x = dist(rng);
-  return v;
-}
+using pte_test::expect_error;
+using pte_test::randn;
+using pte_test::tensor;
 
 // Brute-force attention for bshd float64 with per-sequence lengths and a causal bottom-right
 // window: returns out and lse.
@@ -141,13 +111,6 @@ void test_forward_matches_naive() {
   for (int j = len_kv[1]; j < s_kv; ++j)
     for (int c = 0; c < h_kv * d; ++c)
       EXPECT(d_k[((size_t(1) * s_kv + j) * h_kv) * d + c] == 0.0, "padded d_k row %d not zero", j);
-}
-
-// Each bad call: expected status and a word the message must contain.
-void expect_error(pte_status_t st, pte_status_t want, const char* word, const char* what) {
-  EXPECT(st == want, "%s: status %d, want %d (%s)", what, int(st), int(want), pte_last_error());
-  EXPECT(std::strstr(pte_last_error(), word) != nullptr, "%s: message '%s' lacks '%s'", what,
-         pte_last_error(), word);
 }
 
 void test_errors() {
@@ -326,10 +289,5 @@ int main() {
   test_forward_matches_naive();
   test_errors();
   test_softmax_and_seqlens();
-  if (g_failures) {
-    std::printf("%d failure(s)\n", g_failures);
-    return 1;
-  }
-  std::printf("test_c_api: all passed\n");
-  return 0;
+  return pte_test::summary("test_c_api");
 }

@@ -21,24 +21,9 @@
 
 #include "common/philox.h"
 #include "core/kernels.h"
+#include "test_helpers.h"
 
 namespace {
-
-int g_failures = 0;
-int g_checks = 0;
-
-#define EXPECT(cond, ...)                         \
-  do {                                            \
-    ++g_checks;                                   \
-    if (!(cond)) {                                \
-      ++g_failures;                               \
-      if (g_failures <= 40) {                     \
-        std::printf("FAIL %s:%d: ", __FILE__, __LINE__); \
-        std::printf(__VA_ARGS__);                 \
-        std::printf("\n");                        \
-      }                                           \
-    }                                             \
-  } while (0)
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr float kPoison = 12345.0f;  // written into outputs before a run
@@ -805,6 +790,5 @@ int main() {
   test_no_lse();
   test_softmax();
   test_seqlens();
-  std::printf("%d checks, %d failures\n", g_checks, g_failures);
-  return g_failures == 0 ? 0 : 1;
+  return pte_test::summary("test_cpu_kernels");
 }

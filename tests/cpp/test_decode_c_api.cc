@@ -4,58 +4,23 @@
 #include <cmath>
 #include <cstdio>
 #include <random>
-#include <string>
 #include <vector>
 
 #include "paddle_te/paddle_te.h"
+#include "test_helpers.h"
 
-namespace {
-
-int g_failures = 0;
-
-#define EXPECT(cond, ...)                                         \
-  do {                                                            \
-    if (!(cond)) {                                                \
-      ++g_failures;                                               \
-      std::printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-      std::printf(__VA_ARGS__);                                   \
-      std::printf("\n");                                          \
-    }                                                             \
-  } while (0)
-
-pte_tensor_t tensor(void* data, pte_dtype_t dt, std::vector<int64_t> shape) {
-  pte_tensor_t t{};
-  t.data = data;
-  t.dtype = dt;
-  t.ndim = int32_t(shape.size());
-  int64_t stride = 1;
-  for (int i = t.ndim - 1; i >= 0; --i) {
-    t.shape[i] = shape[i];
-    t.strides[i] = stride;
-    stride *= shape[i];
-  }
-  t.device = PTE_DEVICE_CPU;
-  return t;
-}
-
-bool contains(const char* text, const char* part) { return std::string(text).find(part) != std::string::npos; }
-
-}  // namespace
+using pte_test::expect_error;
+using pte_test::randn;
+using pte_test::tensor;
 
 int main() {
   const int b = 2, s_q = 2, h = 4, h_kv = 2, d = 8, page = 3, pps = 4, num_pages = 9;
   const int group = h / h_kv;
   std::mt19937 rng(11);
-  std::normal_distribution<double> dist;
-  auto randn = [&](size_t n) {
-    std::vector<double> v(n);
-    for (auto& x : v) x = dist(rng);
-    return v;
-  };
-  std::vector<double> q = randn(size_t(b) * s_q * h * d);
-  std::vector<double> kc = randn(size_t(num_pages) * page * h_kv * d);
-  std::vector<double> vc = randn(kc.size());
-  std::vector<double> kn = randn(size_t(b) * s_q * h_kv * d), vn = randn(kn.size());
+  std::vector<double> q = randn(size_t(b) * s_q * h * d, rng);
+  std::vector<double> kc = randn(size_t(num_pages) * page * h_kv * d, rng);
+  std::vector<double> vc = randn(kc.size(), rng);
+  std::vector<double> kn = randn(size_t(b) * s_q * h_kv * d, rng), vn = randn(kn.size(), rng);
   std::vector<int32_t> lens = {4, 0};
   std::vector<int32_t> table = {7, 2, 5, 0, 8, 1, 3, 6};  // [b, pps]
   const std::vector<double> kc0 = kc, vc0 = vc;
@@ -125,42 +90,25 @@ int main() {
   // Bad calls: status and a message naming the argument; nothing written before the value check.
   const std::vector<double> kc_before = kc;
   table[1] = num_pages;
-  EXPECT(pte_decode_attn(&p) == PTE_ERROR_INVALID_ARGUMENT &&
-             contains(pte_last_error(), "block_table[0, 1]=9: page index out of range"),
-         "%s", pte_last_error());
+  expect_error(pte_decode_attn(&p), PTE_ERROR_INVALID_ARGUMENT,
+               "block_table[0, 1]=9: page index out of range", "page index");
   EXPECT(kc == kc_before, "a failed call wrote into the cache");
   table[1] = 2;
   lens[1] = pps * page - 1;
-  EXPECT(pte_decode_attn(&p) == PTE_ERROR_INVALID_ARGUMENT &&
-             contains(pte_last_error(), "cache_seqlens[1]=11 + s_q=2: cache overflow"),
-         "%s", pte_last_error());
+  expect_error(pte_decode_attn(&p), PTE_ERROR_INVALID_ARGUMENT,
+               "cache_seqlens[1]=11 + s_q=2: cache overflow", "overflow");
   lens[1] = 0;
-  pte_decode_params_t bad = p;
-  bad.lse.dtype = PTE_FLOAT64;
-  EXPECT(pte_decode_attn(&bad) == PTE_ERROR_INVALID_ARGUMENT &&
-             contains(pte_last_error(), "lse has dtype float64: must be float32"),
-         "%s", pte_last_error());
-  bad = p;
-  bad.k_cache.shape[2] = 3;
-  EXPECT(pte_decode_attn(&bad) == PTE_ERROR_INVALID_ARGUMENT &&
-             contains(pte_last_error(), "k_cache has 3 heads"), "%s", pte_last_error());
-  bad = p;
-  bad.v_new = pte_tensor_t{};
-  EXPECT(pte_decode_attn(&bad) == PTE_ERROR_INVALID_ARGUMENT &&
-             contains(pte_last_error(), "k_new given without v_new"), "%s", pte_last_error());
-  bad = p;
-  bad.backend = PTE_BACKEND_CUDNN;
-  EXPECT(pte_decode_attn(&bad) == PTE_ERROR_INVALID_ARGUMENT &&
-             contains(pte_last_error(), "backend=cudnn"), "%s", pte_last_error());
-  bad = p;
-  bad.num_splits = -2;
-  EXPECT(pte_decode_attn(&bad) == PTE_ERROR_INVALID_ARGUMENT &&
-             contains(pte_last_error(), "num_splits=-2"), "%s", pte_last_error());
-  bad = p;
-  bad.softmax_scale = 0;
-  EXPECT(pte_decode_attn(&bad) == PTE_ERROR_INVALID_ARGUMENT &&
-             contains(pte_last_error(), "softmax_scale=0"), "%s", pte_last_error());
-
-  if (g_failures == 0) std::printf("test_decode_c_api: ok\n");
-  return g_failures == 0 ? 0 : 1;
+  // One field spoiled at a time: what it is set to, and a part of the message it must give.
+  auto bad_call = [&](auto spoil, const char* part) {
+    pte_decode_params_t bad = p;
+    spoil(bad);
+    expect_error(pte_decode_attn(&bad), PTE_ERROR_INVALID_ARGUMENT, part, part);
+  };
+  bad_call([](auto& b) { b.lse.dtype = PTE_FLOAT64; }, "lse has dtype float64: must be float32");
+  bad_call([](auto& b) { b.k_cache.shape[2] = 3; }, "k_cache has 3 heads");
+  bad_call([](auto& b) { b.v_new = pte_tensor_t{}; }, "k_new given without v_new");
+  bad_call([](auto& b) { b.backend = PTE_BACKEND_CUDNN; }, "backend=cudnn");
+  bad_call([](auto& b) { b.num_splits = -2; }, "num_splits=-2");
+  bad_call([](auto& b) { b.softmax_scale = 0; }, "softmax_scale=0");
+  return pte_test::summary("test_decode_c_api");
 }

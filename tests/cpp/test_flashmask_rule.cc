@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/flashmask_rule.h"
+#include "test_helpers.h"
 
 namespace {
 
@@ -24,7 +25,7 @@ bool spec_masked(const int32_t* b, int c, bool causal, int64_t i) {
 
 int main() {
   std::mt19937_64 gen(42);
-  int failures = 0, checks = 0, decided = 0, narrowed = 0;
+  int decided = 0, narrowed = 0;
   const struct { bool causal; int c; } kinds[] = {{true, 1}, {true, 2}, {false, 2}, {false, 4}};
   for (int trial = 0; trial < 20000; ++trial) {
     const auto kind = kinds[trial % 4];
@@ -56,45 +57,32 @@ int main() {
       for (int64_t i = m0; i < m1; ++i) {
         const bool want = spec_masked(&cols[j * 4], kind.c, kind.causal, i);
         const bool got = pte::flashmask::masked_by(&cols[j * 4], kind.c, kind.causal, i);
-        ++checks;
-        if (want != got && ++failures <= 20)
-          std::printf("FAIL masked_by c=%d causal=%d i=%lld\n", kind.c, kind.causal, (long long)i);
+        EXPECT(want == got, "masked_by c=%d causal=%d i=%lld", kind.c, kind.causal, (long long)i);
         n_masked += want;
         ++n_total;
       }
     const int cls = pte::flashmask::classify(r, kind.c, kind.causal, m0, m1);
-    ++checks;
     const bool wrong = (cls == 0 && n_masked != n_total) || (cls == 1 && n_masked != 0);
-    if (wrong && ++failures <= 20)
-      std::printf("FAIL classify c=%d causal=%d rows [%lld, %lld): class %d, %d of %d masked\n",
-                  kind.c, kind.causal, (long long)m0, (long long)m1, cls, n_masked, n_total);
+    EXPECT(!wrong, "classify c=%d causal=%d rows [%lld, %lld): class %d, %d of %d masked", kind.c,
+           kind.causal, (long long)m0, (long long)m1, cls, n_masked, n_total);
     decided += cls != 2;
     // live_rows: every row outside [lo, hi) is masked in every column; inside, the rows a column
     // leaves visible are all there.
     int64_t lo, hi;
     pte::flashmask::live_rows(r, kind.c, kind.causal, s_q, &lo, &hi);
-    ++checks;
     bool bad = lo < 0 || hi > s_q || hi < lo;
     for (int64_t i = 0; i < s_q && !bad; ++i) {
       if (i >= lo && i < hi) continue;
       for (int j = 0; j < ncols && !bad; ++j)
         bad = !spec_masked(&cols[j * 4], kind.c, kind.causal, i);
     }
-    if (bad && ++failures <= 20)
-      std::printf("FAIL live_rows c=%d causal=%d: [%lld, %lld) of %d rows\n", kind.c, kind.causal,
-                  (long long)lo, (long long)hi, s_q);
+    EXPECT(!bad, "live_rows c=%d causal=%d: [%lld, %lld) of %d rows", kind.c, kind.causal,
+           (long long)lo, (long long)hi, s_q);
     narrowed += (hi - lo) < s_q;
   }
   // The structured cases must be decided often, or the classification is useless.
-  if (decided < 4000) {
-    std::printf("FAIL only %d of 20000 tiles were classified skip/untouched\n", decided);
-    ++failures;
-  }
-  if (narrowed < 2000) {
-    std::printf("FAIL live_rows narrowed only %d of 20000 ranges\n", narrowed);
-    ++failures;
-  }
-  std::printf("%d checks, %d decided tiles, %d narrowed, %d failures\n", checks, decided, narrowed,
-              failures);
-  return failures == 0 ? 0 : 1;
+  EXPECT(decided >= 4000, "only %d of 20000 tiles were classified skip/untouched", decided);
+  EXPECT(narrowed >= 2000, "live_rows narrowed only %d of 20000 ranges", narrowed);
+  std::printf("%d decided tiles, %d narrowed\n", decided, narrowed);
+  return pte_test::summary("test_flashmask_rule");
 }
