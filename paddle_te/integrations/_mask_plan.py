@@ -67,10 +67,21 @@ def _cu(lengths):
     return paddle.concat([zero, paddle.cumsum(lengths.astype("int64"))]).astype("int32")
 
 
+def _first_true(x, axis):
+    """Index of the first True of bool `x` along `axis`; meaningless where there is none.
+    (argmax has no bool kernel, flip no uint8 one.)"""
+    return paddle.argmax(x.astype("uint8"), axis=axis)
+
+
 def _last_true(x, axis):
-    """Index of the last True along `axis` (uint8 input); meaningless where there is none."""
-    n = x.shape[axis]
-    return n - 1 - paddle.argmax(paddle.flip(x, [axis]), axis=axis)
+    """Index of the last True of bool `x` along `axis`; meaningless where there is none."""
+    return x.shape[axis] - 1 - _first_true(paddle.flip(x, [axis]), axis)
+
+
+def _length(any_along):
+    """[mb, 1, n] bool -> [mb, 1, 1] int64: index of the last True + 1 (0 when none)."""
+    last = _last_true(any_along, -1).unsqueeze(-1)
+    return paddle.where(any_along.any(-1, keepdim=True), last + 1, paddle.zeros_like(last))
 
 
 def _window_stats(row_any, first, last, len_q, len_k, delta, s_q):
@@ -98,14 +109,14 @@ def plan_for_mask(masked, batch, column_heads=(1,)):
     `batch`: the attention's batch size b; `column_heads`: the mask head counts m that
     flashmask_attention takes for this call (1, h_kv, h)."""
     mb, m, s_q, s_k = (int(x) for x in masked.shape)
-    vis8 = paddle.logical_not(masked).astype("uint8")  # [mb, m, s_q, s_k]
-    row_any = paddle.any(vis8.astype("bool"), axis=-1)  # [mb, m, s_q]
-    col_any = paddle.any(vis8.astype("bool"), axis=-2)  # [mb, m, s_k]
-    total = vis8.astype("int64").sum()
+    vis = paddle.logical_not(masked)  # [mb, m, s_q, s_k]
+    row_any = paddle.any(vis, axis=-1)  # [mb, m, s_q]
+    col_any = paddle.any(vis, axis=-2)  # [mb, m, s_k]
+    total = vis.astype("int64").sum()
 
     # ---- 2. column bounds: the visible rows of column j are [UTE, LTS) -------------------------
-    col_first = paddle.argmax(vis8, axis=-2)  # [mb, m, s_k]
-    col_last = _last_true(vis8, -2)
+    col_first = _first_true(vis, -2)  # [mb, m, s_k]
+    col_last = _last_true(vis, -2)
     full = paddle.full([1], s_q, dtype="int64")
     ute = paddle.where(col_any, col_first, full)
     lts = paddle.where(col_any, col_last + 1, full)
@@ -114,16 +125,14 @@ def plan_for_mask(masked, batch, column_heads=(1,)):
     # ---- 1. lengths + window, for one mask shared by the heads ----------------------------------
     stats = [ok_columns.astype("int64")]
     if m == 1:
-        len_q = row_any.astype("int64").sum(-1, keepdim=True)  # [mb, 1, 1]
-        len_k = col_any.astype("int64").sum(-1, keepdim=True)
-        i = paddle.arange(s_q, dtype="int64").reshape([1, 1, s_q])
-        j = paddle.arange(s_k, dtype="int64").reshape([1, 1, s_k])
-        # Right padding: the rows (columns) that see anything are a prefix.
-        prefix = paddle.logical_and((row_any == (i < len_q)).all(), (col_any == (j < len_k)).all())
-        first = paddle.argmax(vis8, axis=-1)  # [mb, 1, s_q]
-        last = _last_true(vis8, -1)
+        # Lengths: up to the last row (column) that sees (is seen by) anything. Rows and columns
+        # before it that take no part must be explained by the window, which the count checks.
+        len_q = _length(row_any)  # [mb, 1, 1]
+        len_k = _length(col_any)
+        first = _first_true(vis, -1)  # [mb, 1, s_q]
+        last = _last_true(vis, -1)
         no_padding = paddle.logical_and((len_q == s_q).all(), (len_k == s_k).all())
-        stats += [prefix.astype("int64"), no_padding.astype("int64")]
+        stats += [no_padding.astype("int64")]
         for delta in (paddle.zeros_like(len_q), len_k - len_q):  # top-left, bottom-right
             left, right, left_open, right_open, count = _window_stats(
                 row_any, first, last, len_q, len_k, delta, s_q)
@@ -131,10 +140,10 @@ def plan_for_mask(masked, batch, column_heads=(1,)):
                       (count == total).astype("int64")]
     verdict = paddle.stack([x.reshape([]).astype("int64") for x in stats]).numpy().tolist()
 
-    if m == 1 and verdict[1]:
-        no_padding = bool(verdict[2])
-        # stats: [ok_columns, prefix, no_padding, top-left window (5), bottom-right window (5)]
-        for alignment, base in (("bottom_right", 8), ("top_left", 3)):
+    if m == 1:
+        no_padding = bool(verdict[1])
+        # stats: [ok_columns, no_padding, top-left window (5), bottom-right window (5)]
+        for alignment, base in (("bottom_right", 7), ("top_left", 2)):
             left, right, left_open, right_open, ok = verdict[base:base + 5]
             if not ok:
                 continue
@@ -152,9 +161,8 @@ def plan_for_mask(masked, batch, column_heads=(1,)):
             if not no_padding:
                 mask_type = {"no_mask": "padding", "causal": "padding_causal",
                              "causal_bottom_right": "padding_causal_bottom_right"}[mask_type]
-                len_q = paddle.expand(row_any.astype("int64").sum([1, 2]), [batch])
-                len_k = paddle.expand(col_any.astype("int64").sum([1, 2]), [batch])
-                cu_q, cu_kv = _cu(len_q), _cu(len_k)
+                cu_q = _cu(paddle.expand(len_q.reshape([-1]), [batch]))
+                cu_kv = _cu(paddle.expand(len_k.reshape([-1]), [batch]))
             return Plan("fused", mask_type=mask_type, window=(left, right), cu_seqlens_q=cu_q,
                         cu_seqlens_kv=cu_kv)
     if verdict[0] and m in column_heads:

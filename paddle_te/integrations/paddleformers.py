@@ -18,11 +18,13 @@ neither, ``dropout``, ``scaling``, and the extras some models add -- and returns
 ``([b, s_q, h * d_v], None)``.
 """
 
+import weakref
+
 import paddle
 
 from .. import ops
 from .. import _unfused
-from ._mask_plan import Plan, plan_for_mask, split_additive
+from ._mask_plan import MASKED_AT_OR_BELOW, Plan, plan_for_mask, split_additive
 
 __all__ = ["NAME", "register", "is_registered", "apply", "attention_forward"]
 
@@ -199,7 +201,23 @@ def attention_forward(module, query, key, value, attention_mask=None, dropout=0.
     return out.reshape([b, s_q, h * d_v]), None
 
 
+# A model hands the same mask tensor to every layer of a forward pass: its plan is worked out
+# once. One entry (bounded), keyed by the tensor object (a weak reference), its in-place version
+# and the call's sizes; replacing the entry is a single assignment (safe across threads).
+_last_plan = [None]
+
+
 def _plan_dense(attention_mask, b, h, h_kv, s_q, s_k, left):
+    key = (attention_mask._inplace_version(), b, h, h_kv, s_q, s_k, left)
+    entry = _last_plan[0]
+    if entry is not None and entry[0]() is attention_mask and entry[1] == key:
+        return entry[2]
+    plan = _make_dense_plan(attention_mask, b, h, h_kv, s_q, s_k, left)
+    _last_plan[0] = (weakref.ref(attention_mask), key, plan)
+    return plan
+
+
+def _make_dense_plan(attention_mask, b, h, h_kv, s_q, s_k, left):
     shape = list(attention_mask.shape)
     if (len(shape) != 4 or shape[0] not in (1, b) or shape[1] not in (1, h)
             or shape[2] != s_q or shape[3] < s_k):
@@ -207,7 +225,12 @@ def _plan_dense(attention_mask, b, h, h_kv, s_q, s_k, left):
             f"attention_mask has shape {shape}: expected [b or 1, 1 or h, s_q, s_k] = "
             f"[{b}, 1, {s_q}, {s_k}]"
         )
-    masked, bias = split_additive(attention_mask, s_k)
+    if not paddle.in_dynamic_mode():
+        # A static graph cannot look at the mask's values: it runs as the mask plus its bias.
+        masked = attention_mask[:, :, :, :s_k] <= MASKED_AT_OR_BELOW
+        bias = paddle.where(masked, paddle.zeros([1], attention_mask.dtype), attention_mask[:, :, :, :s_k])
+    else:
+        masked, bias = split_additive(attention_mask, s_k)
     if left >= 0:  # sliding_window on top of the mask (bottom-right, as PaddleFormers' masks)
         masked = paddle.logical_or(masked, _unfused.window_mask(s_q, s_k, (left, -1), True))
     if bias is not None:
