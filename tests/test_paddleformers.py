@@ -22,7 +22,7 @@ pytest.importorskip("paddleformers")
 
 import paddle_te  # noqa: E402
 from paddle_te.integrations import paddleformers as pte_pf  # noqa: E402
-from paddle_te.integrations._mask_plan import plan_for_mask, split_additive  # noqa: E402
+from paddle_te.integrations._mask_plan import additive_parts, plan_for_mask  # noqa: E402
 
 VOCAB, HIDDEN, LAYERS, HEADS, KV_HEADS = 96, 64, 2, 4, 2
 TOL = dict(rtol=2e-4, atol=2e-5)
@@ -342,9 +342,8 @@ def _causal_keep(b, s_q, s_k, lengths_k=None, left_pad=None, window=None):
 
 
 def _plan(keep, b):
-    masked, bias = split_additive(_additive(paddle.to_tensor(keep)), keep.shape[-1])
-    assert bias is None
-    return plan_for_mask(masked, b, column_heads=(1, 2, 4))
+    masked, values = additive_parts(_additive(paddle.to_tensor(keep)), keep.shape[-1])
+    return plan_for_mask(masked, b, column_heads=(1, 2, 4), values=values)
 
 
 CASES = {
@@ -395,8 +394,9 @@ def test_bias_runs_unfused():
     keep = paddle.to_tensor(_causal_keep(2, 7, 7))
     bias = paddle.to_tensor(np.random.default_rng(0).standard_normal((2, 1, 7, 7)).astype("float32"))
     mask = paddle.where(keep, bias, paddle.full([1], float("-inf")))
-    masked, extra = split_additive(mask, 7)
-    assert extra is not None
+    masked, values = additive_parts(mask, 7)
+    plan = plan_for_mask(masked, 2, values=values)
+    assert plan.kind == "masked" and plan.bias is not None
     _check_same(q, k, v, mask)
 
 
@@ -497,3 +497,17 @@ def test_register_is_idempotent_and_apply_switches_built_models():
 def test_import_paddle_te_does_not_import_paddleformers():
     code = "import sys, paddle_te; assert 'paddleformers' not in sys.modules, 'imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_example_smoke(tmp_path):
+    """examples/paddleformers_flashmask.py: a few steps, both loss curves equal."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "paddleformers_flashmask.py"
+    spec = importlib.util.spec_from_file_location("paddleformers_flashmask", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    summary = example.main(["--steps", "3", "--seq-len", "48", "--out", str(tmp_path)])
+    assert summary["max_abs_loss_difference"] < 1e-4
+    assert (tmp_path / "paddleformers_summary.json").exists()

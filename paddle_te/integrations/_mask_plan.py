@@ -43,22 +43,22 @@ class Plan(NamedTuple):
     bias: Optional[paddle.Tensor] = None  # masked: float [b|1, m, s_q, s_k], added to the scores
 
 
-def split_additive(mask, s_k):
-    """(masked, bias) of an additive float mask, or of a boolean mask in Paddle's convention
-    (True = takes part). ``masked``: bool, True = masked out. ``bias``: None when every element is
-    0 or masked out (a pure mask), else the float mask with masked elements set to 0.
+def additive_parts(mask, s_k):
+    """(masked, values) of an attention mask: ``masked`` bool, True = masked out; ``values`` the
+    float mask (None for a boolean mask, read in Paddle's convention: True = takes part).
 
     mask: [b|1, m, s_q, >= s_k]; keys past s_k are dropped (as PaddleFormers' eager path does).
-    The purity verdict is read on the host (one small copy)."""
+    Works in static graphs too (nothing is read)."""
     if mask.shape[-1] != s_k:
         mask = mask[:, :, :, :s_k]
     if mask.dtype == paddle.bool:
         return paddle.logical_not(mask), None
-    masked = mask <= MASKED_AT_OR_BELOW  # also -inf
-    pure = paddle.logical_or(masked, mask == 0).all()
-    if bool(pure.numpy()):
-        return masked, None
-    return masked, paddle.where(masked, paddle.zeros([1], mask.dtype), mask)
+    return mask <= MASKED_AT_OR_BELOW, mask  # also -inf
+
+
+def bias_of(masked, values):
+    """The additive part of a float mask: its values with masked-out elements set to 0."""
+    return paddle.where(masked, paddle.zeros([1], values.dtype), values)
 
 
 def _cu(lengths):
@@ -104,10 +104,12 @@ def _window_stats(row_any, first, last, len_q, len_k, delta, s_q):
     return left, right, left_open, right_open, count
 
 
-def plan_for_mask(masked, batch, column_heads=(1,)):
+def plan_for_mask(masked, batch, column_heads=(1,), values=None):
     """The Plan that applies `masked` (bool [b|1, m, s_q, s_k], True = masked out) exactly.
     `batch`: the attention's batch size b; `column_heads`: the mask head counts m that
-    flashmask_attention takes for this call (1, h_kv, h)."""
+    flashmask_attention takes for this call (1, h_kv, h). `values`: the float mask `masked` came
+    from, if any; unless every element is 0 or masked out it is a bias (Plan "masked" with it).
+    Dygraph only: the verdicts are read on the host (one small copy)."""
     mb, m, s_q, s_k = (int(x) for x in masked.shape)
     vis = paddle.logical_not(masked)  # [mb, m, s_q, s_k]
     row_any = paddle.any(vis, axis=-1)  # [mb, m, s_q]
@@ -123,7 +125,10 @@ def plan_for_mask(masked, batch, column_heads=(1,)):
     ok_columns = (lts - ute).sum() == total
 
     # ---- 1. lengths + window, for one mask shared by the heads ----------------------------------
-    stats = [ok_columns.astype("int64")]
+    pure = paddle.ones([], dtype="bool")
+    if values is not None:
+        pure = paddle.logical_or(masked, values == 0).all()
+    stats = [pure.astype("int64"), ok_columns.astype("int64")]
     if m == 1:
         # Lengths: up to the last row (column) that sees (is seen by) anything. Rows and columns
         # before it that take no part must be explained by the window, which the count checks.
@@ -140,10 +145,12 @@ def plan_for_mask(masked, batch, column_heads=(1,)):
                       (count == total).astype("int64")]
     verdict = paddle.stack([x.reshape([]).astype("int64") for x in stats]).numpy().tolist()
 
+    if not verdict[0]:
+        return Plan("masked", masked=masked, bias=bias_of(masked, values))
     if m == 1:
-        no_padding = bool(verdict[1])
-        # stats: [ok_columns, no_padding, top-left window (5), bottom-right window (5)]
-        for alignment, base in (("bottom_right", 7), ("top_left", 2)):
+        no_padding = bool(verdict[2])
+        # stats: [pure, ok_columns, no_padding, top-left window (5), bottom-right window (5)]
+        for alignment, base in (("bottom_right", 8), ("top_left", 3)):
             left, right, left_open, right_open, ok = verdict[base:base + 5]
             if not ok:
                 continue
@@ -165,7 +172,7 @@ def plan_for_mask(masked, batch, column_heads=(1,)):
                 cu_kv = _cu(paddle.expand(len_k.reshape([-1]), [batch]))
             return Plan("fused", mask_type=mask_type, window=(left, right), cu_seqlens_q=cu_q,
                         cu_seqlens_kv=cu_kv)
-    if verdict[0] and m in column_heads:
+    if verdict[1] and m in column_heads:
         se = paddle.stack([lts, ute], axis=-1).astype("int32")  # [mb, m, s_k, 2]
         if mb != batch:
             se = paddle.expand(se, [batch, m, s_k, 2])

@@ -24,7 +24,7 @@ import paddle
 
 from .. import ops
 from .. import _unfused
-from ._mask_plan import MASKED_AT_OR_BELOW, Plan, plan_for_mask, split_additive
+from ._mask_plan import Plan, additive_parts, bias_of, plan_for_mask
 
 __all__ = ["NAME", "register", "is_registered", "apply", "attention_forward"]
 
@@ -208,6 +208,8 @@ _last_plan = [None]
 
 
 def _plan_dense(attention_mask, b, h, h_kv, s_q, s_k, left):
+    if not paddle.in_dynamic_mode():
+        return _make_dense_plan(attention_mask, b, h, h_kv, s_q, s_k, left)
     key = (attention_mask._inplace_version(), b, h, h_kv, s_q, s_k, left)
     entry = _last_plan[0]
     if entry is not None and entry[0]() is attention_mask and entry[1] == key:
@@ -225,17 +227,13 @@ def _make_dense_plan(attention_mask, b, h, h_kv, s_q, s_k, left):
             f"attention_mask has shape {shape}: expected [b or 1, 1 or h, s_q, s_k] = "
             f"[{b}, 1, {s_q}, {s_k}]"
         )
-    if not paddle.in_dynamic_mode():
-        # A static graph cannot look at the mask's values: it runs as the mask plus its bias.
-        masked = attention_mask[:, :, :, :s_k] <= MASKED_AT_OR_BELOW
-        bias = paddle.where(masked, paddle.zeros([1], attention_mask.dtype), attention_mask[:, :, :, :s_k])
-    else:
-        masked, bias = split_additive(attention_mask, s_k)
+    masked, values = additive_parts(attention_mask, s_k)
     if left >= 0:  # sliding_window on top of the mask (bottom-right, as PaddleFormers' masks)
         masked = paddle.logical_or(masked, _unfused.window_mask(s_q, s_k, (left, -1), True))
-    if bias is not None:
-        return Plan("masked", masked=masked, bias=bias)
-    return plan_for_mask(masked, b, column_heads=(1, h_kv, h))
+    if not paddle.in_dynamic_mode():
+        # A static graph cannot look at the mask's values: it runs as the mask plus its bias.
+        return Plan("masked", masked=masked, bias=bias_of(masked, values) if values is not None else None)
+    return plan_for_mask(masked, b, column_heads=(1, h_kv, h), values=values)
 
 
 def _run_startend(q, k, v, se, is_causal, left, p, scale, want_lse):
