@@ -288,7 +288,10 @@ def _run_plan(plan, q, k, v, p, scale, want_lse):
                               window_size=(plan.window[0], 0), return_softmax_lse=want_lse)
         return (res[0], res[1]) if want_lse else (res, None)
     window = plan.window if plan.window != (-1, -1) else None
+    # max_seqlen = the padded lengths: upper bounds known on the host, so a GPU call reads nothing
+    # of cu_seqlens back (fused_attn reads them only to derive a missing max_seqlen there).
     res = ops.fused_attn(q, k, v, cu_seqlens_q=plan.cu_seqlens_q, cu_seqlens_kv=plan.cu_seqlens_kv,
+                         max_seqlen_q=q.shape[1], max_seqlen_kv=k.shape[1],
                          attn_mask_type=plan.mask_type, window_size=window, softmax_scale=scale,
                          dropout=p, return_softmax_lse=want_lse)
     return (res[0], res[1]) if want_lse else (res, None)
