@@ -19,9 +19,13 @@ $(PY):
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-# Python dependencies (stamp file so repeated runs are quick).
+# Python dependencies (stamp file so repeated runs are quick). paddleformers is for the
+# integration tests (tests/test_paddleformers.py) and examples/paddleformers_flashmask.py; it
+# does not depend on paddlepaddle, so the pin above is what the venv keeps (it pulls numpy < 2).
+PADDLEFORMERS_VERSION ?= 1.2.0
 $(VENV)/.deps: | $(PY)
-	$(PY) -m pip install -q "paddlepaddle==$(PADDLE_VERSION)" numpy pytest pybind11 "setuptools<80" wheel matplotlib cmake ninja
+	$(PY) -m pip install -q "paddlepaddle==$(PADDLE_VERSION)" numpy pytest pybind11 "setuptools<80" wheel matplotlib cmake ninja \
+	  "paddleformers==$(PADDLEFORMERS_VERSION)"
 	touch $@
 
 setup: $(VENV)/.deps

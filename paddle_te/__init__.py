@@ -7,6 +7,8 @@ Paddle; saved models that contain them need this import before ``paddle.jit.load
 * ``paddle_te.ops``   functional API (fused_attn, mask_to_cu_seqlens, the masked softmax family)
 * ``paddle_te.masks`` mask types and the window policy (check_set_window_size)
 * ``paddle_te.nn``    layers (DotProductAttention, MultiHeadAttention, TransformerLayer, ...)
+* ``paddle_te.integrations`` other model zoos (``integrations.paddleformers.register()``); it
+  imports none of them until used
 """
 
 import importlib.util as _importlib_util
@@ -51,3 +53,7 @@ if _importlib_util.find_spec(__name__ + "._check") is not None:
     from ._check import run_check  # noqa: E402,F401
 
     __all__.append("run_check")
+
+from . import integrations  # noqa: E402,F401  (imports no other framework until it is used)
+
+__all__.append("integrations")
