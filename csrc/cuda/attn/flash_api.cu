@@ -119,8 +119,6 @@ std::string sm90_fwd_reason(const AttnProblem& p, int arch) {
   return "flash: this build has no sm90 kernels (PTE_ARCHS without 90a)";
 #else
   if (arch != 90) return str("flash: the sm90 kernels need compute capability 9.0, not ", arch / 10, ".", arch % 10);
-  if (p.startend != nullptr)
-    return "flash: the sm90 kernels do not apply startend_row_indices (FlashMask) yet";
   if (pick_sm90_hdim(p.d) == 0)
     return str("flash: head_dim=", p.d, ": no sm90 forward for it in this build (sm90 head dims: 64, "
                "128, 192, 256 where compiled)");
@@ -135,6 +133,8 @@ std::string sm90_bwd_reason(const AttnProblem& p, int arch) {
   std::string why = sm90_fwd_reason(p, arch);
   if (!why.empty()) return why;
   if (p.deterministic) return "flash: deterministic=True runs the sm80 backward";
+  if (p.startend != nullptr)
+    return "flash: the sm90 backward does not apply startend_row_indices (FlashMask) yet";
   // The dQ accumulator's row length is the compiled head dim of launch.h's workspace size.
   if (pick_sm90_hdim(p.d, true) != pick_hdim(p.d))
     return str("flash: head_dim=", p.d, ": the sm90 backward's head dim differs from the "
