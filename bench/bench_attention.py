@@ -114,19 +114,24 @@ def time_ms(fn, iters, warmup=3, busy=False):
 
 
 def run_ours(core, case, backend, dtype, iters):
-    """backend "flash_<variant>" runs the flash backend with PTE_FLASH_VARIANT=<variant>."""
-    name, _, variant = backend.partition("_")
-    old = os.environ.get("PTE_FLASH_VARIANT")
+    """backend "flash_<variant>" runs the flash backend with PTE_FLASH_VARIANT=<variant>; a suffix
+    "@NAME=VALUE+NAME=VALUE" sets those environment variables for the call too (e.g.
+    flash_sm90@PTE_SM90_PERSISTENT=0 to measure one kernel choice against the default)."""
+    spec, _, env_spec = backend.partition("@")
+    name, _, variant = spec.partition("_")
+    env = dict(kv.split("=", 1) for kv in env_spec.split("+") if kv)
     if variant:
-        os.environ["PTE_FLASH_VARIANT"] = variant
+        env["PTE_FLASH_VARIANT"] = variant
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     try:
         return _run_ours(core, case, name, dtype, iters)
     finally:
-        if variant:
-            if old is None:
-                os.environ.pop("PTE_FLASH_VARIANT", None)
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
             else:
-                os.environ["PTE_FLASH_VARIANT"] = old
+                os.environ[k] = v
 
 
 def _run_ours(core, case, backend, dtype, iters):
@@ -212,11 +217,13 @@ def main():
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
     core = import_core()
     avail = core.backends()
-    ours = [b for b in args.backends.split(",")
-            if avail.get(b.partition("_")[0], {}).get("available")]
+    def base(b):  # "flash_sm90@PTE_SM90_PERSISTENT=0" -> "flash"
+        return b.partition("@")[0].partition("_")[0]
+
+    ours = [b for b in args.backends.split(",") if avail.get(base(b), {}).get("available")]
     for b in args.backends.split(","):
         if b not in ours:
-            why = avail.get(b.partition("_")[0], {}).get("reason", "unknown")
+            why = avail.get(base(b), {}).get("reason", "unknown")
             print(f"# backend {b} skipped: {why}")
     kinds = set(args.cases.split(","))
     rows = []

@@ -72,7 +72,7 @@ def _check(core, torch, b, s_q, s_kv, h, h_kv, d, se, causal, dtype, **kw):
 @pytest.fixture(params=["sm80", "sm90"])
 def family(request, core, torch, monkeypatch):
     monkeypatch.setenv("PTE_FLASH_VARIANT", request.param)
-    # The CUDA FlashMask kernels are opt-in until this file has passed on a GPU (flash_api.cu).
+    # On by default (flash_api.cu); set here so a PTE_FLASHMASK_CUDA=0 in the caller cannot hide them.
     monkeypatch.setenv("PTE_FLASHMASK_CUDA", "1")
     q = torch.zeros((1, 64, 2, 64), dtype=torch.float16, device="cuda")
     se = torch.zeros((1, 1, 64, 1), dtype=torch.int32, device="cuda")

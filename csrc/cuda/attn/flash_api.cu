@@ -161,9 +161,12 @@ bool use_sm90(const AttnProblem& p, bool backward) {
 bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 bool strides8(const Strides& st) { return st.batch % 8 == 0 && st.seq % 8 == 0 && st.head % 8 == 0; }
 
+// FlashMask in the CUDA kernels is on by default since tests/gpu/test_flashmask_gpu.py passed on
+// an H200 (2026-12-04); PTE_FLASHMASK_CUDA=0 turns it off (the Paddle layers then take the
+// unfused path with the dense mask), e.g. to bisect a suspected kernel problem.
 bool flashmask_cuda_enabled() {
   const char* v = std::getenv("PTE_FLASHMASK_CUDA");
-  return v != nullptr && std::strcmp(v, "1") == 0;
+  return v == nullptr || std::strcmp(v, "0") != 0;
 }
 
 std::string reason(const AttnProblem& p, bool backward) {
@@ -179,12 +182,9 @@ std::string reason(const AttnProblem& p, bool backward) {
                "{", compiled_hdims(), "} (set PTE_HDIMS at build time)");
   if (p.b > 65535 || p.h > 65535 || p.h_kv > 65535)
     return str("flash: batch=", p.b, ", heads=", p.h, ": each must be <= 65535");
-  // The sm80 FlashMask kernels are compiled and their rule is tested on the CPU, but they have not
-  // run on a GPU yet (2026-12-04): until tests/gpu/test_flashmask_gpu.py has passed on one they
-  // are opt-in, and the Paddle layers take the unfused path with the dense mask.
   if (p.startend != nullptr && !flashmask_cuda_enabled())
-    return "flash: startend_row_indices (FlashMask) on CUDA is not yet validated on a GPU; set "
-           "PTE_FLASHMASK_CUDA=1 to run the kernels (docs/masks.md)";
+    return "flash: startend_row_indices (FlashMask) in the CUDA kernels is turned off "
+           "(PTE_FLASHMASK_CUDA=0)";
   // 16-byte vector loads (cp.async) of 8 elements.
   const void* ptrs[] = {p.q, p.k, p.v, p.out, p.grad_out, p.grad_q, p.grad_k, p.grad_v};
   const Strides* sts[] = {&p.q_st, &p.k_st, &p.v_st, &p.out_st,

@@ -45,11 +45,12 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   const float wb = lb > -INFINITY ? expf(lb - m) : 0.f;
   const float sum = wa + wb;
   const float ca = wa / sum, cb = wb / sum;
+  // Products rounded separately and then added (no fused multiply-add), so the result does not
+  // depend on which part is a and which is b (the ring merges in any order, bit for bit).
   for (int64_t j = lane; j < p.d; j += 32) {
-    float v = 0.f;
-    if (wa > 0.f) v += ca * to_float(oa[j]);
-    if (wb > 0.f) v += cb * to_float(ob[j]);
-    o[j] = from_float<Acc>(v);
+    const float va = wa > 0.f ? __fmul_rn(ca, to_float(oa[j])) : 0.f;
+    const float vb = wb > 0.f ? __fmul_rn(cb, to_float(ob[j])) : 0.f;
+    o[j] = from_float<Acc>(__fadd_rn(va, vb));
   }
   if (lane == 0) *lse = m + logf(sum);
 }

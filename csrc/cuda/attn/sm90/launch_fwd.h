@@ -46,11 +46,17 @@ typename Traits::GmemTensor gmem_view(const AttnProblem& p, const void* ptr, con
                      stride);
 }
 
-// Persistent forward (PTE_SM90_PERSISTENT=1) — measured against one tile per CTA; see
-// docs/performance.md.
-inline bool persistent() {
+// Persistent forward or one tile per CTA (docs/performance.md, sm90 forward v5). The persistent
+// kernel hides each tile's set-up, first loads and epilogue under its neighbour's work, which is
+// what short sequences and windows need; its static round robin balances tiles of equal cost, so
+// a right bound without a left one (causal: cost grows with the query tile) keeps one tile per
+// CTA, whose hardware scheduler hands the longest-first tiles out dynamically.
+// PTE_SM90_PERSISTENT=1 or 0 forces the choice (benchmarks, bisecting).
+inline bool persistent(const AttnProblem& p) {
   const char* v = std::getenv("PTE_SM90_PERSISTENT");
-  return v != nullptr && v[0] == '1';
+  if (v != nullptr && (v[0] == '0' || v[0] == '1')) return v[0] == '1';
+  const bool growing = p.window_right >= 0 && p.window_left < 0;
+  return !growing;
 }
 
 template <class Traits, typename T>
@@ -88,7 +94,7 @@ void launch(const AttnProblem& p) {
                 : run(fwd_kernel<Traits, T, false, kPingpong, false, true>, tiles.total());
   }
   if constexpr (Traits::kSeparateO) {
-    if (persistent()) {
+    if (persistent(p)) {
       const int64_t ctas = std::min<int64_t>(tiles.total(), cuda::sm_count(p.device_id));
       return drop ? run(fwd_kernel<Traits, T, true, kPingpong, true, false>, ctas)
                   : run(fwd_kernel<Traits, T, false, kPingpong, true, false>, ctas);
