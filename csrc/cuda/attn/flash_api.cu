@@ -133,8 +133,6 @@ std::string sm90_bwd_reason(const AttnProblem& p, int arch) {
   std::string why = sm90_fwd_reason(p, arch);
   if (!why.empty()) return why;
   if (p.deterministic) return "flash: deterministic=True runs the sm80 backward";
-  if (p.startend != nullptr)
-    return "flash: the sm90 backward does not apply startend_row_indices (FlashMask) yet";
   // The dQ accumulator's row length is the compiled head dim of launch.h's workspace size.
   if (pick_sm90_hdim(p.d, true) != pick_hdim(p.d))
     return str("flash: head_dim=", p.d, ": the sm90 backward's head dim differs from the "
@@ -145,6 +143,9 @@ std::string sm90_bwd_reason(const AttnProblem& p, int arch) {
 bool use_sm90(const AttnProblem& p, bool backward) {
   const Variant v = requested_variant();
   if (v == Variant::kSm80) return false;
+#ifdef PTE_FLASH_SM90
+  if (v == Variant::kAuto && p.startend != nullptr && !sm90::kFlashMaskPreferred) return false;
+#endif
   const int arch = cuda::device_arch(p.device_id);
   if (!backward) {
 #ifdef PTE_FLASH_SM90

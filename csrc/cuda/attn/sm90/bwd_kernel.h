@@ -7,6 +7,8 @@
 //   dV += P^T dO, dK += dS^T Q            (wgmma, A from registers)
 //   dQ_acc += dS K                         (dS staged in shared memory; fp32 atomics)
 // The preprocess (Dsum) and the dQ conversion are the arch-neutral kernels of the sm80 family.
+// FlashMask (kFlashMask, flashmask_walk.h): every role walks only the steps whose query tile some
+// key of the CTA sees; partial steps zero the masked elements of P^T and dS^T.
 #pragma once
 
 #include <cstdint>
@@ -19,6 +21,7 @@
 #include "cuda/attn/dropout.h"
 #include "cuda/attn/seqlen_mask.h"
 #include "cuda/attn/sm90/epilogue_fwd.h"
+#include "cuda/attn/sm90/flashmask_walk.h"
 #include "cuda/attn/sm90/fwd_kernel.h"
 #include "cuda/attn/sm90/pipeline.h"
 #include "cuda/attn/sm90/traits.h"
@@ -61,11 +64,12 @@ __device__ __forceinline__ void key_span(const Mask& mask, int64_t j, int64_t m0
   *hi = int(h < 0 ? 0 : (h > n ? n : h));
 }
 
-template <class Traits>
+// Thread 0 issues; with FlashMask its warp walks the steps with it (Walk: BwdStepWalk).
+template <class Traits, class Walk>
 __device__ __forceinline__ void produce_bwd(const BwdParams<Traits>& params,
                                             typename Traits::SharedStorage& ss, const SeqInfo& si,
                                             int64_t bi, int64_t hk, int n_block,
-                                            const BwdSteps& steps, int64_t total) {
+                                            const BwdSteps& steps, Walk wk, bool leader) {
   using namespace cute;
   constexpr int BM = Traits::BM, BN = Traits::BN, D = Traits::D, kStages = Traits::kStages;
   const AttnProblem& p = params.p;
@@ -88,11 +92,15 @@ __device__ __forceinline__ void produce_bwd(const BwdParams<Traits>& params,
                                   group_modes<0, 2>(gK));
   auto [tVg, tVs] = tma_partition(params.tma_v, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sV),
                                   group_modes<0, 2>(gV));
-  FullBarrier::arrive_and_expect_tx(&ss.kv_full, Traits::kKVBytes);
-  copy(params.tma_k.with(ss.kv_full), tKg, tKs);
-  copy(params.tma_v.with(ss.kv_full), tVg, tVs);
-  for (int64_t step = 0; step < total; ++step) {
-    const StageIter<kStages> it{int(step)};
+  if (leader) {
+    FullBarrier::arrive_and_expect_tx(&ss.kv_full, Traits::kKVBytes);
+    copy(params.tma_k.with(ss.kv_full), tKg, tKs);
+    copy(params.tma_v.with(ss.kv_full), tVg, tVs);
+  }
+  for (; !wk.done(); wk.advance()) {
+    if (!leader) continue;
+    const int64_t step = wk.step;
+    const StageIter<kStages> it{wk.visits()};
     const int s = it.stage();
     const int hq = int(steps.head(step)), m = int(steps.m_block(step));
     auto q_tile = [&](auto& mt) {
@@ -113,15 +121,16 @@ __device__ __forceinline__ void produce_bwd(const BwdParams<Traits>& params,
 }
 
 // Warp 1 of the producer warpgroup: lse (in the log2 domain) and Dsum of each step's queries.
-template <class Traits>
+template <class Traits, class Walk>
 __device__ __forceinline__ void produce_stats(const BwdParams<Traits>& params,
                                               typename Traits::SharedStorage& ss,
                                               const SeqInfo& si, int64_t bi,
-                                              const BwdSteps& steps, int64_t total, int lane) {
+                                              const BwdSteps& steps, Walk wk, int lane) {
   constexpr int BM = Traits::BM, kStages = Traits::kStages;
   const AttnProblem& p = params.p;
-  for (int64_t step = 0; step < total; ++step) {
-    const StageIter<kStages> it{int(step)};
+  for (; !wk.done(); wk.advance()) {
+    const int64_t step = wk.step;
+    const StageIter<kStages> it{wk.visits()};
     const int s = it.stage();
     const int64_t hq = steps.head(step), m0 = steps.m_block(step) * BM;
     if (it.must_wait_empty()) EmptyBarrier::wait(&ss.q_empty[s], it.empty_phase());
@@ -136,7 +145,7 @@ __device__ __forceinline__ void produce_stats(const BwdParams<Traits>& params,
   }
 }
 
-template <class Traits, typename T, bool kDropout>
+template <class Traits, typename T, bool kDropout, bool kFlashMask>
 __global__ void __launch_bounds__(Traits::kThreads, 1)
     bwd_kernel(const __grid_constant__ BwdParams<Traits> params) {
   using namespace cute;
@@ -155,10 +164,15 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   const int64_t group = p.h / p.h_kv;
   int64_t q_lo, q_hi;
   mask.query_range(n0, n0 + BN, &q_lo, &q_hi);
-  const int64_t m_first = q_lo / BM;
-  const int64_t n_q = q_hi >= q_lo ? q_hi / BM - m_first + 1 : 0;
+  int64_t m_first = q_lo / BM;
+  int64_t n_q = q_hi >= q_lo ? q_hi / BM - m_first + 1 : 0;
+  // FlashMask: only the query tiles between the first and the last row that some key of the CTA
+  // sees under some query head of the group; the walk below skips those it masks entirely.
+  if constexpr (kFlashMask)
+    narrow_query_tiles<BM>(p, bi, hk * group, (hk + 1) * group, n0, n0 + BN, &m_first, &n_q);
   const int64_t total = n_q * group;
   const BwdSteps steps{hk * group, m_first, n_q > 0 ? n_q : 1};
+  using Walk = BwdStepWalk<kFlashMask, BM, BN, BwdSteps>;
 
   if (threadIdx.x == 0) {
     FullBarrier::init(&ss.kv_full, 1);
@@ -175,10 +189,16 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   if (wg == 0) {
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
     if (total > 0) {
-      if (threadIdx.x == 0)
-        produce_bwd<Traits>(params, ss, si, bi, hk, n_block, steps, total);
-      else if (threadIdx.x / 32 == 1)
-        produce_stats<Traits>(params, ss, si, bi, steps, total, int(threadIdx.x) % 32);
+      // No step visited (FlashMask): K and V are not even loaded.
+      if (kFlashMask ? threadIdx.x < 32 : threadIdx.x == 0) {
+        const Walk wk(p, bi, n0, steps, total);
+        if (!wk.done())
+          produce_bwd<Traits>(params, ss, si, bi, hk, n_block, steps, wk,
+                              !kFlashMask || threadIdx.x == 0);
+      } else if (threadIdx.x / 32 == 1) {
+        produce_stats<Traits>(params, ss, si, bi, steps, Walk(p, bi, n0, steps, total),
+                              int(threadIdx.x) % 32);
+      }
     }
     return;
   }
@@ -229,9 +249,11 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   // Keys of this thread (S^T rows), tile-local.
   const int key0 = get<0>(tSc(0)), key1 = get<0>(tSc(2));
 
-  if (total > 0) FullBarrier::wait(&ss.kv_full, 0);
-  for (int64_t step = 0; step < total; ++step) {
-    const StageIter<kStages> it{int(step)};
+  Walk wk(p, bi, n0, steps, total);
+  if (!wk.done()) FullBarrier::wait(&ss.kv_full, 0);
+  for (; !wk.done(); wk.advance()) {
+    const int64_t step = wk.step;
+    const StageIter<kStages> it{wk.visits()};
     const int s = it.stage();
     const int64_t hq = steps.head(step), m0 = steps.m_block(step) * BM;
 
@@ -268,6 +290,12 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
 
     // Every warpgroup's dQ GEMM of the previous step has completed before dS is overwritten.
     named_sync(kBarConsumers, 256);
+    // FlashMask, partial step: the masked elements become exactly 0 (after the barrier, so that
+    // the bounds' loads are not hoisted into the loop above, whose registers are scarce).
+    if constexpr (kFlashMask) {
+      if (wk.cls == 2)
+        bwd_zero_masked(FlashMaskView(p, bi, hq), n0 + key0, n0 + key1, m0, tSc, tPrP, tPrdS);
+    }
     CUTE_UNROLL
     for (int i = 0; i < size(tPrdS); ++i) tSsdS(i) = tPrdS(i);
     cutlass::arch::fence_view_async_shared();  // generic-proxy writes, read by wgmma next

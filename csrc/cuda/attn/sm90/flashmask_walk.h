@@ -96,29 +96,28 @@ struct FwdKeyWalk<true, BM, BN> {
   }
 };
 
-// Backward: the steps of the key block [n0, n0 + BN) of a CTA, step s of [0, total) being the
-// query tile m_block(s) of query head head(s) (Steps: BwdSteps of bwd_kernel.h). `step` is the
-// current step, `visit` how many steps were visited before it (the pipeline's stage counter) and
-// `cls` its class; done() once the steps run out.
+// Backward: the steps of the key block [n0, n0 + BN) of a CTA. Steps: BwdSteps of bwd_kernel.h,
+// step s of [0, total) being query tile m_first + s % n_q of query head hq0 + s / n_q. `step` is
+// the current step, visits() how many steps were visited before it (the pipeline's stage counter)
+// and `cls` its class; done() once the steps run out. Loop: for (W w(...); !w.done(); w.advance()).
 template <bool kOn, int BM, int BN, class Steps>
 struct BwdStepWalk;
 
 template <int BM, int BN, class Steps>
 struct BwdStepWalk<false, BM, BN, Steps> {
+  static constexpr int cls = 1;
   int64_t step, total;
-  int visit, cls;
   __device__ __forceinline__ BwdStepWalk(const AttnProblem&, int64_t, int64_t, const Steps&,
                                          int64_t total_)
-      : step(0), total(total_), visit(0), cls(1) {}
+      : step(0), total(total_) {}
   __device__ __forceinline__ bool done() const { return step >= total; }
-  __device__ __forceinline__ void advance() {
-    ++step;
-    ++visit;
-  }
+  __device__ __forceinline__ int visits() const { return int(step); }  // every step is visited
+  __device__ __forceinline__ void advance() { ++step; }
 };
 
 template <int BM, int BN, class Steps>
 struct BwdStepWalk<true, BM, BN, Steps> {
+  // Copies of the kernel's values (no registers of their own but the cursor's and the counters).
   const AttnProblem& p;
   int64_t bi, n0;
   Steps steps;
@@ -126,13 +125,13 @@ struct BwdStepWalk<true, BM, BN, Steps> {
   int64_t step, total;
   int visit, cls;
 
-  // Steps are int: a CTA has at most (s_q / BM) x (query heads per kv head) of them.
   __device__ __forceinline__ BwdStepWalk(const AttnProblem& p_, int64_t bi_, int64_t n0_,
                                          const Steps& steps_, int64_t total_)
       : p(p_), bi(bi_), n0(n0_), steps(steps_), step(0), total(total_), visit(0), cls(1) {
     settle();
   }
   __device__ __forceinline__ bool done() const { return step >= total; }
+  __device__ __forceinline__ int visits() const { return visit; }
   __device__ __forceinline__ void advance() {
     ++step;
     ++visit;
@@ -140,58 +139,52 @@ struct BwdStepWalk<true, BM, BN, Steps> {
   }
 
  private:
-  // Moves step to the first step at or after it that the intervals do not skip.
+  // Moves step to the first step at or after it that the intervals do not skip. 32-bit
+  // arithmetic: a CTA has (s_q / BM) x (query heads per kv head) < 2^31 steps, and the 64-bit
+  // division would cost the 24-register producer warps spills.
   __device__ __forceinline__ void settle() {
-    const int64_t k0 = n0, b = bi;
-    const AttnProblem& pp = p;
-    const Steps& st = steps;
+    const BwdStepWalk& w = *this;
     step = cur.next(
         int(step), int(total),
         [&](int x) {
-          const int64_t m0 = st.m_block(x) * BM;
-          return FlashMaskView(pp, b, st.head(x)).tile_class(m0, m0 + BM, k0, k0 + BN);
+          const int n_q = int(w.steps.n_q);
+          const int m0 = (int(w.steps.m_first) + x % n_q) * BM, k0 = int(w.n0);
+          return FlashMaskView(w.p, w.bi, w.steps.hq0 + x / n_q)
+              .tile_class<int>(m0, m0 + BM, k0, k0 + BN);
         },
         &cls);
   }
 };
 
-// Backward, per element: which (key, query) elements of a partial step the intervals mask, as a
-// bit mask over the thread's S^T accumulator (bit i = element i). The thread's two keys (its
-// fragment rows, frag_row) decode their bounds once per partial step; steps of class 1 get 0.
-template <bool kOn>
-struct BwdElementMask {
-  template <class TC>
-  __device__ __forceinline__ static uint32_t of(const AttnProblem&, int64_t, int64_t, int, int64_t,
-                                                int64_t, int, int, TC const&) {
-    return 0u;
+// Backward, a partial (class 2) step: the elements of P^T and dS^T (the thread's S^T accumulator
+// order; tSc its (key, query) coordinates) whose (query, key) the intervals mask become exactly 0,
+// overwriting whatever the unmasked arithmetic put there (inf or NaN where a row's lse is -inf).
+// j0 / j1: this thread's two keys (fragment rows 0 / 1, frag_row), each decoding its bounds once;
+// m0: the step's first query. Steps of class 1 never come here: no per-element test.
+template <class TC, class TP>
+__device__ __forceinline__ void bwd_zero_masked(const FlashMaskView& fm, int64_t j0, int64_t j1,
+                                                int64_t m0, TC const& tSc, TP& prob, TP& ds) {
+  constexpr int kN = decltype(cute::size(tSc))::value;
+  j0 = j0 < fm.s_kv ? j0 : fm.s_kv - 1;  // keys past s_kv are invisible by the window rule
+  j1 = j1 < fm.s_kv ? j1 : fm.s_kv - 1;
+  const flashmask::Intervals v0 = fm.column_intervals(j0), v1 = fm.column_intervals(j1);
+  // Elements 2k and 2k + 1 (one key, adjacent queries) share a 32-bit register of 16-bit
+  // values: one AND per register clears either half.
+  static_assert(sizeof(typename TP::value_type) == 2 && kN % 2 == 0, "16-bit pairs");
+  auto p32 = cute::recast<uint32_t>(prob);
+  auto d32 = cute::recast<uint32_t>(ds);
+  CUTE_UNROLL
+  for (int k = 0; k < kN / 2; ++k) {
+    const int i = 2 * k;  // frag_row(i + 1) == frag_row(i): the same key
+    const int32_t q0 = int32_t(m0) + cute::get<1>(tSc(i));
+    const int32_t q1 = int32_t(m0) + cute::get<1>(tSc(i + 1));
+    const flashmask::Intervals& v = frag_row(i) ? v1 : v0;
+    const uint32_t keep = (FlashMaskView::in_intervals(v, q0) ? 0u : 0x0000ffffu) |
+                          (FlashMaskView::in_intervals(v, q1) ? 0u : 0xffff0000u);
+    p32(k) &= keep;
+    d32(k) &= keep;
   }
-};
-
-template <>
-struct BwdElementMask<true> {
-  // cls: the step's class; keys n0 + key0 / key1 (fragment rows 0 / 1); queries m0 + column.
-  template <class TC>
-  __device__ __forceinline__ static uint32_t of(const AttnProblem& p, int64_t bi, int64_t hq,
-                                                int cls, int64_t n0, int64_t m0, int key0,
-                                                int key1, TC const& tSc) {
-    constexpr int kN = decltype(cute::size(tSc))::value;
-    static_assert(kN <= 32, "one bit per accumulator element");
-    if (cls != 2) return 0u;
-    const FlashMaskView fm(p, bi, hq);
-    int64_t j0 = n0 + key0, j1 = n0 + key1;
-    j0 = j0 < fm.s_kv ? j0 : fm.s_kv - 1;  // keys past s_kv are invisible by the window rule
-    j1 = j1 < fm.s_kv ? j1 : fm.s_kv - 1;
-    const flashmask::Intervals v0 = fm.column_intervals(j0), v1 = fm.column_intervals(j1);
-    uint32_t bits = 0;
-    CUTE_UNROLL
-    for (int i = 0; i < kN; ++i) {
-      const int32_t row = int32_t(m0) + cute::get<1>(tSc(i));
-      const bool m = FlashMaskView::in_intervals(frag_row(i) ? v1 : v0, row);
-      bits |= uint32_t(m) << i;
-    }
-    return bits;
-  }
-};
+}
 
 }  // namespace sm90
 }  // namespace flash

@@ -156,8 +156,10 @@ __device__ __forceinline__ int produce(const FwdParams<Traits>& params,
     FullBarrier::arrive_and_expect_tx(&ss.q_full, Traits::kQBytes);
     copy(params.tma_q.with(ss.q_full), tQg, tQs);
   }
-  int v = 0;  // visits: the stage counter
-  for (int t = t_first; t < w.n_tiles; ++v) {
+  // v counts the visits (the stage counter); without FlashMask it is the tile index itself.
+  int v = 0;
+  for (int t = t_first; kFlashMask ? t < w.n_tiles : v < w.n_tiles; ++v) {
+    if constexpr (!kFlashMask) t = v;
     if (leader) {
       const StageIter<kStages> it{kv_t0 + v};
       const int s = it.stage();
@@ -169,10 +171,12 @@ __device__ __forceinline__ int produce(const FwdParams<Traits>& params,
       FullBarrier::arrive_and_expect_tx(&ss.v_full[s], Traits::kKVBytes);
       copy(params.tma_v.with(ss.v_full[s]), tVg(_, n), tVs(_, s));
     }
-    int cls;
-    t = walk.next(t + 1, &cls);
+    if constexpr (kFlashMask) {
+      int cls;
+      t = walk.next(t + 1, &cls);
+    }
   }
-  return v;
+  return kFlashMask ? v : w.n_tiles;
 }
 
 // kPersistent: one CTA per SM walks the tile list (Traits::kSeparateO: O is staged in its own
@@ -320,15 +324,20 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       warpgroup_wait<0>();
       gemm_done(tSrS);
       EmptyBarrier::arrive(&ss.k_empty[first.stage()]);
-      release_q(t_next >= n_tiles);
+      release_q(kFlashMask ? t_next >= n_tiles : n_tiles == 1);
       scores_to_probs((w.n_first + t) * BN, cls, alpha);  // O is still zero: no rescale
       to_operand();
       // Turn v: S_v, then P V_{v-1}; the softmax of S_v runs while P V_{v-1} is in flight, and
       // only then may the output be rescaled and P overwritten.
+      // Without FlashMask the visit counter v is the tile index (the walk is the plain range).
       int v = 1;
-      for (; t_next < n_tiles; ++v) {
-        t = t_next;
-        cls = cls_next;
+      for (; kFlashMask ? t_next < n_tiles : v < n_tiles; ++v) {
+        if constexpr (kFlashMask) {
+          t = t_next;
+          cls = cls_next;
+        } else {
+          t = v;
+        }
         const StageIter<kStages> it{kv_t + v}, prev{kv_t + v - 1};
         turns.wait();
         FullBarrier::wait(&ss.k_full[it.stage()], it.phase());
@@ -336,11 +345,11 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         FullBarrier::wait(&ss.v_full[prev.stage()], prev.phase());
         gemm_issue<false>(mma_o, tOrP, tOrV(_, _, _, prev.stage()), tOrO);
         turns.pass(false);
-        t_next = walk.next(t + 1, &cls_next);  // under the GEMMs
+        if constexpr (kFlashMask) t_next = walk.next(t + 1, &cls_next);  // under the GEMMs
         warpgroup_wait<1>();
         gemm_done(tSrS);
         EmptyBarrier::arrive(&ss.k_empty[it.stage()]);
-        release_q(t_next >= n_tiles);
+        release_q(kFlashMask ? t_next >= n_tiles : v == n_tiles - 1);
         scores_to_probs((w.n_first + t) * BN, cls, alpha);
         warpgroup_wait<0>();
         gemm_done(tOrO);
@@ -357,7 +366,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       warpgroup_wait<0>();
       gemm_done(tOrO);
       EmptyBarrier::arrive(&ss.v_empty[last.stage()]);
-      kv_t += v;
+      kv_t += kFlashMask ? v : n_tiles;
       ++q_t;
     }
 

@@ -88,7 +88,8 @@ void launch(const AttnProblem& p) {
     PTE_CUDA_CHECK_LAUNCH();
   };
   // FlashMask (its own instantiations, so problems without it run the unchanged kernels) takes
-  // one tile per CTA: the persistent schedule is an experiment, not worth its compile time here.
+  // one tile per CTA: its tiles' cost varies with the mask (skipped key tiles), which the
+  // persistent kernel's static round robin does not balance and the hardware scheduler does.
   if (p.startend != nullptr) {
     return drop ? run(fwd_kernel<Traits, T, true, kPingpong, false, true>, tiles.total())
                 : run(fwd_kernel<Traits, T, false, kPingpong, false, true>, tiles.total());
