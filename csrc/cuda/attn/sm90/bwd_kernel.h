@@ -99,9 +99,10 @@ __device__ __forceinline__ void produce_bwd(const BwdParams<Traits>& params,
   }
   for (; !wk.done(); wk.advance()) {
     if (!leader) continue;
+    const int64_t step = wk.step;
     const StageIter<kStages> it{wk.visits()};
     const int s = it.stage();
-    const int hq = int(wk.head()), m = int(wk.m_block());
+    const int hq = int(steps.head(step)), m = int(steps.m_block(step));
     auto q_tile = [&](auto& mt) {
       return local_tile(domain_offset(make_coord(int(si.q_start), _0{}), mt(_, _, hq, b_idx)),
                         Shape<Int<BM>, Int<D>>{}, make_coord(m, _0{}));
@@ -128,9 +129,10 @@ __device__ __forceinline__ void produce_stats(const BwdParams<Traits>& params,
   constexpr int BM = Traits::BM, kStages = Traits::kStages;
   const AttnProblem& p = params.p;
   for (; !wk.done(); wk.advance()) {
+    const int64_t step = wk.step;
     const StageIter<kStages> it{wk.visits()};
     const int s = it.stage();
-    const int64_t hq = wk.head(), m0 = wk.m_block() * BM;
+    const int64_t hq = steps.head(step), m0 = steps.m_block(step) * BM;
     if (it.must_wait_empty()) EmptyBarrier::wait(&ss.q_empty[s], it.empty_phase());
     for (int r = lane; r < BM; r += 32) {
       const int64_t i = m0 + r;

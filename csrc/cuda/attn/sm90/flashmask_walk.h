@@ -106,17 +106,13 @@ struct BwdStepWalk;
 template <int BM, int BN, class Steps>
 struct BwdStepWalk<false, BM, BN, Steps> {
   static constexpr int cls = 1;
-  Steps steps;
   int64_t step, total;
-  __device__ __forceinline__ BwdStepWalk(const AttnProblem&, int64_t, int64_t,
-                                         const Steps& steps_, int64_t total_)
-      : steps(steps_), step(0), total(total_) {}
+  __device__ __forceinline__ BwdStepWalk(const AttnProblem&, int64_t, int64_t, const Steps&,
+                                         int64_t total_)
+      : step(0), total(total_) {}
   __device__ __forceinline__ bool done() const { return step >= total; }
   __device__ __forceinline__ int visits() const { return int(step); }  // every step is visited
   __device__ __forceinline__ void advance() { ++step; }
-  // The current step's query head and query tile.
-  __device__ __forceinline__ int64_t head() const { return steps.head(step); }
-  __device__ __forceinline__ int64_t m_block() const { return steps.m_block(step); }
 };
 
 template <int BM, int BN, class Steps>
@@ -140,13 +136,6 @@ struct BwdStepWalk<true, BM, BN, Steps> {
     ++step;
     ++visit;
     settle();
-  }
-  // The current step's query head and query tile (32-bit divisions, as in settle()).
-  __device__ __forceinline__ int64_t head() const {
-    return steps.hq0 + int(step) / int(steps.n_q);
-  }
-  __device__ __forceinline__ int64_t m_block() const {
-    return steps.m_first + int(step) % int(steps.n_q);
   }
 
  private:
