@@ -219,11 +219,11 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       int kv_t = 0, q_t = 0;
       for (int64_t tile = tile_first; tile < params.tiles.total(); tile += tile_step) {
         const TileWork w = TileWork::make<BM, BN>(p, params.tiles.coord(tile));
-        if (w.skip) continue;
+        if (w.skip || w.n_tiles == 0) continue;
         FwdKeyWalk<kFlashMask, BM, BN> walk(p, w.tc.batch, w.tc.head, w.m0, w.n_first, w.n_tiles);
         int cls;
         const int t_first = walk.next(0, &cls);
-        if (t_first >= w.n_tiles) continue;  // nothing visible: no Q either
+        if (kFlashMask && t_first >= w.n_tiles) continue;  // nothing visible: no Q either
         kv_t += produce<Traits, kFlashMask>(params, ss, w, kv_t, q_t, walk, t_first);
         ++q_t;
         if constexpr (!kPersistent) break;
@@ -358,7 +358,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         to_operand();
       }
       // Last turn: P V of the last tile.
-      const StageIter<kStages> last{kv_t + v - 1};
+      const StageIter<kStages> last{kv_t + (kFlashMask ? v : n_tiles) - 1};
       turns.wait();
       FullBarrier::wait(&ss.v_full[last.stage()], last.phase());
       gemm_issue<false>(mma_o, tOrP, tOrV(_, _, _, last.stage()), tOrO);
