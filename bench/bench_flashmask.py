@@ -3,13 +3,18 @@ against FlexAttention (torch.compile'd flex_attention with the equivalent block 
 dense causal kernel, in one process on the same inputs.
 
     python bench/bench_flashmask.py [--seqlens 8192,32768] [--masks all] [--iters 20]
-                                    [--csv out.csv] [--plot flashmask_density.png] [--no-flex]
+                                    [--variants sm80,sm90] [--csv out.csv]
+                                    [--plot flashmask_density.png] [--no-flex]
 
 The FlashMask recipe: S = 8k and 32k, b * S = 32k tokens, h * d = 4096 with d = 128 (h = 32),
 bf16, documents from a fixed seed (tests/flashmask_zoo.py patterns, seed 0). TFLOP/s are counted
 on the visible area: forward 4 * d * h * (visible query-key pairs), backward 2.5 x forward (the
 FlashAttention convention), so a sparse mask's rate is comparable with dense causal's.
 Target (issue 13): every mask >= 0.85 x our dense-causal rate, forward and backward.
+Each flash kernel family of --variants (PTE_FLASH_VARIANT: sm80, sm90, auto) runs as its own
+impl (`ours-sm80`, ...) against its own dense causal rate; a family this build or GPU lacks is
+reported and skipped. `auto` takes sm80 for FlashMask until the sm90 kernels are validated
+(flash_api.cu), so the default runs both families by name.
 Prints a CSV (also to --csv), a table, and writes a plot of time against mask density (visible
 fraction of the s^2 area) to --plot.
 """
@@ -23,7 +28,7 @@ import sys
 import numpy as np
 import torch
 
-# The CUDA FlashMask kernels are opt-in until validated on a GPU (csrc/cuda/attn/flash_api.cu).
+# On by default (csrc/cuda/attn/flash_api.cu); set so a PTE_FLASHMASK_CUDA=0 in the caller cannot hide them.
 os.environ.setdefault("PTE_FLASHMASK_CUDA", "1")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -165,6 +170,7 @@ def main():
     ap.add_argument("--seqlens", default="8192,32768")
     ap.add_argument("--masks", default="all")
     ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--variants", default="sm80,sm90", help="flash kernel families (PTE_FLASH_VARIANT)")
     ap.add_argument("--csv", default=None)
     ap.add_argument("--plot", default="flashmask_density.png")
     ap.add_argument("--no-flex", action="store_true")
@@ -172,18 +178,34 @@ def main():
     core = import_core()
     dtype = torch.bfloat16
     names = list(MASKS) if args.masks == "all" else args.masks.split(",")
+    variants = []
+    for var in args.variants.split(","):
+        os.environ["PTE_FLASH_VARIANT"] = var
+        q0 = torch.zeros((1, 128, 1, D), dtype=dtype, device="cuda")
+        se0 = torch.zeros((1, 1, 128, 1), dtype=torch.int32, device="cuda")
+        why = core.attn_check(q0, q0, q0, q0.clone(), attn_mask_type="causal", backend="flash",
+                              backward=True, startend_row_indices=se0)
+        if why:
+            print(f"# flash-{var} skipped: {why}", file=sys.stderr)
+        else:
+            variants.append(var)
     rows = []
     for s in (int(x) for x in args.seqlens.split(",")):
         b = max(1, TOKENS // s)
         q, k, v, do = tensors(b, s, dtype)
-        # Our own dense causal kernel: the reference rate.
-        f_c, b_c = run_ours(core, q, k, v, do, None, True, args.iters)
         causal_pairs = b * H * s * (s + 1) / 2
         flops_c = 4.0 * D * causal_pairs
-        rate_c = (flops_c / f_c / 1e9, 2.5 * flops_c / b_c / 1e9)
-        rows.append(dict(s=s, b=b, mask="dense_causal(ours)", density=causal_pairs / (b * H * s * s),
-                         impl="ours", fwd_ms=f_c, bwd_ms=b_c, fwd_tflops=rate_c[0], bwd_tflops=rate_c[1],
-                         fwd_vs_causal=1.0, bwd_vs_causal=1.0))
+        rate_c = {}
+        for var in variants:
+            # Our own dense causal kernel of the same family: the reference rate.
+            os.environ["PTE_FLASH_VARIANT"] = var
+            f_c, b_c = run_ours(core, q, k, v, do, None, True, args.iters)
+            rate_c[var] = (flops_c / f_c / 1e9, 2.5 * flops_c / b_c / 1e9)
+            rows.append(dict(s=s, b=b, mask=f"dense_causal(ours-{var})",
+                             density=causal_pairs / (b * H * s * s), impl=f"ours-{var}", fwd_ms=f_c,
+                             bwd_ms=b_c, fwd_tflops=rate_c[var][0], bwd_tflops=rate_c[var][1],
+                             fwd_vs_causal=1.0, bwd_vs_causal=1.0))
+        base = rate_c[variants[-1]] if variants else (1.0, 1.0)  # flex against the last family
         for name in names:
             causal, fn = MASKS[name]
             se_np = fn(np.random.default_rng(0), b, s, s)
@@ -191,10 +213,15 @@ def main():
             flops = 4.0 * D * pairs
             density = pairs / (b * H * s * s)
             se = torch.tensor(se_np, dtype=torch.int32, device="cuda")
-            impls = [("ours", lambda: run_ours(core, q, k, v, do, se, causal, args.iters))]
+            impls = []
+            for var in variants:
+                def ours(var=var):
+                    os.environ["PTE_FLASH_VARIANT"] = var
+                    return run_ours(core, q, k, v, do, se, causal, args.iters)
+                impls.append((f"ours-{var}", ours, rate_c[var]))
             if not args.no_flex:
-                impls.append(("flex", lambda: run_flex(q, k, v, do, se, causal, args.iters)))
-            for impl, fn_run in impls:
+                impls.append(("flex", lambda: run_flex(q, k, v, do, se, causal, args.iters), base))
+            for impl, fn_run, rc in impls:
                 try:
                     f, bw = fn_run()
                 except Exception as e:  # noqa: BLE001 - a peer that cannot run is reported
@@ -202,8 +229,8 @@ def main():
                     continue
                 r = (flops / f / 1e9, 2.5 * flops / bw / 1e9)
                 rows.append(dict(s=s, b=b, mask=name, density=density, impl=impl, fwd_ms=f, bwd_ms=bw,
-                                 fwd_tflops=r[0], bwd_tflops=r[1], fwd_vs_causal=r[0] / rate_c[0],
-                                 bwd_vs_causal=r[1] / rate_c[1]))
+                                 fwd_tflops=r[0], bwd_tflops=r[1], fwd_vs_causal=r[0] / rc[0],
+                                 bwd_vs_causal=r[1] / rc[1]))
     fields = list(rows[0])
     w = csv.DictWriter(sys.stdout, fieldnames=fields)
     w.writeheader()
@@ -227,7 +254,7 @@ def main():
 
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
         for ax, key, title in ((axes[0], "fwd_ms", "forward"), (axes[1], "bwd_ms", "backward")):
-            for impl, marker in (("ours", "o"), ("flex", "s")):
+            for impl, marker in [(f"ours-{v}", "o^v"[i % 3]) for i, v in enumerate(variants)] + [("flex", "s")]:
                 for s in sorted({r["s"] for r in rows}):
                     pts = [(r["density"], r[key]) for r in rows if r["impl"] == impl and r["s"] == s]
                     if pts:

@@ -213,31 +213,70 @@ def decode_cases(core, A):
 
 
 def flashmask_cases(core, A):
-    """FlashMask (SPEC §9) on the flash backend: the summary kernel and the skip / partial paths
+    """FlashMask (SPEC §9) on the flash backend, through each kernel family (PTE_FLASH_VARIANT=sm80
+    and sm90 where the build and device have it): the summary kernel and the skip / partial paths
     of the forward and both backwards, with key lengths that are not tile multiples, mask heads =
-    h (GQA) and out-of-range-looking but legal bounds (0 and s_q); rows that see nothing."""
+    h (GQA) and out-of-range-looking but legal bounds (0 and s_q); rows that see nothing; and
+    (sm90) tile and step walks that skip past the 32 items one warp classifies at once."""
     os.environ["PTE_FLASHMASK_CUDA"] = "1"  # on even where a caller turned it off (flash_api.cu)
     if not core.backends().get("flash", {}).get("available"):
         return
+    saved = os.environ.get("PTE_FLASH_VARIANT")
+    try:
+        for variant in ("sm80", "sm90"):
+            os.environ["PTE_FLASH_VARIANT"] = variant
+            probe = A.half(np.zeros((1, 64, 2, 64)), "float16")
+            se0 = A.dev(np.zeros((1, 1, 64, 1), np.int32))
+            why = core.attn_check(probe, probe, probe, A.half(np.zeros((1, 64, 2, 64)), "float16"),
+                                  attn_mask_type="causal", backend="flash", backward=True,
+                                  startend_row_indices=se0)
+            if why:
+                print(f"flashmask_cases: flash-{variant} skipped: {why}", flush=True)
+                continue
+            _flashmask_variant(core, A, variant)
+    finally:
+        if saved is None:
+            os.environ.pop("PTE_FLASH_VARIANT", None)
+        else:
+            os.environ["PTE_FLASH_VARIANT"] = saved
+
+
+def _flashmask_run(core, A, g, b, s_q, s_kv, h, h_kv, d, se, causal, tag):
+    kw = dict(attn_mask_type="causal" if causal else "no_mask", backend="flash",
+              startend_row_indices=A.dev(se), dropout=0.1, seed=3, offset=4)
+    q = A.half(g.standard_normal((b, s_q, h, d)), "float16")
+    k, v = (A.half(g.standard_normal((b, s_kv, h_kv, d)), "float16") for _ in range(2))
+    out = A.half(np.full((b, s_q, h, d), np.nan), "float16")
+    lse = A.half(np.full((b, h, s_q), np.nan), "float32")
+    core.fused_attn_fwd(q, k, v, out, lse=lse, **kw)
+    d_out = A.half(g.standard_normal((b, s_q, h, d)), "float16")
+    for deterministic in (False, True):
+        grads = [A.half(np.full(x, np.nan), "float16") for x in ((b, s_q, h, d), (b, s_kv, h_kv, d), (b, s_kv, h_kv, d))]
+        core.fused_attn_bwd(q, k, v, out, d_out, lse, *grads, deterministic=deterministic, **kw)
+        A.sync()
+        for name, arr in zip(("out", "d_q", "d_k", "d_v"), [out] + grads):
+            assert not np.isnan(A.host(arr).astype(np.float64)).any(), (tag, deterministic, name)
+
+
+def _flashmask_variant(core, A, variant):
     g = np.random.default_rng(9)
     b, s_q, s_kv, h, h_kv, d = 2, 77, 150, 4, 2, 64
     for causal, c in ((True, 1), (True, 2), (False, 2), (False, 4)):
         se = g.integers(0, s_q + 1, size=(b, h, s_kv, c)).astype(np.int32)
         se[:, :, : s_kv // 3, 0] = 0 if causal else s_q  # whole tiles skipped / untouched
-        kw = dict(attn_mask_type="causal" if causal else "no_mask", backend="flash",
-                  startend_row_indices=A.dev(se), dropout=0.1, seed=3, offset=4)
-        q = A.half(g.standard_normal((b, s_q, h, d)), "float16")
-        k, v = (A.half(g.standard_normal((b, s_kv, h_kv, d)), "float16") for _ in range(2))
-        out = A.half(np.full((b, s_q, h, d), np.nan), "float16")
-        lse = A.half(np.full((b, h, s_q), np.nan), "float32")
-        core.fused_attn_fwd(q, k, v, out, lse=lse, **kw)
-        d_out = A.half(g.standard_normal((b, s_q, h, d)), "float16")
-        for deterministic in (False, True):
-            grads = [A.half(np.full(x, np.nan), "float16") for x in ((b, s_q, h, d), (b, s_kv, h_kv, d), (b, s_kv, h_kv, d))]
-            core.fused_attn_bwd(q, k, v, out, d_out, lse, *grads, deterministic=deterministic, **kw)
-            A.sync()
-            for name, arr in zip(("out", "d_q", "d_k", "d_v"), [out] + grads):
-                assert not np.isnan(A.host(arr).astype(np.float64)).any(), (causal, c, deterministic, name)
+        _flashmask_run(core, A, g, b, s_q, s_kv, h, h_kv, d, se, causal, (variant, causal, c))
+    # Long skips: 1200 queries, 4200 keys in documents [0, 300), [300, 4000), [4000, 4200)
+    # (bidirectional, C = 2; the last one past every query: its keys are seen by nobody, and the
+    # CTAs of keys >= 4096 visit no step at all). The first query tiles skip the key tiles of the
+    # middle document, past the 32 one warp ballot classifies; query head 1 sees the first
+    # document's keys from rows >= 1100 only, so their key block walks past more than 32 dead
+    # steps (query tiles of 64 over 2 heads).
+    s_q, s_kv, h, h_kv = 1200, 4200, 2, 1
+    se = np.zeros((1, h, s_kv, 2), np.int32)
+    for lo, hi in ((0, 300), (300, 4000), (4000, 4200)):
+        se[0, :, lo:hi, 0], se[0, :, lo:hi, 1] = min(hi, s_q), min(lo, s_q)
+    se[0, 1, :300, 0], se[0, 1, :300, 1] = s_q, 1100
+    _flashmask_run(core, A, g, 1, s_q, s_kv, h, h_kv, d, se, False, (variant, "long"))
 
 
 CASES = [softmax_cases, seqlens_cases, attention_cases, decode_cases, flashmask_cases]

@@ -44,11 +44,14 @@ struct Range {
 // Tile classification for rows [m0, m1) against columns whose bounds lie in r:
 // 0 = every (row, column) masked by the intervals, 1 = none masked, 2 = partial (test elements).
 // Conservative: 0 and 1 are only answered when they hold for every column in the range.
-PTE_HOST_DEVICE int classify(const Range& r, int c, bool causal, int64_t m0, int64_t m1) {
+// I: the row type; int32_t is exact while m1 <= kRowInf (rows are int32 bounds), which a GPU
+// kernel whose registers are scarce may use; int64_t otherwise.
+template <typename I>
+PTE_HOST_DEVICE int classify_rows(const Range& r, int c, bool causal, I m0, I m1) {
   if (m0 >= m1) return 1;
   // Interval 1 starts at bound 0 and ends at bound 1 (or never); interval 2 as intervals().
-  int64_t a1_lo = r.lo[0], a1_hi = r.hi[0];
-  int64_t e1_lo, e1_hi, a2_lo, a2_hi, e2_lo, e2_hi;
+  I a1_lo = r.lo[0], a1_hi = r.hi[0];
+  I e1_lo, e1_hi, a2_lo, a2_hi, e2_lo, e2_hi;
   bool has2;
   if (causal) {
     e1_lo = c == 1 ? kRowInf : r.lo[1];
@@ -78,6 +81,9 @@ PTE_HOST_DEVICE int classify(const Range& r, int c, bool causal, int64_t m0, int
   const bool miss1 = a1_lo >= m1 || e1_hi <= m0;
   const bool miss2 = !has2 || a2_lo >= m1 || e2_hi <= m0;
   return miss1 && miss2 ? 1 : 2;
+}
+PTE_HOST_DEVICE int classify(const Range& r, int c, bool causal, int64_t m0, int64_t m1) {
+  return classify_rows<int64_t>(r, c, causal, m0, m1);
 }
 
 // Rows [*lo, *hi) (within [0, s_q)) outside of which every row is masked by the intervals in

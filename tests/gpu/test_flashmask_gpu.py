@@ -4,8 +4,11 @@ reference (tests/reference.py, FlashAttention's 2x rule), with every C and causa
 heads 1 / h_kv / h, GQA, several head dims and sizes that are not tile multiples, dropout replay,
 rows that see nothing (output 0, lse -inf, zero gradients) and the core's refusals.
 
-Variants: PTE_FLASH_VARIANT=sm80 always; sm90 once its kernels apply the mask (until then the core
-refuses sm90 with a reason, which the test checks)."""
+Variants: PTE_FLASH_VARIANT=sm80 and sm90 (each where the build and device have it): both kernel
+families apply the mask, and every test runs through both. The sm90 family walks a subset of its
+key tiles (forward) and query steps (backward) in every role of the CTA; test_long_skips makes
+those walks skip more than the 32 tiles one warp classifies at once, and head dim 192 gives the
+sm90 forward its 96-key tiles."""
 
 import zlib
 
@@ -67,6 +70,7 @@ def _check(core, torch, b, s_q, s_kv, h, h_kv, d, se, causal, dtype, **kw):
         R.assert_attention_close(got, w, nv, dtype, name, grad=True)
     dead = ~fin.transpose(0, 2, 1)
     assert np.all(out[dead] == 0) and np.all(dq[dead] == 0), "rows that see nothing: exact zeros"
+    return dk, dv
 
 
 @pytest.fixture(params=["sm80", "sm90"])
@@ -79,8 +83,8 @@ def family(request, core, torch, monkeypatch):
     why = core.attn_check(q, q, q, q.clone(), attn_mask_type="causal", backend="flash",
                           backward=True, startend_row_indices=se)
     if why:
-        if request.param == "sm90" and "FlashMask" in why:
-            pytest.skip(f"sm90 does not apply FlashMask yet: {why}")
+        if "startend_row_indices" in why or "FlashMask" in why:
+            pytest.fail(f"flash-{request.param} refuses FlashMask: {why}")
         pytest.skip(f"flash-{request.param} not available: {why}")
     return request.param
 
@@ -97,7 +101,7 @@ def test_zoo(core, torch, family, name, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("mask_heads", ["1", "h_kv", "h"])
-@pytest.mark.parametrize("d", [32, 64, 128, 256])
+@pytest.mark.parametrize("d", [32, 64, 128, 192, 256])
 def test_heads_and_head_dims(core, torch, family, mask_heads, d, dtype):
     b, s_q, s_kv, h, h_kv = 1, 200, 333, 6, 2
     probe = torch.zeros((1, 64, 1, d), dtype=torch.float16, device="cuda")
@@ -106,7 +110,8 @@ def test_heads_and_head_dims(core, torch, family, mask_heads, d, dtype):
         pytest.skip(f"head dim {d}: {why}")  # not compiled in this build (PTE_HDIMS)
     m = {"1": 1, "h_kv": h_kv, "h": h}[mask_heads]
     rng = _rng(mask_heads, d, dtype)
-    name = {32: "causal_document", 64: "document", 128: "share_question", 256: "global_sliding"}[d]
+    name = {32: "causal_document", 64: "document", 128: "share_question", 192: "random_c4",
+            256: "global_sliding"}[d]
     causal, fn = zoo.ZOO_BY_NAME[name]
     se = zoo.with_heads(fn(rng, b, s_q, s_kv), rng, m)
     _check(core, torch, b, s_q, s_kv, h, h_kv, d, se, causal, dtype)
@@ -132,6 +137,30 @@ def test_dropout_replay(core, torch, family, dtype):
     rng = _rng("dropout", dtype)
     se = zoo.causal_document(rng, b, s, s)
     _check(core, torch, b, s, s, h, h, d, se, True, dtype, dropout=0.2, seed=123, offset=456)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_long_skips(core, torch, family, causal):
+    # Documents [0, 300), [300, 4300), [4300, 4600). Forward: the last document's query tiles skip
+    # the 33 key tiles (128 keys) before it, past the first 32 that one warp ballot classifies.
+    # Backward (causal=False): under query head 1 the first document's keys are seen by rows
+    # [4400, 4600) instead, so their key block walks 5 live steps of head 0, skips more than 32,
+    # and finds head 1's last ones. Mask heads = h with GQA (both query heads share a kv head).
+    b, s, h, h_kv, d = 1, 4600, 2, 1, 64
+    bounds = (0, 300, 4300, 4600)
+    se = np.zeros((b, h, s, 1 if causal else 2), np.int32)
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        se[0, :, lo:hi, 0] = hi  # rows from the document's end on are masked
+        if not causal:
+            se[0, :, lo:hi, 1] = lo  # and rows before its start
+    if not causal:
+        se[0, 1, :300, 0], se[0, 1, :300, 1] = s, 4400
+        # Keys [4352, 4600) seen by nobody (LTS = 0: every row masked): whole key blocks whose
+        # CTAs visit no step, and rows of the last document that keep only keys [4300, 4352).
+        se[0, :, 4352:, 0], se[0, :, 4352:, 1] = 0, 0
+    dk, dv = _check(core, torch, b, s, s, h, h_kv, d, se, causal, "bfloat16")
+    if not causal:
+        assert np.all(dk[:, 4352:] == 0) and np.all(dv[:, 4352:] == 0), "keys nobody sees: zeros"
 
 
 def test_dead_rows(core, torch, family):

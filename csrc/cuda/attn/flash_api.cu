@@ -119,8 +119,6 @@ std::string sm90_fwd_reason(const AttnProblem& p, int arch) {
   return "flash: this build has no sm90 kernels (PTE_ARCHS without 90a)";
 #else
   if (arch != 90) return str("flash: the sm90 kernels need compute capability 9.0, not ", arch / 10, ".", arch % 10);
-  if (p.startend != nullptr)
-    return "flash: the sm90 kernels do not apply startend_row_indices (FlashMask) yet";
   if (pick_sm90_hdim(p.d) == 0)
     return str("flash: head_dim=", p.d, ": no sm90 forward for it in this build (sm90 head dims: 64, "
                "128, 192, 256 where compiled)");
@@ -145,6 +143,9 @@ std::string sm90_bwd_reason(const AttnProblem& p, int arch) {
 bool use_sm90(const AttnProblem& p, bool backward) {
   const Variant v = requested_variant();
   if (v == Variant::kSm80) return false;
+#ifdef PTE_FLASH_SM90
+  if (v == Variant::kAuto && p.startend != nullptr && !sm90::kFlashMaskPreferred) return false;
+#endif
   const int arch = cuda::device_arch(p.device_id);
   if (!backward) {
 #ifdef PTE_FLASH_SM90

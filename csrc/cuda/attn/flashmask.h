@@ -51,7 +51,8 @@ struct FlashMaskView {
       summary = nullptr;
       return;
     }
-    const int64_t mh = hq / (p.h / p.startend_heads);
+    // Heads are <= 65535 (the flash check): 32-bit divisions, not the 64-bit routine.
+    const int64_t mh = int(hq) / (int(p.h) / int(p.startend_heads));
     const int64_t head = bi * p.startend_heads + mh;
     const int64_t chunks = (p.s_kv + flashmask::kChunk - 1) / flashmask::kChunk;
     cols = p.startend + head * p.s_kv * c;
@@ -61,10 +62,12 @@ struct FlashMaskView {
   __device__ __forceinline__ bool active() const { return cols != nullptr; }
 
   // Class of the tile rows [m0, m1) x keys [n0, n1) (n0 a multiple of 32); 1 without FlashMask.
-  __device__ __forceinline__ int tile_class(int64_t m0, int64_t m1, int64_t n0,
-                                            int64_t n1) const {
+  // I = int64_t, or int (rows and keys < 2^31 - BM, which the int32 bounds imply for real
+  // problems) where registers are scarce.
+  template <typename I>
+  __device__ __forceinline__ int tile_class(I m0, I m1, I n0, I n1) const {
     if (cols == nullptr) return 1;
-    if (n1 > s_kv) n1 = s_kv;
+    if (n1 > I(s_kv)) n1 = I(s_kv);
     if (n0 >= n1) return 1;  // no key column: nothing for the intervals to mask
     flashmask::Range r;
 #pragma unroll
@@ -72,8 +75,8 @@ struct FlashMaskView {
       r.lo[k] = flashmask::kRowInf;
       r.hi[k] = -1;
     }
-    const int64_t ch0 = n0 / flashmask::kChunk, ch1 = (n1 - 1) / flashmask::kChunk;
-    for (int64_t ch = ch0; ch <= ch1; ++ch) {
+    const int ch0 = int(n0 / I(flashmask::kChunk)), ch1 = int((n1 - 1) / I(flashmask::kChunk));
+    for (int ch = ch0; ch <= ch1; ++ch) {
       const int32_t* s = summary + ch * c * 2;
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
@@ -84,7 +87,7 @@ struct FlashMaskView {
         }
       }
     }
-    return flashmask::classify(r, c, causal, m0, m1);
+    return flashmask::classify_rows<I>(r, c, causal, m0, m1);
   }
 
   // The bounds' min and max over key columns [n0, n1) (n0 a multiple of 32), from the summary:
@@ -173,12 +176,60 @@ struct FlashMaskView {
     return flashmask::masked_by(b, c, causal, i);
   }
 
+  // The masked row intervals of key column j (< s_kv): for a kernel that tests several rows of a
+  // column (flashmask::masked_by's arithmetic with the bounds decoded once).
+  __device__ __forceinline__ flashmask::Intervals column_intervals(int64_t j) const {
+    int32_t b[4];
+    column_bounds(j, b);
+    return flashmask::intervals(b, c, causal);
+  }
+  __device__ __forceinline__ static bool in_intervals(const flashmask::Intervals& v, int32_t i) {
+    return (i >= v.a1 && i < v.e1) || (i >= v.a2 && i < v.e2);
+  }
+
   // Whether the intervals mask row i in key column j (false past s_kv and without FlashMask).
   __device__ __forceinline__ bool masked(int64_t i, int64_t j) const {
     if (cols == nullptr || j >= s_kv || j < 0) return false;
     int32_t b[4];
     column_bounds(j, b);
     return masked_by(b, c, causal, i);
+  }
+};
+
+// A walk over items [0, n) (the key tiles of a query tile, the query steps of a key block) that
+// skips items of class 0. A warp classifies 32 items at once, one per lane, and keeps their classes
+// as two ballot masks, so each item is classified once per walk and a step to the next item costs
+// a few bit operations; only every 32nd item reads the summary. Warp-collective: every lane of the
+// warp calls next() with the same arguments and gets the same answer. Two warps (or a producer and
+// its consumers) walking the same items with the same classify() visit the same sequence: the
+// answer is a function of the classes alone, not of the call pattern.
+struct SkipCursor {
+  int base = -32;     // items [base, base + 32) are classified in live / part
+  unsigned live = 0;  // bit k: item base + k is not skipped
+  unsigned part = 0;  // bit k: item base + k is partial (class 2)
+
+  // The first item t' >= t that is not skipped, or n; *cls = its class (0 when n). classify(x)
+  // -> 0, 1 or 2 is called for items x < n only.
+  template <class Classify>
+  __device__ __forceinline__ int next(int t, int n, const Classify& classify, int* cls) {
+    while (t < n) {
+      if (unsigned(t - base) >= 32u) {
+        base = t;
+        const int mine = t + int(threadIdx.x % 32);
+        const int k = mine < n ? classify(mine) : 0;
+        live = __ballot_sync(0xffffffffu, k != 0);
+        part = __ballot_sync(0xffffffffu, k == 2);
+      }
+      const unsigned rest = live >> (t - base);
+      if (rest != 0) {
+        t += __ffs(int(rest)) - 1;
+        *cls = (part >> (t - base)) & 1u ? 2 : 1;
+        return t;
+      }
+      t = base + 32;
+    }
+    *cls = 0;
+    return n;
   }
 };
 

@@ -10,6 +10,8 @@
 //   dQ tile -> shared memory -> TMA reduce-add into the fp32 accumulator (the writer warp), so the
 //   consumers never wait on global atomics.
 // The preprocess (Dsum) and the dQ conversion are the arch-neutral kernels of the sm80 family.
+// FlashMask (kFlashMask, flashmask_walk.h): every role walks only the steps whose query tile some
+// key of the CTA sees; partial steps zero the masked elements of P^T and dS^T.
 #pragma once
 
 #include <cstdint>
@@ -22,6 +24,7 @@
 #include "cuda/attn/dropout.h"
 #include "cuda/attn/seqlen_mask.h"
 #include "cuda/attn/sm90/epilogue_fwd.h"
+#include "cuda/attn/sm90/flashmask_walk.h"
 #include "cuda/attn/sm90/fwd_kernel.h"
 #include "cuda/attn/sm90/pipeline.h"
 #include "cuda/attn/sm90/traits.h"
@@ -65,11 +68,12 @@ __device__ __forceinline__ void key_span(const Mask& mask, int64_t j, int64_t m0
   *hi = int(h < 0 ? 0 : (h > n ? n : h));
 }
 
-template <class Traits>
+// Thread 0 issues; with FlashMask its warp walks the steps with it (Walk: BwdStepWalk).
+template <class Traits, class Walk>
 __device__ __forceinline__ void produce_bwd(const BwdParams<Traits>& params,
                                             typename Traits::SharedStorage& ss, const SeqInfo& si,
                                             int64_t bi, int64_t hk, int n_block,
-                                            const BwdSteps& steps, int64_t total) {
+                                            const BwdSteps& steps, Walk wk, bool leader) {
   using namespace cute;
   constexpr int BM = Traits::BM, BN = Traits::BN, D = Traits::D, kStages = Traits::kStages;
   const AttnProblem& p = params.p;
@@ -92,11 +96,15 @@ __device__ __forceinline__ void produce_bwd(const BwdParams<Traits>& params,
                                   group_modes<0, 2>(gK));
   auto [tVg, tVs] = tma_partition(params.tma_v, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sV),
                                   group_modes<0, 2>(gV));
-  FullBarrier::arrive_and_expect_tx(&ss.kv_full, Traits::kKVBytes);
-  copy(params.tma_k.with(ss.kv_full), tKg, tKs);
-  copy(params.tma_v.with(ss.kv_full), tVg, tVs);
-  for (int64_t step = 0; step < total; ++step) {
-    const StageIter<kStages> it{int(step)};
+  if (leader) {
+    FullBarrier::arrive_and_expect_tx(&ss.kv_full, Traits::kKVBytes);
+    copy(params.tma_k.with(ss.kv_full), tKg, tKs);
+    copy(params.tma_v.with(ss.kv_full), tVg, tVs);
+  }
+  for (; !wk.done(); wk.advance()) {
+    if (!leader) continue;
+    const int64_t step = wk.step;
+    const StageIter<kStages> it{wk.visits()};
     const int s = it.stage();
     const int hq = int(steps.head(step)), m = int(steps.m_block(step));
     auto q_tile = [&](auto& mt) {
@@ -117,15 +125,16 @@ __device__ __forceinline__ void produce_bwd(const BwdParams<Traits>& params,
 }
 
 // Warp 1 of the producer warpgroup: lse (in the log2 domain) and Dsum of each step's queries.
-template <class Traits>
+template <class Traits, class Walk>
 __device__ __forceinline__ void produce_stats(const BwdParams<Traits>& params,
                                               typename Traits::SharedStorage& ss,
                                               const SeqInfo& si, int64_t bi,
-                                              const BwdSteps& steps, int64_t total, int lane) {
+                                              const BwdSteps& steps, Walk wk, int lane) {
   constexpr int BM = Traits::BM, kStages = Traits::kStages;
   const AttnProblem& p = params.p;
-  for (int64_t step = 0; step < total; ++step) {
-    const StageIter<kStages> it{int(step)};
+  for (; !wk.done(); wk.advance()) {
+    const int64_t step = wk.step;
+    const StageIter<kStages> it{wk.visits()};
     const int s = it.stage();
     const int64_t hq = steps.head(step), m0 = steps.m_block(step) * BM;
     if (it.must_wait_empty()) EmptyBarrier::wait(&ss.q_empty[s], it.empty_phase());
@@ -140,34 +149,37 @@ __device__ __forceinline__ void produce_stats(const BwdParams<Traits>& params,
   }
 }
 
-// Warp 2 of the producer warpgroup, one lane: each step's dQ tile, once the consumers have put it
-// in shared memory, goes to the accumulator with one TMA reduce-add (float32 adds in L2; rows past
-// the tensor are clipped, rows past L_q add exact zeros). The buffer is released once the TMA
-// has read it.
-template <class Traits>
+// Warp 2 of the producer warpgroup (with FlashMask the whole warp walks the steps; the leader
+// lane issues): each visited step's dQ tile, once the consumers have put it in shared memory,
+// goes to the accumulator with one TMA reduce-add (float32 adds in L2; rows past the tensor are
+// clipped, rows past L_q add exact zeros). The buffer is released once the TMA has read it.
+template <class Traits, class Walk>
 __device__ __forceinline__ void write_dq(const BwdParams<Traits>& params,
                                          typename Traits::SharedStorage& ss, const SeqInfo& si,
-                                         int64_t bi, const BwdSteps& steps, int64_t total) {
+                                         int64_t bi, const BwdSteps& steps, Walk wk, bool leader) {
   using namespace cute;
   constexpr int BM = Traits::BM, D = Traits::D;
   Tensor mdQ = params.tma_dq.get_tma_tensor(make_shape(params.dq_rows, Int<D>{}));
   Tensor sdQ = make_tensor(make_smem_ptr(ss.dq.data()), typename Traits::SmemLayoutDQ{});
-  for (int64_t step = 0; step < total; ++step) {
+  for (; !wk.done(); wk.advance()) {
+    if (!leader) continue;
+    const int64_t step = wk.step;
+    const uint32_t visit = uint32_t(wk.visits());
     const int64_t row = row_stat_index(params.p, si, bi, steps.head(step), steps.m_block(step) * BM);
     Tensor gdQ = local_tile(domain_offset(make_coord(int32_t(row), _0{}), mdQ),
                             Shape<Int<BM>, Int<D>>{}, make_coord(_0{}, _0{}));
     auto [tdQg, tdQs] = tma_partition(params.tma_dq, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sdQ),
                                       group_modes<0, 2>(gdQ));
-    EmptyBarrier::wait(&ss.dq_full, uint32_t(step) & 1u);
+    EmptyBarrier::wait(&ss.dq_full, visit & 1u);
     copy(params.tma_dq, tdQs, tdQg);
     tma_store_arrive();
     tma_store_wait<0>();  // the TMA has read the tile: the consumers may write the next one
     EmptyBarrier::arrive(&ss.dq_empty);
   }
-  asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");  // every reduce-add has completed
+  if (leader) asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");  // every reduce-add done
 }
 
-template <class Traits, typename T, bool kDropout>
+template <class Traits, typename T, bool kDropout, bool kFlashMask>
 __global__ void __launch_bounds__(Traits::kThreads, 1)
     bwd_kernel(const __grid_constant__ BwdParams<Traits> params) {
   using namespace cute;
@@ -186,10 +198,15 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   const int64_t group = p.h / p.h_kv;
   int64_t q_lo, q_hi;
   mask.query_range(n0, n0 + BN, &q_lo, &q_hi);
-  const int64_t m_first = q_lo / BM;
-  const int64_t n_q = q_hi >= q_lo ? q_hi / BM - m_first + 1 : 0;
+  int64_t m_first = q_lo / BM;
+  int64_t n_q = q_hi >= q_lo ? q_hi / BM - m_first + 1 : 0;
+  // FlashMask: only the query tiles between the first and the last row that some key of the CTA
+  // sees under some query head of the group; the walk below skips those it masks entirely.
+  if constexpr (kFlashMask)
+    narrow_query_tiles<BM>(p, bi, hk * group, (hk + 1) * group, n0, n0 + BN, &m_first, &n_q);
   const int64_t total = n_q * group;
   const BwdSteps steps{hk * group, m_first, n_q > 0 ? n_q : 1};
+  using Walk = BwdStepWalk<kFlashMask, BM, BN, BwdSteps>;
 
   if (threadIdx.x == 0) {
     FullBarrier::init(&ss.kv_full, 1);
@@ -208,12 +225,19 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   if (wg == 0) {
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
     if (total > 0) {
-      if (threadIdx.x == 0)
-        produce_bwd<Traits>(params, ss, si, bi, hk, n_block, steps, total);
-      else if (threadIdx.x / 32 == 1)
-        produce_stats<Traits>(params, ss, si, bi, steps, total, int(threadIdx.x) % 32);
-      else if (threadIdx.x == 64)
-        write_dq<Traits>(params, ss, si, bi, steps, total);
+      // No step visited (FlashMask): K and V are not even loaded.
+      if (kFlashMask ? threadIdx.x < 32 : threadIdx.x == 0) {
+        const Walk wk(p, bi, n0, steps, total);
+        if (!wk.done())
+          produce_bwd<Traits>(params, ss, si, bi, hk, n_block, steps, wk,
+                              !kFlashMask || threadIdx.x == 0);
+      } else if (threadIdx.x / 32 == 1) {
+        produce_stats<Traits>(params, ss, si, bi, steps, Walk(p, bi, n0, steps, total),
+                              int(threadIdx.x) % 32);
+      } else if (threadIdx.x / 32 == 2 && (kFlashMask || threadIdx.x == 64)) {
+        write_dq<Traits>(params, ss, si, bi, steps, Walk(p, bi, n0, steps, total),
+                         threadIdx.x == 64);
+      }
     }
     return;
   }
@@ -265,11 +289,13 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   // Keys of this thread (S^T rows), tile-local.
   const int key0 = get<0>(tSc(0)), key1 = get<0>(tSc(2));
 
-  if (total > 0) FullBarrier::wait(&ss.kv_full, 0);
-  for (int64_t step = 0; step < total; ++step) {
-    const StageIter<kStages> it{int(step)};
+  Walk wk(p, bi, n0, steps, total);
+  if (!wk.done()) FullBarrier::wait(&ss.kv_full, 0);
+  for (; !wk.done(); wk.advance()) {
+    const int64_t step = wk.step;
+    const StageIter<kStages> it{wk.visits()};
     const int s = it.stage();
-    const int ds_stage = int(step % Traits::kDSStages);
+    const int ds_stage = it.t % Traits::kDSStages;  // by visit: consecutive visits alternate
     const int64_t hq = steps.head(step), m0 = steps.m_block(step) * BM;
 
     FullBarrier::wait(&ss.q_full[s], it.phase());
@@ -289,10 +315,15 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     // select, not a product, zeroes what a key does not see (rows without keys: lse = -inf).
     uint32_t keep_bits = 0;  // dropout: bit i = element i kept (size(tSrS) = 32)
     static_assert(decltype(size(tSrS))::value <= 32, "one keep bit per element");
+    // FlashMask, partial step: bit i = element i masked by the intervals (class-1 steps: none).
+    uint32_t fm_bits = 0;
+    if constexpr (kFlashMask) {
+      if (wk.cls == 2) fm_bits = bwd_masked_bits(FlashMaskView(p, bi, hq), n0 + key0, n0 + key1, m0, tSc);
+    }
     CUTE_UNROLL
     for (int i = 0; i < size(tSrS); ++i) {
       const int r = frag_row(i), q = get<1>(tSc(i));
-      const bool vis = full || (q >= lo[r] && q < hi[r]);
+      const bool vis = (full || (q >= lo[r] && q < hi[r])) && !((fm_bits >> i) & 1u);
       const float pv = vis ? fast_exp2(fmaf(tSrS(i), scale_log2, -ss.lse[s][q])) : 0.f;
       tSrS(i) = pv;
       float pd = pv;
@@ -332,7 +363,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     EmptyBarrier::arrive(&ss.q_empty[s]);
 
     // The dQ tile to the writer warp, once it has read the previous one.
-    if (step > 0) EmptyBarrier::wait(&ss.dq_empty, uint32_t(step - 1) & 1u);
+    if (it.t > 0) EmptyBarrier::wait(&ss.dq_empty, uint32_t(it.t - 1) & 1u);
     CUTE_UNROLL
     for (int i = 0; i < size(tdQrdQ); ++i) tdQsdQ(i) = tdQrdQ(i);
     cutlass::arch::fence_view_async_shared();  // visible to the TMA (async proxy)

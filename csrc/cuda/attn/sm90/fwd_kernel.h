@@ -3,7 +3,9 @@
 // one producer warpgroup and two consumer warpgroups with setmaxnreg. The visibility rule, the
 // tile range, the dropout draws and the lse convention are the arch-neutral ones of cuda/attn/, so
 // this kernel computes what the sm80 family computes, element for element where the arithmetic is
-// exact (masks, dropout keep decisions, exact zeros).
+// exact (masks, dropout keep decisions, exact zeros). FlashMask (startend_row_indices) is a
+// separate instantiation (kFlashMask) that walks only the key tiles its intervals leave visible
+// (sm90/flashmask_walk.h).
 #pragma once
 
 #include <cstdint>
@@ -15,6 +17,7 @@
 #include "cuda/attn/dropout.h"
 #include "cuda/attn/seqlen_mask.h"
 #include "cuda/attn/sm90/epilogue_fwd.h"
+#include "cuda/attn/sm90/flashmask_walk.h"
 #include "cuda/attn/sm90/pipeline.h"
 #include "cuda/attn/sm90/softmax.h"
 #include "cuda/attn/sm90/tile_scheduler.h"
@@ -35,8 +38,9 @@ struct FwdParams {
 };
 
 // What one tile needs to know about its sequence: lengths and starts, the visibility rule, and the
-// key tiles it visits ([n_first, n_first + n_tiles)). `skip`: thd rows past the sequence's end
-// (they belong to the next sequence; another tile computes them).
+// key tiles the rule lets it see ([n_first, n_first + n_tiles); with FlashMask it visits those of
+// them that FwdKeyWalk does not skip). `skip`: thd rows past the sequence's end (they belong to
+// the next sequence; another tile computes them).
 struct TileWork {
   TileCoord tc;
   SeqInfo si;
@@ -113,11 +117,15 @@ struct Turns {
 
 // Producer: one thread issues the tile's Q, then K and V of every visited key tile, each into the
 // next stage once the consumers have released it. kv_t0 counts the key tiles of earlier tiles of
-// this CTA (the stages run on across tiles); q_t the earlier tiles that loaded a Q.
-template <class Traits>
-__device__ __forceinline__ void produce(const FwdParams<Traits>& params,
-                                        typename Traits::SharedStorage& ss, const TileWork& w,
-                                        int kv_t0, int q_t) {
+// this CTA (the stages run on across tiles); q_t the earlier tiles that loaded a Q. With FlashMask
+// the whole warp walks the visited tiles (`walk`, from t_first) and its lane 0 issues; returns the
+// number of key tiles loaded.
+template <class Traits, bool kFlashMask>
+__device__ __forceinline__ int produce(const FwdParams<Traits>& params,
+                                       typename Traits::SharedStorage& ss, const TileWork& w,
+                                       int kv_t0, int q_t,
+                                       FwdKeyWalk<kFlashMask, Traits::BM, Traits::BN>& walk,
+                                       int t_first) {
   using namespace cute;
   constexpr int BM = Traits::BM, BN = Traits::BN, D = Traits::D, kStages = Traits::kStages;
   const AttnProblem& p = params.p;
@@ -141,27 +149,42 @@ __device__ __forceinline__ void produce(const FwdParams<Traits>& params,
   auto [tVg, tVs] = tma_partition(params.tma_v, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sV),
                                   group_modes<0, 2>(gV));
 
+  const bool leader = !kFlashMask || threadIdx.x % 32 == 0;
   // The previous tile's consumers release Q once their last S GEMM has completed.
-  if (q_t > 0) EmptyBarrier::wait(&ss.q_empty, uint32_t(q_t - 1) & 1u);
-  FullBarrier::arrive_and_expect_tx(&ss.q_full, Traits::kQBytes);
-  copy(params.tma_q.with(ss.q_full), tQg, tQs);
-  for (int t = 0; t < w.n_tiles; ++t) {
-    const StageIter<kStages> it{kv_t0 + t};
-    const int s = it.stage();
-    const int n = int(w.n_first) + t;
-    if (it.must_wait_empty()) EmptyBarrier::wait(&ss.k_empty[s], it.empty_phase());
-    FullBarrier::arrive_and_expect_tx(&ss.k_full[s], Traits::kKVBytes);
-    copy(params.tma_k.with(ss.k_full[s]), tKg(_, n), tKs(_, s));
-    if (it.must_wait_empty()) EmptyBarrier::wait(&ss.v_empty[s], it.empty_phase());
-    FullBarrier::arrive_and_expect_tx(&ss.v_full[s], Traits::kKVBytes);
-    copy(params.tma_v.with(ss.v_full[s]), tVg(_, n), tVs(_, s));
+  if (leader) {
+    if (q_t > 0) EmptyBarrier::wait(&ss.q_empty, uint32_t(q_t - 1) & 1u);
+    FullBarrier::arrive_and_expect_tx(&ss.q_full, Traits::kQBytes);
+    copy(params.tma_q.with(ss.q_full), tQg, tQs);
   }
+  // v counts the visits (the stage counter); without FlashMask it is the tile index itself.
+  int v = 0;
+  for (int t = t_first; kFlashMask ? t < w.n_tiles : v < w.n_tiles; ++v) {
+    if constexpr (!kFlashMask) t = v;
+    if (leader) {
+      const StageIter<kStages> it{kv_t0 + v};
+      const int s = it.stage();
+      const int n = int(w.n_first) + t;
+      if (it.must_wait_empty()) EmptyBarrier::wait(&ss.k_empty[s], it.empty_phase());
+      FullBarrier::arrive_and_expect_tx(&ss.k_full[s], Traits::kKVBytes);
+      copy(params.tma_k.with(ss.k_full[s]), tKg(_, n), tKs(_, s));
+      if (it.must_wait_empty()) EmptyBarrier::wait(&ss.v_empty[s], it.empty_phase());
+      FullBarrier::arrive_and_expect_tx(&ss.v_full[s], Traits::kKVBytes);
+      copy(params.tma_v.with(ss.v_full[s]), tVg(_, n), tVs(_, s));
+    }
+    if constexpr (kFlashMask) {
+      int cls;
+      t = walk.next(t + 1, &cls);
+    }
+  }
+  return kFlashMask ? v : w.n_tiles;
 }
 
 // kPersistent: one CTA per SM walks the tile list (Traits::kSeparateO: O is staged in its own
 // buffer, so the next tile's Q can land during the epilogue); otherwise one tile per CTA, and the
-// epilogue stages O in Q's bytes.
-template <class Traits, typename T, bool kDropout, int kSched, bool kPersistent>
+// epilogue stages O in Q's bytes. kFlashMask: p.startend is set; the key tiles the intervals skip
+// for the whole query tile are neither loaded nor computed (flashmask_walk.h), and partial tiles
+// test their elements.
+template <class Traits, typename T, bool kDropout, int kSched, bool kPersistent, bool kFlashMask>
 __global__ void __launch_bounds__(Traits::kThreads, 1)
     fwd_kernel(const __grid_constant__ FwdParams<Traits> params) {
   using namespace cute;
@@ -191,13 +214,17 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   const int wg = int(threadIdx.x) / 128;
   if (wg == 0) {
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
-    if (threadIdx.x == 0) {
+    // One thread issues every load; with FlashMask its warp walks the visited tiles with it.
+    if (kFlashMask ? threadIdx.x < 32 : threadIdx.x == 0) {
       int kv_t = 0, q_t = 0;
       for (int64_t tile = tile_first; tile < params.tiles.total(); tile += tile_step) {
         const TileWork w = TileWork::make<BM, BN>(p, params.tiles.coord(tile));
         if (w.skip || w.n_tiles == 0) continue;
-        produce<Traits>(params, ss, w, kv_t, q_t);
-        kv_t += w.n_tiles;
+        FwdKeyWalk<kFlashMask, BM, BN> walk(p, w.tc.batch, w.tc.head, w.m0, w.n_first, w.n_tiles);
+        int cls;
+        const int t_first = walk.next(0, &cls);
+        if (kFlashMask && t_first >= w.n_tiles) continue;  // nothing visible: no Q either
+        kv_t += produce<Traits, kFlashMask>(params, ss, w, kv_t, q_t, walk, t_first);
         ++q_t;
         if constexpr (!kPersistent) break;
       }
@@ -239,9 +266,12 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     RowSoftmax sm;
     clear(tOrO);
 
-    // Mask, softmax and dropout of the S tile of key offset n0, in place: afterwards tSrS holds
-    // the probabilities that P V will use, alpha the rescale factors of the output rows.
-    auto scores_to_probs = [&](int64_t n0, float (&alpha)[2]) {
+    FwdKeyWalk<kFlashMask, BM, BN> walk(p, w.tc.batch, w.tc.head, m0, w.n_first, w.n_tiles);
+
+    // Mask, softmax and dropout of the S tile of key offset n0 (FlashMask class cls), in place:
+    // afterwards tSrS holds the probabilities that P V will use, alpha the rescale factors of the
+    // output rows.
+    auto scores_to_probs = [&](int64_t n0, int cls, float (&alpha)[2]) {
       if (!w.mask.tile_full(m0, m0 + BM, n0, n0 + BN)) {
         int lo[2], hi[2];
         w.mask.row_span(m0 + row0, n0, BN, &lo[0], &hi[0]);
@@ -252,6 +282,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
           if (col < lo[r] || col >= hi[r]) tSrS(i) = -INFINITY;
         }
       }
+      if (kFlashMask && cls == 2) walk.mask_partial(tSrS, tScS, n0, row0, row1);
       sm.probs(tSrS, scale_log2, alpha);
       if constexpr (kDropout) {
         // The row sums above use the undropped probabilities; only P V sees the keep mask.
@@ -270,15 +301,20 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       for (int i = 0; i < size(tSrS); ++i) tOrP(i) = Element(tSrS(i));
     };
     // The tile's last S GEMM has completed: Q may be replaced (persistent kernel).
-    auto release_q = [&](int t) {
-      if (kPersistent && t == w.n_tiles - 1) EmptyBarrier::arrive(&ss.q_empty);
+    auto release_q = [&](bool last) {
+      if (kPersistent && last) EmptyBarrier::arrive(&ss.q_empty);
     };
 
+    // The visited key tiles: t, then t_next, ... (every tile of the span without FlashMask; the
+    // producer walks the same ones). v counts the visits: the pipeline's stages.
     const int n_tiles = w.n_tiles;
-    if (n_tiles > 0) {
+    int cls, cls_next;
+    int t = walk.next(0, &cls);
+    if (t < n_tiles) {
       FullBarrier::wait(&ss.q_full, uint32_t(q_t) & 1u);
       turns.start();
       float alpha[2];
+      int t_next = walk.next(t + 1, &cls_next);
       // Turn 0: S_0 alone.
       const StageIter<kStages> first{kv_t};
       turns.wait();
@@ -288,24 +324,33 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       warpgroup_wait<0>();
       gemm_done(tSrS);
       EmptyBarrier::arrive(&ss.k_empty[first.stage()]);
-      release_q(0);
-      scores_to_probs(w.n_first * BN, alpha);  // O is still zero: no rescale
+      release_q(kFlashMask ? t_next >= n_tiles : n_tiles == 1);
+      scores_to_probs((w.n_first + t) * BN, cls, alpha);  // O is still zero: no rescale
       to_operand();
-      // Turn t: S_t, then P V_{t-1}; the softmax of S_t runs while P V_{t-1} is in flight, and
+      // Turn v: S_v, then P V_{v-1}; the softmax of S_v runs while P V_{v-1} is in flight, and
       // only then may the output be rescaled and P overwritten.
-      for (int t = 1; t < n_tiles; ++t) {
-        const StageIter<kStages> it{kv_t + t}, prev{kv_t + t - 1};
+      // Without FlashMask the visit counter v is the tile index (the walk is the plain range).
+      int v = 1;
+      for (; kFlashMask ? t_next < n_tiles : v < n_tiles; ++v) {
+        if constexpr (kFlashMask) {
+          t = t_next;
+          cls = cls_next;
+        } else {
+          t = v;
+        }
+        const StageIter<kStages> it{kv_t + v}, prev{kv_t + v - 1};
         turns.wait();
         FullBarrier::wait(&ss.k_full[it.stage()], it.phase());
         gemm_issue<true>(mma_s, tSrQ, tSrK(_, _, _, it.stage()), tSrS);
         FullBarrier::wait(&ss.v_full[prev.stage()], prev.phase());
         gemm_issue<false>(mma_o, tOrP, tOrV(_, _, _, prev.stage()), tOrO);
         turns.pass(false);
+        if constexpr (kFlashMask) t_next = walk.next(t + 1, &cls_next);  // under the GEMMs
         warpgroup_wait<1>();
         gemm_done(tSrS);
         EmptyBarrier::arrive(&ss.k_empty[it.stage()]);
-        release_q(t);
-        scores_to_probs((w.n_first + t) * BN, alpha);
+        release_q(kFlashMask ? t_next >= n_tiles : v == n_tiles - 1);
+        scores_to_probs((w.n_first + t) * BN, cls, alpha);
         warpgroup_wait<0>();
         gemm_done(tOrO);
         EmptyBarrier::arrive(&ss.v_empty[prev.stage()]);
@@ -313,7 +358,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         to_operand();
       }
       // Last turn: P V of the last tile.
-      const StageIter<kStages> last{kv_t + n_tiles - 1};
+      const StageIter<kStages> last{kv_t + (kFlashMask ? v : n_tiles) - 1};
       turns.wait();
       FullBarrier::wait(&ss.v_full[last.stage()], last.phase());
       gemm_issue<false>(mma_o, tOrP, tOrV(_, _, _, last.stage()), tOrO);
@@ -321,7 +366,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       warpgroup_wait<0>();
       gemm_done(tOrO);
       EmptyBarrier::arrive(&ss.v_empty[last.stage()]);
-      kv_t += n_tiles;
+      kv_t += kFlashMask ? v : n_tiles;
       ++q_t;
     }
 

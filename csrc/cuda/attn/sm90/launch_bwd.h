@@ -18,7 +18,9 @@ namespace pte {
 namespace flash {
 namespace sm90 {
 
-template <class Traits, bool kDropout>
+// kFlashMask: p.startend is set (its own instantiation, so problems without it run the unchanged
+// kernel).
+template <class Traits, bool kDropout, bool kFlashMask>
 void launch_bwd(const AttnProblem& p, const float* dsum, float* dq_accum, cudaStream_t stream) {
   using namespace cute;
   constexpr int D = Traits::D;
@@ -47,7 +49,7 @@ void launch_bwd(const AttnProblem& p, const float* dsum, float* dq_accum, cudaSt
                            q.shape(), dout.shape(), k.shape(), v.shape(), dq_rows32, p, dsum};
   const dim3 grid(unsigned((p.s_kv + Traits::BN - 1) / Traits::BN), unsigned(p.h_kv), unsigned(p.b));
   constexpr int smem = Traits::kSmemBytes;
-  auto kernel = bwd_kernel<Traits, typename Traits::Storage, kDropout>;
+  auto kernel = bwd_kernel<Traits, typename Traits::Storage, kDropout, kFlashMask>;
   PTE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   kernel<<<grid, Traits::kThreads, smem, stream>>>(params);
   PTE_CUDA_CHECK_LAUNCH();
@@ -66,10 +68,13 @@ void run_bwd(const AttnProblem& p) {
     launch_bwd_dot<T>(p, dsum, stream);
   }
   if (p.s_kv > 0) {
-    if (p.dropout > 0.f)
-      launch_bwd<Traits, true>(p, dsum, dq_accum, stream);
+    const bool drop = p.dropout > 0.f, fm = p.startend != nullptr;
+    if (fm)
+      drop ? launch_bwd<Traits, true, true>(p, dsum, dq_accum, stream)
+           : launch_bwd<Traits, false, true>(p, dsum, dq_accum, stream);
     else
-      launch_bwd<Traits, false>(p, dsum, dq_accum, stream);
+      drop ? launch_bwd<Traits, true, false>(p, dsum, dq_accum, stream)
+           : launch_bwd<Traits, false, false>(p, dsum, dq_accum, stream);
   }
   if (p.s_q > 0) launch_dq_convert<T>(p, dq_accum, D, stream);
 }

@@ -87,15 +87,22 @@ void launch(const AttnProblem& p) {
     kernel<<<dim3(unsigned(ctas)), Traits::kThreads, smem, stream>>>(params);
     PTE_CUDA_CHECK_LAUNCH();
   };
+  // FlashMask (its own instantiations, so problems without it run the unchanged kernels) takes
+  // one tile per CTA: its tiles' cost varies with the mask (skipped key tiles), which the
+  // persistent kernel's static round robin does not balance and the hardware scheduler does.
+  if (p.startend != nullptr) {
+    return drop ? run(fwd_kernel<Traits, T, true, kPingpong, false, true>, tiles.total())
+                : run(fwd_kernel<Traits, T, false, kPingpong, false, true>, tiles.total());
+  }
   if constexpr (Traits::kSeparateO) {
     if (persistent(p)) {
       const int64_t ctas = std::min<int64_t>(tiles.total(), cuda::sm_count(p.device_id));
-      return drop ? run(fwd_kernel<Traits, T, true, kPingpong, true>, ctas)
-                  : run(fwd_kernel<Traits, T, false, kPingpong, true>, ctas);
+      return drop ? run(fwd_kernel<Traits, T, true, kPingpong, true, false>, ctas)
+                  : run(fwd_kernel<Traits, T, false, kPingpong, true, false>, ctas);
     }
   }
-  drop ? run(fwd_kernel<Traits, T, true, kPingpong, false>, tiles.total())
-       : run(fwd_kernel<Traits, T, false, kPingpong, false>, tiles.total());
+  drop ? run(fwd_kernel<Traits, T, true, kPingpong, false, false>, tiles.total())
+       : run(fwd_kernel<Traits, T, false, kPingpong, false, false>, tiles.total());
 }
 
 template <int D, typename T>
