@@ -287,19 +287,26 @@ __global__ void __launch_bounds__(kThreads) mma_kernel(Args<T> a) {
       }
     }
   __syncthreads();
+  // Row rr's statistics over the warps' key slices: the shared maximum (0 where no warp saw a
+  // key, so that 2^(m - m_use) stays finite) and the sum rescaled to it.
+  auto merge_warps = [&](int rr, float* m_use, float* l) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, s_m[w * kRows + rr]);
+    *m_use = mx == -INFINITY ? 0.f : mx;
+    float sum = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w)
+      sum += exp2f(s_m[w * kRows + rr] - *m_use) * s_l[w * kRows + rr];
+    *l = sum;
+  };
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int rr = mt * 16 + r * 8 + g;
-      float mx = -INFINITY;
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, s_m[w * kRows + rr]);
-      const float m_use = mx == -INFINITY ? 0.f : mx;
-      float l = 0.f;
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w)
-        l += exp2f(s_m[w * kRows + rr] - m_use) * s_l[w * kRows + rr];
+      float m_use, l;
+      merge_warps(rr, &m_use, &l);
       // 2^-inf = 0 for a warp that saw no key; f = 0 for a row that saw none at all.
       const float f = l > 0.f ? exp2f(sm.m[mt][r] - m_use) / l : 0.f;
       float* o_row = s_o + (warp * kRows + rr) * MS + 2 * c;
@@ -328,14 +335,8 @@ __global__ void __launch_bounds__(kThreads) mma_kernel(Args<T> a) {
     const int64_t row = (int64_t(bi) * a.h + qh) * a.s_q + qi;  // lse order [b, h, s_q]
     float lse = 0.f;
     if (col == 0) {
-      float mx = -INFINITY;
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, s_m[w * kRows + rr]);
-      const float m_use = mx == -INFINITY ? 0.f : mx;
-      float l = 0.f;
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w)
-        l += exp2f(s_m[w * kRows + rr] - m_use) * s_l[w * kRows + rr];
+      float m_use, l;
+      merge_warps(rr, &m_use, &l);
       lse = l > 0.f ? (m_use + log2f(l)) * kLn2 : -INFINITY;
     }
     if (a.num_splits == 1) {
