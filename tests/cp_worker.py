@@ -33,6 +33,14 @@ CASES += [
     ("bshd-causal-float64-p2p", dict(fmt="bshd", mask="causal", window=None, comm="p2p", h_kv=2, dtype="float64")),
     ("layer-dpa-padding_causal-p2p", dict(fmt="bshd", mask="padding_causal", window=None, comm="p2p", h_kv=2, layer="dpa")),
     ("layer-transformer-causal-p2p", dict(fmt="bshd", mask="causal", window=None, comm="p2p", layer="transformer")),
+    # Static mode (PIR): a Program run by an Executor with static.gradients, and jit.to_static of
+    # the layer; p2p maps to all_gather there. Also compared bit for bit with the dygraph
+    # all_gather result of the same shards ("dygraph_bitwise").
+    ("static-bshd-causal-w5-all_gather", dict(fmt="bshd", mask="causal", window=(5, 0), comm="all_gather", h_kv=2, static="program")),
+    ("static-sbhd-padding_causal-p2p", dict(fmt="sbhd", mask="padding_causal", window=None, comm="p2p", h_kv=2, static="program")),
+    ("static-bshd-no_mask-mqa-float64-p2p", dict(fmt="bshd", mask="no_mask", window=None, comm="p2p", h_kv=1, dtype="float64", static="program")),
+    ("static-jit-dpa-padding_causal-p2p", dict(fmt="bshd", mask="padding_causal", window=None, comm="p2p", h_kv=2, layer="dpa", static="jit")),
+    ("static-sot-transformer-causal-all_gather", dict(fmt="bshd", mask="causal", window=None, comm="all_gather", layer="transformer", static="sot")),
 ]
 CASE_NAMES = [name for name, _ in CASES]
 B, H, D, CHUNK = 2, 4, 16, 4
@@ -75,6 +83,8 @@ def run_case(name, o, g, rank, n):
         return ptd.get_batch_on_this_cp_rank(t, sd, g)
 
     def run_cp(seed):
+        if o.get("static") == "program":
+            return run_static_program(o, g, [shard(x).numpy() for x in (q, k, v, d_out)], cu, dtype)
         qs, ks, vs = shard(q), shard(k), shard(v)
         for t in (qs, ks, vs):
             t.stop_gradient = False
@@ -85,7 +95,8 @@ def run_case(name, o, g, rank, n):
                 H, D, num_gqa_groups=h_kv, attn_mask_type=mask, window_size=o["window"],
                 qkv_format=fmt, attention_dropout=p, cp_group=g, cp_comm_type=o["comm"])
             full_mask = np.arange(s)[None, :] >= np.array(lengths)[:, None]  # True = padding
-            out = layer(qs, ks, vs, paddle.to_tensor(full_mask[:, None, None, :]))
+            fn = paddle.jit.to_static(layer, full_graph=True) if o.get("static") == "jit" else layer
+            out = fn(qs, ks, vs, paddle.to_tensor(full_mask[:, None, None, :]))
         else:
             out = ptd.context_parallel_attn(
                 qs, ks, vs, cp_group=g, cp_comm_type=o["comm"],
@@ -97,6 +108,11 @@ def run_case(name, o, g, rank, n):
     seed = 1234 + rank
     got = run_cp(seed)
     result = {}
+    if o.get("static"):
+        # The dygraph all_gather path on the same shards: static mode runs the same kernels in the
+        # same order, so the results agree bit for bit.
+        dyn = run_cp_dygraph(o, g, [shard(x) for x in (q, k, v, d_out)], cu, fmt, mask)
+        result["dygraph_bitwise"] = all(np.array_equal(x, y) for x, y in zip(got, dyn))
 
     keep = None
     if p > 0.0:
@@ -136,6 +152,51 @@ def run_case(name, o, g, rank, n):
     return result
 
 
+def run_cp_dygraph(o, g, shards, cu, fmt, mask):
+    """Output and gradients of context_parallel_attn (all_gather) in dygraph, for the static cases."""
+    import paddle
+
+    from paddle_te import distributed as ptd
+
+    qs, ks, vs = (x.detach() for x in shards[:3])
+    for t in (qs, ks, vs):
+        t.stop_gradient = False
+    out = ptd.context_parallel_attn(
+        qs, ks, vs, cp_group=g, cp_comm_type="all_gather", qkv_format=fmt, attn_mask_type=mask,
+        window_size=o["window"], cu_seqlens_q=None if cu is None else paddle.to_tensor(cu))
+    (out * shards[3]).sum().backward()
+    return [x.numpy() for x in (out, qs.grad, ks.grad, vs.grad)]
+
+
+def run_static_program(o, g, shards, cu, dtype):
+    """context_parallel_attn in a static (PIR) Program: output and static.gradients of q, k, v."""
+    import paddle
+
+    from paddle_te import distributed as ptd
+
+    paddle.enable_static()
+    try:
+        main, startup = paddle.static.Program(), paddle.static.Program()
+        with paddle.static.program_guard(main, startup):
+            names = ("q", "k", "v", "d_out")
+            q, k, v, d_out = (paddle.static.data(nm, list(x.shape), dtype) for nm, x in zip(names, shards))
+            for t in (q, k, v):
+                t.stop_gradient = False
+            cu_t = None if cu is None else paddle.static.data("cu", [len(cu)], "int32")
+            out = ptd.context_parallel_attn(
+                q, k, v, cp_group=g, cp_comm_type=o["comm"], qkv_format=o["fmt"],
+                attn_mask_type=o["mask"], window_size=o["window"], cu_seqlens_q=cu_t)
+            grads = paddle.static.gradients([(out * d_out).sum()], [q, k, v])
+        exe = paddle.static.Executor(paddle.CPUPlace())
+        exe.run(startup)
+        feed = {nm: x.astype(dtype) for nm, x in zip(names, shards)}
+        if cu is not None:
+            feed["cu"] = cu
+        return [np.asarray(x) for x in exe.run(main, feed=feed, fetch_list=[out] + grads)]
+    finally:
+        paddle.disable_static()
+
+
 def paddle_te_nn():
     import paddle_te.nn
 
@@ -162,7 +223,8 @@ def run_transformer(o, g, rank, n, rng):
     layer.set_context_parallel_group(g, cp_comm_type=o["comm"])
     xs = ptd.get_batch_on_this_cp_rank(x.detach(), 1, g)
     xs.stop_gradient = False
-    out = layer(xs)
+    # static="sot": paddle.jit.to_static's default (SOT) mode over the whole layer.
+    out = (paddle.jit.to_static(layer) if o.get("static") == "sot" else layer)(xs)
     out.sum().backward()
     shard = lambda a: ptd.get_batch_on_this_cp_rank(paddle.to_tensor(a), 1, g).numpy()  # noqa: E731
     return {"out": _rel_err(out.numpy(), shard(ref.numpy())), "dx": _rel_err(xs.grad.numpy(), shard(ref_dx))}

@@ -21,6 +21,12 @@ locally and sends the dK/dV accumulators (float32) around the ring with K and V,
 each arrives at its owner. `all_gather`: K and V are gathered first; the dK/dV partials are summed
 with one all_reduce and each rank keeps its own.
 
+Static mode (PIR: paddle.enable_static, paddle.jit.to_static) runs the `all_gather` form (`p2p`
+maps to it: same pairs, same fold order, same bits) as one `static_pylayer` whose forward block
+holds the all_gather of K and V and the pair calls, and whose backward block gathers K and V
+again, runs the pair backwards and sums dK/dV with one all_reduce. Paddle's static all_gather has
+no gradient of its own (PIR drops it silently), which is why the backward is written out here.
+
 Communication uses what Paddle offers on every backend: blocking send/recv ordered even/odd
 (gloo has no isend/irecv that makes progress without a matching blocking call, nor
 batch_isend_irecv or alltoall), all_gather and all_reduce. On GPUs (NCCL) the transfers of the
@@ -38,7 +44,12 @@ import math
 import numpy as np
 import paddle
 import paddle.distributed as dist
+from paddle import _C_ops
 from paddle.autograd import PyLayer
+from paddle.base.libpaddle.pir import get_used_external_value
+from paddle.framework import in_pir_mode
+from paddle.jit.dy2static.py_layer import StaticPyLayerContext
+from paddle.jit.marker import unified
 
 from .. import _ops_lib
 from ..ops import _seed_offset
@@ -79,6 +90,11 @@ def check_cp_args(cp_group, cp_global_ranks=None, cp_comm_type="p2p", cp_stream=
                 f"cp_global_ranks={list(cp_global_ranks)}: must list cp_group's global ranks {ranks} in order"
             )
     return ranks
+
+
+def _is_tensor(x):
+    """A dygraph tensor or a static (PIR) value."""
+    return isinstance(x, (paddle.Tensor, paddle.pir.Value))
 
 
 # ---- layout helpers -------------------------------------------------------------------------------
@@ -129,7 +145,10 @@ class _Cfg:
         if self.dropout <= 0.0:
             return base
         pid = qc * 2 * self.n + kc
-        return base + paddle.to_tensor(np.array([0, pid], dtype=np.int64), place=base.place)
+        step = np.array([0, pid], dtype=np.int64)
+        if not paddle.in_dynamic_mode():
+            return base + paddle.to_tensor(step)
+        return base + paddle.to_tensor(step, place=base.place)
 
 
 def _pair_fwd(cfg, q_chunk, k_chunk, v_chunk, qc, kc, base_so):
@@ -230,9 +249,20 @@ class _Ring:
 
 def _gather(cfg, x):
     """Every rank's shard of x, indexed by rank in the group."""
+    if cfg.static:
+        # PIR: the all_gather op concatenates the shards along axis 0 (dist.all_gather refuses a
+        # group in static mode; the op takes the group's ring id).
+        return paddle.split(_C_ops.all_gather(x, cfg.group.id, cfg.n), cfg.n, axis=0)
     shards = []
     dist.all_gather(shards, x, group=cfg.group)
     return shards
+
+
+def _all_reduce_sum(cfg, x):
+    if cfg.static:
+        return _C_ops.all_reduce_(x, cfg.group.id, dist.ReduceOp.SUM)
+    dist.all_reduce(x, group=cfg.group)
+    return x
 
 
 # ---- forward and backward -------------------------------------------------------------------------
@@ -319,9 +349,8 @@ def _backward(cfg, q, k, v, out, lse, d_out, base_so):
             dk_all.append(dk_s)
             dv_all.append(dv_s)
         # gloo has no reduce_scatter: sum every shard's partials on every rank, keep ours.
-        dk_sum, dv_sum = paddle.stack(dk_all), paddle.stack(dv_all)
-        dist.all_reduce(dk_sum, group=cfg.group)
-        dist.all_reduce(dv_sum, group=cfg.group)
+        dk_sum = _all_reduce_sum(cfg, paddle.stack(dk_all))
+        dv_sum = _all_reduce_sum(cfg, paddle.stack(dv_all))
         dk, dv = dk_sum[cfg.rank], dv_sum[cfg.rank]
     else:
         ring = _Ring(cfg)
@@ -356,6 +385,66 @@ class _ContextParallelAttn(PyLayer):
         return _backward(ctx.cfg, q, k, v, out, lse, d_out, ctx.cfg.base_so)
 
 
+def _static_cp_attn(cfg, q, k, v):
+    """Static mode (PIR): the all_gather form as one static_pylayer (forward and backward blocks
+    written out here: the static all_gather op has no gradient).
+
+    Two rules of Paddle's pylayer: its backward yields one gradient per value from outside that
+    the forward block reads (in the order of first use), not per listed input, so every such value
+    is an input here (q, k, v, then the lengths and the seed/offset: the order the forward reads
+    them in; checked below) and the backward returns a gradient or None for each; and the backward
+    block may read nothing from outside but the output gradients (jit.to_static's split of the
+    program cannot map them), so what it needs travels through the pylayer context's
+    save_for_backward, as in Paddle's own converted PyLayer."""
+    extra = [t for t in (cfg.len_q, cfg.len_kv) if t is not None] + [cfg.base_so]
+    args = [q, k, v] + extra
+    # The same value given twice (k is v) is one input of the block: its gradients add up.
+    inputs, slot = [], []
+    for t in args:
+        j = next((i for i, u in enumerate(inputs) if u.is_same(t)), None)
+        if j is None:
+            j = len(inputs)
+            inputs.append(t)
+        slot.append(j)
+    ctx = StaticPyLayerContext()
+
+    def with_extra(values):
+        """cfg with the lengths and seed/offset replaced by `values` (in `extra`'s order)."""
+        c = _Cfg(**cfg.__dict__)
+        values = list(values)
+        if cfg.len_q is not None:
+            c.len_q = values.pop(0)
+        if cfg.len_kv is not None:
+            c.len_kv = values.pop(0)
+        c.base_so = values.pop(0)
+        return c
+
+    def forward(*block_inputs):
+        q_, k_, v_, *extra_ = (block_inputs[j] for j in slot)
+        out, lse = _forward(with_extra(extra_), q_, k_, v_, extra_[-1])
+        ctx.save_for_backward(q_, k_, v_, out, lse, *extra_)
+        return out, lse
+
+    def backward(d_out, d_lse=None):
+        q_, k_, v_, out, lse, *extra_ = ctx.saved_tensor()
+        c = with_extra(extra_)
+        grads = [None] * len(inputs)
+        for j, g in zip(slot, _backward(c, q_, k_, v_, out, lse, d_out, c.base_so)):
+            grads[j] = g if grads[j] is None else grads[j] + g
+        return tuple(grads)
+
+    out, lse = paddle.static.nn.static_pylayer(forward, inputs, backward)
+    used = get_used_external_value(out.get_defining_op())
+    if len(used) < len(inputs) or not all(a.is_same(b) for a, b in zip(used, inputs)):
+        raise RuntimeError(  # a Paddle change in how pylayer gradients are matched to inputs
+            f"context_parallel_attn (static): the pylayer's forward block reads {len(used)} outside "
+            f"values, expected its {len(inputs)} inputs first, in order"
+        )
+    lse.stop_gradient = True
+    return out, lse
+
+
+@unified  # builds its own static graph: to_static calls it as it is (no AST rewrite, no SOT trace)
 def context_parallel_attn(q, k, v, *, cp_group, cp_global_ranks=None, cp_comm_type="p2p",
                           cu_seqlens_q=None, cu_seqlens_kv=None, qkv_format="bshd",
                           attn_mask_type="causal", window_size=None, softmax_scale=None,
@@ -366,10 +455,19 @@ def context_parallel_attn(q, k, v, *, cp_group, cp_global_ranks=None, cp_comm_ty
     q ``[b, 2c, h, d]`` (bshd) or ``[2c, b, h, d]`` (sbhd): chunks r and 2N-1-r of the sequence
     (get_batch_on_this_cp_rank); k, v the same with h_kv heads. cu_seqlens (padding types) are
     those of the whole sequences, the same on every rank. Returns this rank's shard of the output
-    (and of the lse, float32 ``[b, h, 2c]``, with ``return_softmax_lse=True``). Dygraph only.
+    (and of the lse, float32 ``[b, h, 2c]``, with ``return_softmax_lse=True``).
+
+    Static mode (PIR, ``paddle.enable_static`` / ``paddle.jit.to_static``) runs
+    ``cp_comm_type="all_gather"``; ``"p2p"`` is mapped to it there (the same pairs merged in the
+    same order: the same result; K and V of the whole sequence on every rank). Static mode needs
+    the shapes of q, k, v known when the program is built.
     """
-    if not paddle.in_dynamic_mode():
-        raise ValueError("context parallelism runs in dygraph mode only (its ring is driven from Python)")
+    static = not paddle.in_dynamic_mode()
+    if static and not in_pir_mode():
+        raise ValueError(
+            "context parallelism in static mode needs the PIR program (FLAGS_enable_pir_api=1, "
+            "Paddle's default); the legacy static program is not supported"
+        )
     ranks = check_cp_args(cp_group, cp_global_ranks, cp_comm_type)
     if cp_group is None:
         raise ValueError("cp_group=None: context_parallel_attn needs a paddle.distributed group")
@@ -386,8 +484,13 @@ def context_parallel_attn(q, k, v, *, cp_group, cp_global_ranks=None, cp_comm_ty
         raise ValueError("backend='unfused': context parallelism runs on the fused op (auto, flash, cudnn, cpu)")
     left, right = check_set_window_size(attn_mask_type, window_size)
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, paddle.Tensor) or len(t.shape) != 4:
+        if not _is_tensor(t) or len(t.shape) != 4:
             raise ValueError(f"{name}: expected a rank-4 paddle.Tensor ({qkv_format})")
+        if static and any(int(x) < 0 for x in t.shape):
+            raise ValueError(
+                f"{name} has shape {list(t.shape)}: context parallelism in static mode needs every "
+                "dimension known when the program is built (no -1 / None dimensions)"
+            )
     ax = _seq_axis(qkv_format)
     s_loc = int(q.shape[ax])
     for name, t in (("k", k), ("v", v)):
@@ -422,8 +525,9 @@ def context_parallel_attn(q, k, v, *, cp_group, cp_global_ranks=None, cp_comm_ty
             raise ValueError(f"cu_seqlens has shape {list(cu.shape)}: must be [{b + 1}] (batch {b} + 1)")
         return cu[1:] - cu[:-1]
 
-    on_gpu = "gpu" in str(q.place).lower()
-    cfg = _Cfg(group=cp_group, ranks=ranks, n=n, rank=rank, comm=cp_comm_type, fmt=qkv_format,
+    on_gpu = not static and "gpu" in str(q.place).lower()
+    comm = "all_gather" if static else cp_comm_type
+    cfg = _Cfg(group=cp_group, ranks=ranks, n=n, rank=rank, comm=comm, static=static, fmt=qkv_format,
                c=s_loc // 2, b=b, left=left, right=right, scale=scale, dropout=p,
                deterministic=bool(deterministic), backend=backend, len_q=lengths(cu_seqlens_q),
                len_kv=lengths(cu_seqlens_kv), acc_dtype=paddle.float32, on_gpu=on_gpu)
@@ -436,7 +540,10 @@ def context_parallel_attn(q, k, v, *, cp_group, cp_global_ranks=None, cp_comm_ty
     wide = q.dtype == paddle.float64
     if wide:
         q, k, v = q.astype("float32"), k.astype("float32"), v.astype("float32")
-    out, lse = _ContextParallelAttn.apply(q, k, v, cfg)
+    if static:
+        out, lse = _static_cp_attn(cfg, q, k, v)
+    else:
+        out, lse = _ContextParallelAttn.apply(q, k, v, cfg)
     if wide:
         out = out.astype("float64")
     return (out, lse) if return_softmax_lse else out

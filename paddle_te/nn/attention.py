@@ -6,6 +6,9 @@ import paddle
 from paddle import nn
 
 from .. import ops
+# Module level: a function-local relative import fails once paddle.jit.to_static rewrites the
+# function (full_graph=True: "attempted relative import with no known parent package").
+from ..distributed import check_cp_args, context_parallel_attn
 from ..masks import (
     BOTTOM_RIGHT_MASK_TYPES,
     PADDING_MASK_TYPES,
@@ -102,8 +105,6 @@ class DotProductAttention(nn.Layer):
         output. `cp_comm_type`: "p2p" (ring) or "all_gather". `cp_stream` is accepted for
         TransformerEngine compatibility: Paddle's asynchronous send/recv already run on the
         group's communication stream, which is what the ring overlaps with its compute."""
-        from ..distributed import check_cp_args  # noqa: PLC0415 - distributed imports nn's deps
-
         self.cp_global_ranks = check_cp_args(cp_group, cp_global_ranks, cp_comm_type, cp_stream)
         self.cp_group = cp_group
         self.cp_comm_type = cp_comm_type
@@ -299,8 +300,6 @@ class DotProductAttention(nn.Layer):
 
     def _forward_cp(self, query, key, value, attention_mask, cu_q, cu_kv, bias):
         """Context-parallel forward: this rank's shards in, this rank's output shard out."""
-        from ..distributed import context_parallel_attn  # noqa: PLC0415
-
         if given(bias):
             raise ValueError("core_attention_bias is not supported with context parallelism (cp_group)")
         if given(attention_mask):
