@@ -22,18 +22,15 @@ fraction of the s^2 area) to --plot.
 import argparse
 import csv
 import os
-import statistics
 import sys
 
 import numpy as np
 import torch
 
-# On by default (csrc/cuda/attn/flash_api.cu); set so a PTE_FLASHMASK_CUDA=0 in the caller cannot hide them.
-os.environ.setdefault("PTE_FLASHMASK_CUDA", "1")
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
+from bench_attention import time_ms  # noqa: E402  (the same CUDA-event median)
 from core_import import import_core  # noqa: E402
 import flashmask_zoo as zoo  # noqa: E402
 
@@ -94,21 +91,6 @@ def visible_pairs(se, s_q, causal):
         (a1, e1), (a2, e2) = ivs
         masked -= np.maximum(0, np.minimum(e1, e2) - np.maximum(a1, a2))  # overlap counted once
     return float((hi - lo - masked).sum()) * (H if m == 1 else 1)
-
-
-def time_ms(fn, iters, warmup=3):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        times.append((a, b))
-    torch.cuda.synchronize()
-    return statistics.median(a.elapsed_time(b) for a, b in times)
 
 
 def tensors(b, s, dtype):
