@@ -116,16 +116,18 @@ def time_ms(fn, iters, warmup=3, busy=False):
 def run_ours(core, case, backend, dtype, iters):
     """backend "flash_<variant>" runs the flash backend with PTE_FLASH_VARIANT=<variant>; a suffix
     "@NAME=VALUE+NAME=VALUE" sets those environment variables for the call too (e.g.
-    flash_sm90@PTE_SM90_PERSISTENT=0 to measure one kernel choice against the default)."""
+    flash_sm90@PTE_SM90_PERSISTENT=0 to measure one kernel choice against the default); the
+    pseudo-variable "deterministic=1" passes deterministic=True to the backward instead."""
     spec, _, env_spec = backend.partition("@")
     name, _, variant = spec.partition("_")
     env = dict(kv.split("=", 1) for kv in env_spec.split("+") if kv)
+    deterministic = env.pop("deterministic", "0") not in ("0", "")
     if variant:
         env["PTE_FLASH_VARIANT"] = variant
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        return _run_ours(core, case, name, dtype, iters)
+        return _run_ours(core, case, name, dtype, iters, deterministic)
     finally:
         for k, v in old.items():
             if v is None:
@@ -134,7 +136,7 @@ def run_ours(core, case, backend, dtype, iters):
                 os.environ[k] = v
 
 
-def _run_ours(core, case, backend, dtype, iters):
+def _run_ours(core, case, backend, dtype, iters, deterministic=False):
     dev = "cuda"
     kw = dict(backend=backend, attn_mask_type="causal" if case.causal else "no_mask")
     if case.lens is not None:
@@ -164,7 +166,8 @@ def _run_ours(core, case, backend, dtype, iters):
         core.fused_attn_fwd(q, k, v, out, lse=lse, stream=stream, **kw)
 
     def bwd():
-        core.fused_attn_bwd(q, k, v, out, do, lse, dq, dk, dv, stream=stream, **kw)
+        core.fused_attn_bwd(q, k, v, out, do, lse, dq, dk, dv, stream=stream,
+                            deterministic=deterministic, **kw)
 
     f = time_ms(fwd, iters)
     fwd()
