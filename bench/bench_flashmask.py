@@ -13,8 +13,8 @@ FlashAttention convention), so a sparse mask's rate is comparable with dense cau
 Target (issue 13): every mask >= 0.85 x our dense-causal rate, forward and backward.
 Each flash kernel family of --variants (PTE_FLASH_VARIANT: sm80, sm90, auto) runs as its own
 impl (`ours-sm80`, ...) against its own dense causal rate; a family this build or GPU lacks is
-reported and skipped. `auto` takes sm80 for FlashMask until the sm90 kernels are validated
-(flash_api.cu), so the default runs both families by name.
+reported and skipped. `auto` is sm90 on sm_90 (flash_api.cu); the default runs both families by
+name.
 Prints a CSV (also to --csv), a table, and writes a plot of time against mask density (visible
 fraction of the s^2 area) to --plot.
 """

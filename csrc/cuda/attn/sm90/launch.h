@@ -21,10 +21,9 @@ template <int D, typename T>
 void run_fwd(const AttnProblem& p);
 
 // Whether `auto` takes the sm90 kernels for FlashMask problems (startend_row_indices). They apply
-// it (flashmask_walk.h) and passed tests/gpu/test_flashmask_gpu.py on an H200 (2026-12-04) except
-// test_long_skips, which did not finish in time: until it has, `auto` runs FlashMask on the sm80
-// family, and PTE_FLASH_VARIANT=sm90 forces these kernels (the GPU tests and benchmarks do).
-constexpr bool kFlashMaskPreferred = false;
+// it (flashmask_walk.h) and passed all of tests/gpu/test_flashmask_gpu.py on an H200 (2026-12-04,
+// test_long_skips included), and run 1.2-1.5x the sm80 family's rate (docs/performance.md).
+constexpr bool kFlashMaskPreferred = true;
 
 // The backward (atomic-dQ mode; `deterministic` runs the sm80 family). Its dQ accumulator has
 // rows of D columns, so the dispatch uses it only where D is also the sm80 family's pick for d

@@ -59,6 +59,15 @@ inline bool persistent(const AttnProblem& p) {
   return !growing;
 }
 
+// FlashMask: one tile per CTA unless PTE_SM90_PERSISTENT=1 forces the persistent kernel. A
+// tile's cost varies with the mask (skipped key tiles), which the static round robin may not
+// balance where the hardware scheduler does; FlashMask tiles are short, though, so the per-CTA
+// set-up and epilogue the persistent kernel hides weigh more (docs/performance.md measures both).
+inline bool persistent_flashmask(const AttnProblem&) {
+  const char* v = std::getenv("PTE_SM90_PERSISTENT");
+  return v != nullptr && v[0] == '1';
+}
+
 template <class Traits, typename T>
 void launch(const AttnProblem& p) {
   using namespace cute;
@@ -87,10 +96,16 @@ void launch(const AttnProblem& p) {
     kernel<<<dim3(unsigned(ctas)), Traits::kThreads, smem, stream>>>(params);
     PTE_CUDA_CHECK_LAUNCH();
   };
-  // FlashMask (its own instantiations, so problems without it run the unchanged kernels) takes
-  // one tile per CTA: its tiles' cost varies with the mask (skipped key tiles), which the
-  // persistent kernel's static round robin does not balance and the hardware scheduler does.
+  // FlashMask (its own instantiations, so problems without it run the unchanged kernels):
+  // persistent_flashmask() picks.
   if (p.startend != nullptr) {
+    if constexpr (Traits::kSeparateO) {
+      if (persistent_flashmask(p)) {
+        const int64_t ctas = std::min<int64_t>(tiles.total(), cuda::sm_count(p.device_id));
+        return drop ? run(fwd_kernel<Traits, T, true, kPingpong, true, true>, ctas)
+                    : run(fwd_kernel<Traits, T, false, kPingpong, true, true>, ctas);
+      }
+    }
     return drop ? run(fwd_kernel<Traits, T, true, kPingpong, false, true>, tiles.total())
                 : run(fwd_kernel<Traits, T, false, kPingpong, false, true>, tiles.total());
   }
