@@ -307,6 +307,10 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       key_span(mask, n0 + key0, m0, BM, &lo[0], &hi[0]);
       key_span(mask, n0 + key1, m0, BM, &lo[1], &hi[1]);
     }
+    flashmask::Intervals fm_col0{}, fm_col1{};  // FlashMask, partial step: under the GEMMs
+    if constexpr (kFlashMask) {
+      if (wk.cls == 2) bwd_step_columns(FlashMaskView(p, bi, hq), n0 + key0, n0 + key1, &fm_col0, &fm_col1);
+    }
     EmptyBarrier::wait(&ss.stat_full[s], it.phase());
     warpgroup_wait<1>();  // S^T has landed; dP^T may still be in flight
     gemm_done(tSrS);
@@ -318,7 +322,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     // FlashMask, partial step: bit i = element i masked by the intervals (class-1 steps: none).
     uint32_t fm_bits = 0;
     if constexpr (kFlashMask) {
-      if (wk.cls == 2) fm_bits = bwd_masked_bits(FlashMaskView(p, bi, hq), n0 + key0, n0 + key1, m0, tSc);
+      if (wk.cls == 2) fm_bits = bwd_masked_bits(fm_col0, fm_col1, m0, tSc);
     }
     CUTE_UNROLL
     for (int i = 0; i < size(tSrS); ++i) {

@@ -37,8 +37,9 @@ struct FwdKeyWalk<false, BM, BN> {
     *cls = 1;
     return t;
   }
+  __device__ __forceinline__ int4 fetch_column(int64_t) const { return make_int4(0, 0, 0, 0); }
   template <class TS, class TC>
-  __device__ __forceinline__ void mask_partial(TS&, TC const&, int64_t, int, int) const {}
+  __device__ __forceinline__ void mask_staged(TS&, TC const&, const int4*, int, int) const {}
 };
 
 template <int BM, int BN>
@@ -66,33 +67,28 @@ struct FwdKeyWalk<true, BM, BN> {
   }
 
   // A partial (class 2) tile of keys from n0: the S accumulator elements whose (row, key) the
-  // intervals mask become -inf. row0 / row1: this thread's tile rows (fragment rows 0 / 1,
-  // frag_row; element i + 2 is element i's key in row 1). The thread's key columns are tested in
-  // a rolled loop that collects a bit per element (a fully unrolled one would hoist up to 4 bounds
-  // of every column into registers at once); then the bits select. Keys past s_kv (already -inf
-  // by the window rule) read the last column instead of running off the end.
+  // intervals mask become -inf (row0 / row1: this thread's tile rows, fragment rows 0 / 1). The
+  // key columns' intervals come staged in shared memory (cols[k] = {a1, e1, a2, e2} of key
+  // n0 + k): each consumer thread fetches one column (fetch_column, issued while the tile's S GEMM
+  // runs, so its latency hides under the GEMM), the warpgroup writes them out and syncs, and every
+  // element tests its column's entry. Fetching each thread's 32 columns from global memory here
+  // instead waited out a load latency per couple of columns, which cost a partial tile about as
+  // much as a few unmasked ones (docs/performance.md). Keys past s_kv (already -inf by the window
+  // rule) fetch the last column instead of running off the end.
+  __device__ __forceinline__ int4 fetch_column(int64_t j) const {
+    const flashmask::Intervals v = fm.column_intervals(j < fm.s_kv ? j : fm.s_kv - 1);
+    return make_int4(v.a1, v.e1, v.a2, v.e2);
+  }
   template <class TS, class TC>
-  __device__ __forceinline__ void mask_partial(TS& s, TC const& tScS, int64_t n0, int row0,
-                                               int row1) const {
-    constexpr int kN = decltype(cute::size(s))::value;
-    static_assert(kN % 4 == 0 && kN <= 64, "n8 blocks of 2 rows x 2 keys, one bit each");
+  __device__ __forceinline__ void mask_staged(TS& s, TC const& tScS, const int4* cols, int row0,
+                                              int row1) const {
     const int32_t i0 = m0 + row0, i1 = m0 + row1;
-    uint64_t bits = 0;
-#pragma unroll 2
-    for (int q = 0; q < kN / 4; ++q) {
-      CUTE_UNROLL
-      for (int e = 0; e < 2; ++e) {
-        const int i = 4 * q + e;
-        int64_t j = n0 + cute::get<1>(tScS(i));
-        j = j < fm.s_kv ? j : fm.s_kv - 1;
-        const flashmask::Intervals v = fm.column_intervals(j);
-        bits |= uint64_t(FlashMaskView::in_intervals(v, i0)) << i;
-        bits |= uint64_t(FlashMaskView::in_intervals(v, i1)) << (i + 2);
-      }
-    }
     CUTE_UNROLL
-    for (int i = 0; i < kN; ++i)
-      if ((bits >> i) & 1u) s(i) = -INFINITY;
+    for (int i = 0; i < decltype(cute::size(s))::value; ++i) {
+      const int4 v = cols[cute::get<1>(tScS(i))];
+      const int32_t r = frag_row(i) ? i1 : i0;
+      if ((r >= v.x && r < v.y) || (r >= v.z && r < v.w)) s(i) = -INFINITY;
+    }
   }
 };
 
@@ -156,19 +152,26 @@ struct BwdStepWalk<true, BM, BN, Steps> {
   }
 };
 
-// Backward, a partial (class 2) step: bit i set = element i of the thread's S^T fragment
-// (coordinates tSc; keys j0 / j1 for fragment rows 0 / 1, frag_row, each decoding its bounds
-// once; m0 the step's first query) is masked by the intervals. One word for the 32 elements, which
-// the backward folds into its visibility select, so masked P^T and dS^T are exactly 0 whatever
-// the arithmetic would give (inf or NaN where a row's lse is -inf).
+// Backward, a partial (class 2) step. bwd_step_columns: the intervals of the thread's two keys
+// j0 / j1 (fragment rows 0 / 1, frag_row), fetched right after the step's GEMMs are issued so the
+// load latency hides under them; keys past s_kv (invisible by the window rule) read the last
+// column. bwd_masked_bits: bit i set = element i of the thread's S^T fragment (coordinates tSc,
+// m0 the step's first query) is masked by the intervals. One word for the 32 elements, which the
+// backward folds into its visibility select, so masked P^T and dS^T are exactly 0 whatever the
+// arithmetic would give (inf or NaN where a row's lse is -inf).
+__device__ __forceinline__ void bwd_step_columns(const FlashMaskView& fm, int64_t j0, int64_t j1,
+                                                 flashmask::Intervals* v0,
+                                                 flashmask::Intervals* v1) {
+  *v0 = fm.column_intervals(j0 < fm.s_kv ? j0 : fm.s_kv - 1);
+  *v1 = fm.column_intervals(j1 < fm.s_kv ? j1 : fm.s_kv - 1);
+}
+
 template <class TC>
-__device__ __forceinline__ uint32_t bwd_masked_bits(const FlashMaskView& fm, int64_t j0, int64_t j1,
-                                                    int64_t m0, TC const& tSc) {
+__device__ __forceinline__ uint32_t bwd_masked_bits(const flashmask::Intervals& v0,
+                                                    const flashmask::Intervals& v1, int64_t m0,
+                                                    TC const& tSc) {
   constexpr int kN = decltype(cute::size(tSc))::value;
   static_assert(kN <= 32, "one bit per element");
-  j0 = j0 < fm.s_kv ? j0 : fm.s_kv - 1;  // keys past s_kv are invisible by the window rule
-  j1 = j1 < fm.s_kv ? j1 : fm.s_kv - 1;
-  const flashmask::Intervals v0 = fm.column_intervals(j0), v1 = fm.column_intervals(j1);
   uint32_t bits = 0;
   CUTE_UNROLL
   for (int i = 0; i < kN; ++i) {

@@ -258,6 +258,13 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   const Turns<kSched> turns{wg - 1};
 
   int kv_t = 0, q_t = 0;
+  // FlashMask partial tiles: this thread's key column (col_lane < BN) of the tile, fetched while
+  // the tile's S GEMM runs and staged for the warpgroup in buffer fm_buf (alternating, so a
+  // warpgroup writes a buffer only after all its threads passed the barrier that follows their
+  // last read of it).
+  const int col_lane = tidx % 128;
+  int4 col_iv = make_int4(0, 0, 0, 0);
+  int fm_buf = 0;
   for (int64_t tile = tile_first; tile < params.tiles.total(); tile += tile_step) {
     const TileWork w = TileWork::make<BM, BN>(p, params.tiles.coord(tile));
     if (w.skip) continue;
@@ -271,7 +278,19 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     // Mask, softmax and dropout of the S tile of key offset n0 (FlashMask class cls), in place:
     // afterwards tSrS holds the probabilities that P V will use, alpha the rescale factors of the
     // output rows.
-    auto scores_to_probs = [&](int64_t n0, int cls, float (&alpha)[2]) {
+    auto fetch_cols = [&](int tt, int cls) {
+      if (kFlashMask && cls == 2 && col_lane < BN)
+        col_iv = walk.fetch_column((w.n_first + tt) * BN + col_lane);
+    };
+    auto stage_cols = [&](int cls) -> const int4* {
+      if (!kFlashMask || cls != 2) return nullptr;
+      int4* buf = ss.fm_cols[fm_buf][wg - 1];
+      if (col_lane < BN) buf[col_lane] = col_iv;
+      named_sync(kBarWarpgroup0 + wg - 1, 128);
+      fm_buf ^= 1;
+      return buf;
+    };
+    auto scores_to_probs = [&](int64_t n0, int cls, const int4* cols, float (&alpha)[2]) {
       if (!w.mask.tile_full(m0, m0 + BM, n0, n0 + BN)) {
         int lo[2], hi[2];
         w.mask.row_span(m0 + row0, n0, BN, &lo[0], &hi[0]);
@@ -282,7 +301,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
           if (col < lo[r] || col >= hi[r]) tSrS(i) = -INFINITY;
         }
       }
-      if (kFlashMask && cls == 2) walk.mask_partial(tSrS, tScS, n0, row0, row1);
+      if (kFlashMask && cls == 2) walk.mask_staged(tSrS, tScS, cols, row0, row1);
       sm.probs(tSrS, scale_log2, alpha);
       if constexpr (kDropout) {
         // The row sums above use the undropped probabilities; only P V sees the keep mask.
@@ -321,11 +340,12 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       FullBarrier::wait(&ss.k_full[first.stage()], first.phase());
       gemm_issue<true>(mma_s, tSrQ, tSrK(_, _, _, first.stage()), tSrS);
       turns.pass(false);
+      fetch_cols(t, cls);
       warpgroup_wait<0>();
       gemm_done(tSrS);
       EmptyBarrier::arrive(&ss.k_empty[first.stage()]);
       release_q(kFlashMask ? t_next >= n_tiles : n_tiles == 1);
-      scores_to_probs((w.n_first + t) * BN, cls, alpha);  // O is still zero: no rescale
+      scores_to_probs((w.n_first + t) * BN, cls, stage_cols(cls), alpha);  // O = 0: no rescale
       to_operand();
       // Turn v: S_v, then P V_{v-1}; the softmax of S_v runs while P V_{v-1} is in flight, and
       // only then may the output be rescaled and P overwritten.
@@ -345,12 +365,13 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         FullBarrier::wait(&ss.v_full[prev.stage()], prev.phase());
         gemm_issue<false>(mma_o, tOrP, tOrV(_, _, _, prev.stage()), tOrO);
         turns.pass(false);
+        fetch_cols(t, cls);
         if constexpr (kFlashMask) t_next = walk.next(t + 1, &cls_next);  // under the GEMMs
         warpgroup_wait<1>();
         gemm_done(tSrS);
         EmptyBarrier::arrive(&ss.k_empty[it.stage()]);
         release_q(kFlashMask ? t_next >= n_tiles : v == n_tiles - 1);
-        scores_to_probs((w.n_first + t) * BN, cls, alpha);
+        scores_to_probs((w.n_first + t) * BN, cls, stage_cols(cls), alpha);
         warpgroup_wait<0>();
         gemm_done(tOrO);
         EmptyBarrier::arrive(&ss.v_empty[prev.stage()]);

@@ -98,6 +98,9 @@ struct FwdTraits {
     uint64_t q_empty;                             // persistent: Q may be replaced
     uint64_t k_full[kStages], v_full[kStages];    // TMA landed (transaction counts)
     uint64_t k_empty[kStages], v_empty[kStages];  // every consumer thread is done with the stage
+    // FlashMask partial tiles: the key columns' intervals, per warpgroup, two buffers
+    // (flashmask_walk.h, mask_staged).
+    alignas(16) int4 fm_cols[2][kConsumerWGs][BN];
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
   static_assert(kSmemBytes <= 227 * 1024, "more shared memory than an sm_90 block can have");
