@@ -93,6 +93,41 @@ def visible_pairs(se, s_q, causal):
     return float((hi - lo - masked).sum()) * (H if m == 1 else 1)
 
 
+def tile_occupancy(se, s_q, causal, bm=128, bn=128):
+    """Visible share of the area of the (bm x bn) tiles a kernel must visit (those holding at least
+    one visible pair): the ceiling of a visible-area rate at a given per-tile speed, since visited
+    tiles cost a whole tile's GEMMs. Same bound arithmetic as visible_pairs, per query tile."""
+    se = se.astype(np.int64)[:, 0]  # [b, s_kv, C] (mask heads 1)
+    b, s_kv, C = se.shape
+    j = np.arange(s_kv)[None, :]
+    n_m = (s_q + bm - 1) // bm
+    rows = np.zeros((b, n_m, s_kv), np.int64)  # visible rows of query tile t in column j
+    for t in range(n_m):
+        lo = np.maximum(np.minimum(j, s_q) if causal else 0, t * bm) + np.zeros((b, 1), np.int64)
+        hi = np.full_like(lo, min(s_q, t * bm + bm))
+
+        def clip(a, e):
+            a, e = np.maximum(a, lo), np.minimum(e, hi)
+            return a, np.maximum(e, a)
+
+        if causal and C == 1:
+            ivs = [clip(se[..., 0], s_q)]
+        elif causal:
+            ivs = [clip(se[..., 0], se[..., 1])]
+        elif C == 2:
+            ivs = [clip(se[..., 0], s_q), clip(0, se[..., 1])]
+        else:
+            ivs = [clip(se[..., 0], se[..., 1]), clip(se[..., 2], se[..., 3])]
+        masked = sum(e - a for a, e in ivs)
+        if len(ivs) == 2:
+            (a1, e1), (a2, e2) = ivs
+            masked = masked - np.maximum(0, np.minimum(e1, e2) - np.maximum(a1, a2))
+        rows[:, t] = np.maximum(hi - lo, 0) - masked
+    pad = (-s_kv) % bn
+    per_tile = np.pad(rows, ((0, 0), (0, 0), (0, pad))).reshape(b, n_m, -1, bn).sum(-1)
+    return float(rows.sum()) / max(1, int((per_tile > 0).sum()) * bm * bn)
+
+
 def tensors(b, s, dtype):
     g = torch.Generator(device="cuda").manual_seed(0)
     mk = lambda: torch.randn((b, s, H, D), dtype=dtype, device="cuda", generator=g)  # noqa: E731
@@ -184,7 +219,9 @@ def main():
             f_c, b_c = run_ours(core, q, k, v, do, None, True, args.iters)
             rate_c[var] = (flops_c / f_c / 1e9, 2.5 * flops_c / b_c / 1e9)
             rows.append(dict(s=s, b=b, mask=f"dense_causal(ours-{var})",
-                             density=causal_pairs / (b * H * s * s), impl=f"ours-{var}", fwd_ms=f_c,
+                             density=causal_pairs / (b * H * s * s),
+                             tiles_visible=tile_occupancy(np.full((1, 1, s, 1), s, np.int32), s, True),
+                             impl=f"ours-{var}", fwd_ms=f_c,
                              bwd_ms=b_c, fwd_tflops=rate_c[var][0], bwd_tflops=rate_c[var][1],
                              fwd_vs_causal=1.0, bwd_vs_causal=1.0))
         base = rate_c[variants[-1]] if variants else (1.0, 1.0)  # flex against the last family
@@ -194,6 +231,7 @@ def main():
             pairs = visible_pairs(se_np, s, causal)
             flops = 4.0 * D * pairs
             density = pairs / (b * H * s * s)
+            occupancy = tile_occupancy(se_np, s, causal)
             se = torch.tensor(se_np, dtype=torch.int32, device="cuda")
             impls = []
             for var in variants:
@@ -210,7 +248,8 @@ def main():
                     print(f"# {impl} {name} s={s}: {type(e).__name__}: {e}", file=sys.stderr)
                     continue
                 r = (flops / f / 1e9, 2.5 * flops / bw / 1e9)
-                rows.append(dict(s=s, b=b, mask=name, density=density, impl=impl, fwd_ms=f, bwd_ms=bw,
+                rows.append(dict(s=s, b=b, mask=name, density=density, tiles_visible=occupancy,
+                                 impl=impl, fwd_ms=f, bwd_ms=bw,
                                  fwd_tflops=r[0], bwd_tflops=r[1], fwd_vs_causal=r[0] / rc[0],
                                  bwd_vs_causal=r[1] / rc[1]))
     fields = list(rows[0])
@@ -223,10 +262,11 @@ def main():
             cw = csv.DictWriter(f, fieldnames=fields)
             cw.writeheader()
             cw.writerows(rows)
-    print("\n| S | mask | density | impl | fwd TFLOP/s | bwd TFLOP/s | fwd / causal | bwd / causal |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| S | mask | density | tiles visible | impl | fwd TFLOP/s | bwd TFLOP/s | fwd / causal | bwd / causal |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['s']} | {r['mask']} | {r['density']:.3f} | {r['impl']} | {r['fwd_tflops']:.0f} | "
+        print(f"| {r['s']} | {r['mask']} | {r['density']:.3f} | {r['tiles_visible']:.3f} | {r['impl']} | "
+              f"{r['fwd_tflops']:.0f} | "
               f"{r['bwd_tflops']:.0f} | {r['fwd_vs_causal']:.2f} | {r['bwd_vs_causal']:.2f} |")
     if args.plot:
         import matplotlib
