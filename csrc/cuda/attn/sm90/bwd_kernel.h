@@ -51,11 +51,19 @@ struct BwdParams {
 };
 
 // The step sequence of a CTA: query heads of the kv head's group, each over the query tiles that
-// can see the CTA's keys.
-struct BwdSteps {
+// can see the CTA's keys, ascending; kDescending (the deterministic mode) walks each head's tiles
+// from the last one down. Both ends of a key tile's query range grow with the key tile, so walking
+// down, a lower key tile reaches any query tile it shares with a higher one at the same step or
+// an earlier one, and the turns of DqTurns cost about one add's latency per key tile. Walking up
+// under a causal mask, key tile n would reach its first query tile only when tile n - 1 is two
+// steps in, and so on down the chain.
+template <bool kDescending>
+struct BwdStepOrder {
   int64_t hq0, m_first, n_q;
   __device__ __forceinline__ int64_t head(int64_t step) const { return hq0 + step / n_q; }
-  __device__ __forceinline__ int64_t m_block(int64_t step) const { return m_first + step % n_q; }
+  __device__ __forceinline__ int64_t m_block(int64_t step) const {
+    return kDescending ? m_first + n_q - 1 - step % n_q : m_first + step % n_q;
+  }
 };
 
 // Queries of the tile [m0, m0 + n) that key j is visible from, as tile-local [*lo, *hi): the
@@ -85,6 +93,9 @@ __device__ __forceinline__ void key_span(const Mask& mask, int64_t j, int64_t m0
 // n0 >= L_kv (thd CTAs that return at once, padded tails) visit nothing and lie above every
 // visitor. The count is n_block - n_first, found by bisection over [0, n_block]. Query heads of
 // a GQA group share the CTA and its range (no FlashMask: that mode runs the sm80 family).
+//
+// Each CTA walks its query tiles downwards (BwdStepOrder<true>), so a lower key block gets to a
+// shared tile no later than a higher one.
 //
 // Progress: a CTA only ever waits for lower key blocks of its (kv head, sequence), which have
 // lower linear block indices. This relies on the hardware dispatching a grid's CTAs in ascending
@@ -130,11 +141,11 @@ __device__ __forceinline__ void pass_turn(int32_t* counter) {
 }
 
 // Thread 0 issues; with FlashMask its warp walks the steps with it (Walk: BwdStepWalk).
-template <class Traits, class Walk>
+template <class Traits, class Steps, class Walk>
 __device__ __forceinline__ void produce_bwd(const BwdParams<Traits>& params,
                                             typename Traits::SharedStorage& ss, const SeqInfo& si,
                                             int64_t bi, int64_t hk, int n_block,
-                                            const BwdSteps& steps, Walk wk, bool leader) {
+                                            const Steps& steps, Walk wk, bool leader) {
   using namespace cute;
   constexpr int BM = Traits::BM, BN = Traits::BN, D = Traits::D, kStages = Traits::kStages;
   const AttnProblem& p = params.p;
@@ -186,11 +197,11 @@ __device__ __forceinline__ void produce_bwd(const BwdParams<Traits>& params,
 }
 
 // Warp 1 of the producer warpgroup: lse (in the log2 domain) and Dsum of each step's queries.
-template <class Traits, class Walk>
+template <class Traits, class Steps, class Walk>
 __device__ __forceinline__ void produce_stats(const BwdParams<Traits>& params,
                                               typename Traits::SharedStorage& ss,
                                               const SeqInfo& si, int64_t bi,
-                                              const BwdSteps& steps, Walk wk, int lane) {
+                                              const Steps& steps, Walk wk, int lane) {
   constexpr int BM = Traits::BM, kStages = Traits::kStages;
   const AttnProblem& p = params.p;
   for (; !wk.done(); wk.advance()) {
@@ -217,10 +228,10 @@ __device__ __forceinline__ void produce_stats(const BwdParams<Traits>& params,
 // kDeterministic: each add waits for its turn (DqTurns) and completes before the next turn; the
 // rows past L_q that spill into the next sequence's or head's rows add +0, which leaves any sum
 // bitwise unchanged (sums start at +0 and never become -0), so their order does not matter.
-template <class Traits, bool kDeterministic, class Walk>
+template <class Traits, bool kDeterministic, class Steps, class Walk>
 __device__ __forceinline__ void write_dq(const BwdParams<Traits>& params,
                                          typename Traits::SharedStorage& ss, const SeqInfo& si,
-                                         int64_t bi, const BwdSteps& steps, Walk wk, bool leader,
+                                         int64_t bi, const Steps& steps, Walk wk, bool leader,
                                          const DqTurns& turns) {
   using namespace cute;
   constexpr int BM = Traits::BM, D = Traits::D;
@@ -282,8 +293,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   if constexpr (kFlashMask)
     narrow_query_tiles<BM>(p, bi, hk * group, (hk + 1) * group, n0, n0 + BN, &m_first, &n_q);
   const int64_t total = n_q * group;
-  const BwdSteps steps{hk * group, m_first, n_q > 0 ? n_q : 1};
-  using Walk = BwdStepWalk<kFlashMask, BM, BN, BwdSteps>;
+  const BwdStepOrder<kDeterministic> steps{hk * group, m_first, n_q > 0 ? n_q : 1};
+  using Walk = BwdStepWalk<kFlashMask, BM, BN, BwdStepOrder<kDeterministic>>;
 
   if (threadIdx.x == 0) {
     FullBarrier::init(&ss.kv_full, 1);
