@@ -7,6 +7,8 @@ Every case of the PERFORMANCE.md grid runs, in one process and on the same input
   * ours: paddle_te_core.fused_attn_fwd / _bwd with each available CUDA backend (cudnn, flash);
     `flash_sm80` is the flash backend with PTE_FLASH_VARIANT=sm80 (the mma.sync family even on
     sm_90, so both flash kernel families are measured in one process; `flash` is `auto`);
+    `flash@deterministic=1` runs the backward with deterministic=True (then a last table gives
+    its time over the default backward's, the backend spelled without `deterministic=1`);
   * peers: torch SDPA restricted to its flash backend and to its cuDNN backend (where torch can
     express the case: dense, short, GQA; the varlen and sliding-window cases have no SDPA form,
     so their peer is the cuDNN figure PERFORMANCE.md records for the same machine).
@@ -116,12 +118,12 @@ def time_ms(fn, iters, warmup=3, busy=False):
 def run_ours(core, case, backend, dtype, iters):
     """backend "flash_<variant>" runs the flash backend with PTE_FLASH_VARIANT=<variant>; a suffix
     "@NAME=VALUE+NAME=VALUE" sets those environment variables for the call too (e.g.
-    flash_sm90@PTE_SM90_PERSISTENT=0 to measure one kernel choice against the default); the
-    pseudo-variable "deterministic=1" passes deterministic=True to the backward instead."""
+    flash_sm90@PTE_SM90_PERSISTENT=0 to measure one kernel choice against the default), except
+    `deterministic=0|1`, the backward's keyword."""
     spec, _, env_spec = backend.partition("@")
     name, _, variant = spec.partition("_")
     env = dict(kv.split("=", 1) for kv in env_spec.split("+") if kv)
-    deterministic = env.pop("deterministic", "0") not in ("0", "")
+    deterministic = env.pop("deterministic", "0") not in ("0", "false", "False")
     if variant:
         env["PTE_FLASH_VARIANT"] = variant
     old = {k: os.environ.get(k) for k in env}
@@ -287,6 +289,20 @@ def main():
             print(f"| {name} | {impl[4:]} | {r['fwd_ms']:.3f} | {r['bwd_ms']:.3f} | "
                   f"{r['fwd_tflops']:.0f} | {r['bwd_tflops']:.0f} | {peer_name} | {fr:.3f} | "
                   f"{br:.3f} |")
+
+    # deterministic=True against the default backward of the same backend (issue 12: <= 1.3).
+    det = [(name, impl, impls) for name, impls in by_case.items() for impl in impls
+           if impl.startswith("pte_") and "deterministic=1" in impl]
+    if det:
+        print("\n| case | backend | det bwd ms | default bwd ms | det / default |")
+        print("|---|---|---|---|---|")
+    for name, impl, impls in det:
+        plain = impl.replace("+deterministic=1", "").replace("deterministic=1+", "")
+        plain = plain.replace("@deterministic=1", "")
+        base_row = impls.get(plain)
+        d_ms = impls[impl]["bwd_ms"]
+        b_ms = base_row["bwd_ms"] if base_row else math.nan
+        print(f"| {name} | {impl[4:]} | {d_ms:.3f} | {b_ms:.3f} | {d_ms / b_ms:.3f} |")
 
 
 if __name__ == "__main__":

@@ -152,7 +152,8 @@ def _attention_case(core, A, backend, fmt, shape, lens_q, lens_kv, mask_type, wi
 def attention_cases(core, A):
     """The fused attention backends this build has, on small shapes that reach their paths:
     padded bshd with GQA, a bottom-right causal window and an empty sequence; packed thd with a
-    zero-length sequence (MQA, d = 128); sbhd strides; dropout."""
+    zero-length sequence (MQA, d = 128); sbhd strides; dropout; packed thd over several key blocks
+    (d = 128: on sm_90 the sm90 backward, whose deterministic mode takes turns between them)."""
     backends = [n for n, info in core.backends().items()
                 if n in ("flash", "cudnn") and info["available"]]
     assert backends, core.backends()
@@ -163,6 +164,8 @@ def attention_cases(core, A):
                         "padding_causal", (-1, 0), 0.0)
         _attention_case(core, A, backend, "sbhd", (2, 20, 20, 2, 2, 64), None, None,
                         "no_mask", (-1, -1), 0.1)
+        _attention_case(core, A, backend, "thd", (2, 0, 0, 4, 2, 128), [300, 200], [400, 150],
+                        "padding", (-1, -1), 0.0)
 
 
 def decode_cases(core, A):

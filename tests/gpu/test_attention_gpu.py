@@ -171,16 +171,38 @@ def test_softmax_scale(core, variant):
     check_against_reference(case, run(core, case, variant, grads=False))
 
 
-@pytest.mark.parametrize("case", [
+# deterministic=True on problems of several key blocks (128 keys each in the sm90 backward) and
+# query tiles, so that several CTAs add into every dQ tile and their order matters: dense, causal,
+# GQA / MQA, varlen (thd, lengths not multiples of the tiles, CTAs past a sequence's keys), windows
+# in both alignments. d = 128 is where `auto` takes the sm90 backward.
+REPEATABLE_CASES = [
     Case("bshd", "causal", s_q=256, s_kv=256, h=8, h_kv=2, d=64),
     Case("bshd", "causal", [300, 257], [300, 257], h=8, h_kv=2, d=128, window=(100, 0),
          dtype="bfloat16"),
-], ids=repr)
+    Case("bshd", "no_mask", s_q=640, s_kv=896, h=4, d=128, dtype="float16", b=2),
+    Case("bshd", "no_mask", [700], [700], h=8, h_kv=2, d=128, dtype="bfloat16"),
+    Case("sbhd", "causal_bottom_right", [300], [700], h=4, h_kv=1, d=128, dtype="float16"),
+    Case("thd", "padding_causal", [700, 129, 1000], [700, 129, 1000], h=4, h_kv=2, d=128,
+         dtype="bfloat16", tail=5),
+    Case("thd", "padding", [300, 517, 0], [640, 200, 77], h=4, h_kv=2, d=64, dtype="float16",
+         tail=3),
+    Case("bshd", "padding_causal_bottom_right", [400, 1000], [1000, 300], s_q=1000, s_kv=1000,
+         h=2, d=128, dtype="bfloat16"),
+    Case("bshd", "no_mask", [900], [1100], h=4, h_kv=2, window=(200, 64), d=128,
+         dtype="float16"),
+    Case("thd", "padding", [500, 260], [700, 300], h=4, window=(96, 130), d=128,
+         dtype="bfloat16"),
+]
+
+
+@pytest.mark.parametrize("case", REPEATABLE_CASES, ids=repr)
 def test_backward_repeatable(core, variant, case):
-    """deterministic=True: every output bitwise repeatable across runs. deterministic=False, for
-    variants that document it (dQ through fp32 atomics): dK and dV still bitwise repeatable, dQ
-    equal to the deterministic one up to summation order."""
+    """deterministic=True: every output bitwise repeatable across runs, and the gradients within
+    the grid's tolerance. deterministic=False, for variants that document it (dQ through fp32
+    atomics): dK and dV still bitwise repeatable, dQ equal to the deterministic one up to
+    summation order."""
     first = run(core, case, variant, deterministic=True)
+    check_against_reference(case, first)
     inputs = tuple(first[n] for n in ("q", "k", "v", "do"))
     for _ in range(3):
         again = run(core, case, variant, deterministic=True, inputs=inputs, check=False)
@@ -196,6 +218,32 @@ def test_backward_repeatable(core, variant, case):
         assert torch.equal(again["dv"], base["dv"]), "dv: not bitwise repeatable"
         err = (again["dq"].float() - dq0).abs().max().item()
         assert err <= 2e-2 * max(1.0, dq0.abs().max().item()), f"dq differs by {err}"
+
+
+def test_sm90_deterministic_is_its_own_backward(core, variant, monkeypatch):
+    """The flash-sm90 variant's deterministic=True runs the sm90 backward, not the sm80 one it
+    used to fall back to: the two sum dQ (and dK, dV) in different orders, so on a problem of
+    about a million gradient elements in float16 their results differ somewhere, while each
+    repeats bitwise. Also with dropout (the same Philox mask in both modes)."""
+    if variant.name != "flash-sm90":
+        pytest.skip("the sm90 backward's deterministic mode")
+    case = Case("bshd", "causal", s_q=1024, s_kv=1024, h=8, h_kv=4, d=128, dtype="float16", b=1)
+    for dropout in (0.0, 0.15):
+        sm90 = run(core, case, variant, deterministic=True, dropout=dropout, seed=5)
+        if dropout == 0.0:
+            check_against_reference(case, sm90)
+        inputs = tuple(sm90[n] for n in ("q", "k", "v", "do"))
+        for _ in range(2):
+            again = run(core, case, variant, deterministic=True, dropout=dropout, seed=5,
+                        inputs=inputs, check=False)
+            for n in ("dq", "dk", "dv"):
+                assert torch.equal(sm90[n], again[n]), f"{n}: not bitwise repeatable ({dropout=})"
+        monkeypatch.setenv("PTE_FLASH_VARIANT", "sm80")
+        sm80 = run(core, case, variant, deterministic=True, dropout=dropout, seed=5,
+                   inputs=inputs, check=False)
+        monkeypatch.setenv("PTE_FLASH_VARIANT", "sm90")
+        assert not all(torch.equal(sm90[n], sm80[n]) for n in ("dq", "dk", "dv")), (
+            "deterministic=True gave the sm80 backward's bits under PTE_FLASH_VARIANT=sm90")
 
 
 def test_stream(core, variant):

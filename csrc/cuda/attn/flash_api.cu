@@ -82,8 +82,9 @@ std::string compiled_hdims() {
 // Kernel family. `auto` runs the sm90 (wgmma/TMA) kernels on sm_90 devices where this build has
 // them for the head dim, the sm80 (mma.sync) kernels elsewhere; the environment variable
 // PTE_FLASH_VARIANT=sm80|sm90 forces one (tests run the grid through both). The sm90 backward
-// covers the default (atomic-dQ) mode; `deterministic=True` runs the sm80 family's three-kernel
-// backward on every device.
+// covers both modes (`deterministic=True`: its dQ adds in a fixed order, sm90/bwd_kernel.h)
+// except deterministic FlashMask, which runs the sm80 family's three-kernel backward (its dQ
+// kernel owns each dQ tile, so needs no order).
 enum class Variant { kAuto, kSm80, kSm90, kInvalid };
 
 Variant requested_variant() {
@@ -132,7 +133,9 @@ std::string sm90_fwd_reason(const AttnProblem& p, int arch) {
 std::string sm90_bwd_reason(const AttnProblem& p, int arch) {
   std::string why = sm90_fwd_reason(p, arch);
   if (!why.empty()) return why;
-  if (p.deterministic) return "flash: deterministic=True runs the sm80 backward";
+  if (p.deterministic && p.startend != nullptr)
+    return "flash: deterministic=True with startend_row_indices (FlashMask) runs the sm80 "
+           "backward";
   // The dQ accumulator's row length is the compiled head dim of launch.h's workspace size.
   if (pick_sm90_hdim(p.d, true) != pick_hdim(p.d))
     return str("flash: head_dim=", p.d, ": the sm90 backward's head dim differs from the "
@@ -203,8 +206,9 @@ std::string reason(const AttnProblem& p, bool backward) {
     return str("flash: PTE_FLASH_VARIANT=", std::getenv("PTE_FLASH_VARIANT"),
                ": must be auto, sm80 or sm90");
   if (variant == Variant::kSm90) {
-    // Forcing sm90 refuses devices and head dims without sm90 kernels; a deterministic backward
-    // still runs (on the sm80 family, the only deterministic one).
+    // Forcing sm90 refuses devices and head dims without sm90 kernels; a backward the sm90
+    // family does not cover (deterministic FlashMask, a head dim without an sm90 backward)
+    // still runs, on the sm80 family.
     std::string why = sm90_fwd_reason(p, arch);
     if (!why.empty()) return str(why, " (PTE_FLASH_VARIANT=sm90)");
   }
@@ -265,9 +269,13 @@ void dispatch(const AttnProblem& p) {
   }
 }
 
-// Bytes of the workspace before the FlashMask summary (the backward's fp32 buffers).
+// Bytes of the workspace before the FlashMask summary (the backward's fp32 buffers). Their layout
+// depends on the family only in deterministic mode (launch.h), the one case that asks use_sm90:
+// sizing and running take the same choice.
 size_t base_workspace_bytes(const AttnProblem& p, bool backward) {
-  return backward ? bwd_workspace_elems(p, pick_hdim(p.d)) * sizeof(float) : 0;
+  if (!backward) return 0;
+  const bool sm90 = p.deterministic && p.device == PTE_DEVICE_CUDA && use_sm90(p, true);
+  return bwd_workspace_elems(p, pick_hdim(p.d), sm90) * sizeof(float);
 }
 
 template <bool kBwd>

@@ -12,6 +12,8 @@
 // The preprocess (Dsum) and the dQ conversion are the arch-neutral kernels of the sm80 family.
 // FlashMask (kFlashMask, flashmask_walk.h): every role walks only the steps whose query tile some
 // key of the CTA sees; partial steps zero the masked elements of P^T and dS^T.
+// Deterministic mode (kDeterministic): the adds into each dQ tile go in ascending key block
+// order, so the float32 sums, and dQ, are bitwise repeatable (DqTurns below).
 #pragma once
 
 #include <cstdint>
@@ -44,14 +46,24 @@ struct BwdParams {
   int32_t dq_rows;
   AttnProblem p;
   const float* dsum;  // [rows of lse's layout]
+  int32_t* dq_turns;  // kDeterministic: [b][h][dq_turn_tiles], zeroed with the accumulator
+  int64_t dq_turn_tiles;
 };
 
 // The step sequence of a CTA: query heads of the kv head's group, each over the query tiles that
-// can see the CTA's keys.
-struct BwdSteps {
+// can see the CTA's keys, ascending; kDescending (the deterministic mode) walks each head's tiles
+// from the last one down. Both ends of a key tile's query range grow with the key tile, so walking
+// down, a lower key tile reaches any query tile it shares with a higher one at the same step or
+// an earlier one, and the turns of DqTurns cost about one add's latency per key tile. Walking up
+// under a causal mask, key tile n would reach its first query tile only when tile n - 1 is two
+// steps in, and so on down the chain.
+template <bool kDescending>
+struct BwdStepOrder {
   int64_t hq0, m_first, n_q;
   __device__ __forceinline__ int64_t head(int64_t step) const { return hq0 + step / n_q; }
-  __device__ __forceinline__ int64_t m_block(int64_t step) const { return m_first + step % n_q; }
+  __device__ __forceinline__ int64_t m_block(int64_t step) const {
+    return kDescending ? m_first + n_q - 1 - step % n_q : m_first + step % n_q;
+  }
 };
 
 // Queries of the tile [m0, m0 + n) that key j is visible from, as tile-local [*lo, *hi): the
@@ -68,12 +80,72 @@ __device__ __forceinline__ void key_span(const Mask& mask, int64_t j, int64_t m0
   *hi = int(h < 0 ? 0 : (h > n ? n : h));
 }
 
+// Deterministic dQ: the order of the adds into one dQ tile (sequence bi, query head hq, query
+// tile m) is fixed to ascending key block n_block by a turn counter per tile: the writer of
+// n_block waits until the counter equals the number of lower key blocks that add into the tile,
+// adds, waits until its add has landed in memory, and increments the counter.
+//
+// The waited-for count is exact, so no CTA waits for a turn nobody takes. A key block visits the
+// query tiles of Mask::query_tiles (the kernel's own step range); both ends of that range grow
+// with the block (bounds n0 - delta - right and min(n0 + BN, L_kv) - 1 - delta + left, clamped to
+// [0, L_q - 1]), so the blocks visiting tile m are one run n_first..n_last, and a block below a
+// visiting one has an empty range only when its range lies below 0, i.e. below m too. Blocks with
+// n0 >= L_kv (thd CTAs that return at once, padded tails) visit nothing and lie above every
+// visitor. The count is n_block - n_first, found by bisection over [0, n_block]. Query heads of
+// a GQA group share the CTA and its range (no FlashMask: that mode runs the sm80 family).
+//
+// Each CTA walks its query tiles downwards (BwdStepOrder<true>), so a lower key block gets to a
+// shared tile no later than a higher one.
+//
+// Progress: a CTA only ever waits for lower key blocks of its (kv head, sequence), which have
+// lower linear block indices. This relies on the hardware dispatching a grid's CTAs in ascending
+// linear index (what CUDA does in practice, though not a documented guarantee): a waiting CTA is
+// then resident only after every lower one has been dispatched, and the lowest unfinished CTA of
+// each chain never waits, so the grid may exceed the resident capacity.
+template <int BM, int BN>
+__device__ __forceinline__ int32_t lower_visitors(const Mask& mask, int n_block, int64_t m) {
+  int lo = 0, hi = n_block;  // n_block itself visits m
+  while (lo < hi) {
+    const int mid = (lo + hi) / 2;
+    const TileSpan t = mask.query_tiles<BM>(int64_t(mid) * BN, int64_t(mid) * BN + BN);
+    if (t.count > 0 && t.first <= m && m < t.first + t.count)
+      hi = mid;
+    else
+      lo = mid + 1;
+  }
+  return int32_t(n_block - lo);
+}
+
+struct DqTurns {
+  int32_t* seq;  // counters of sequence bi: [h][tiles]
+  int64_t tiles;
+  const Mask& mask;
+  int n_block;
+};
+
+// One lane spins (acquire at GPU scope) until the tile's counter reaches `turn`; the proxy fence
+// orders the TMA add that follows after the acquire.
+__device__ __forceinline__ void wait_turn(const int32_t* counter, int32_t turn) {
+  int32_t v;
+  do {
+    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(counter) : "memory");
+  } while (v != turn);
+  asm volatile("fence.proxy.async.global;" ::: "memory");
+}
+
+// After `cp.async.bulk.wait_group 0` (the add has been performed, not only read from shared
+// memory): the proxy fence orders the TMA's writes before the release of the next turn.
+__device__ __forceinline__ void pass_turn(int32_t* counter) {
+  asm volatile("fence.proxy.async.global;" ::: "memory");
+  asm volatile("red.release.gpu.global.add.s32 [%0], 1;" ::"l"(counter) : "memory");
+}
+
 // Thread 0 issues; with FlashMask its warp walks the steps with it (Walk: BwdStepWalk).
-template <class Traits, class Walk>
+template <class Traits, class Steps, class Walk>
 __device__ __forceinline__ void produce_bwd(const BwdParams<Traits>& params,
                                             typename Traits::SharedStorage& ss, const SeqInfo& si,
                                             int64_t bi, int64_t hk, int n_block,
-                                            const BwdSteps& steps, Walk wk, bool leader) {
+                                            const Steps& steps, Walk wk, bool leader) {
   using namespace cute;
   constexpr int BM = Traits::BM, BN = Traits::BN, D = Traits::D, kStages = Traits::kStages;
   const AttnProblem& p = params.p;
@@ -125,11 +197,11 @@ __device__ __forceinline__ void produce_bwd(const BwdParams<Traits>& params,
 }
 
 // Warp 1 of the producer warpgroup: lse (in the log2 domain) and Dsum of each step's queries.
-template <class Traits, class Walk>
+template <class Traits, class Steps, class Walk>
 __device__ __forceinline__ void produce_stats(const BwdParams<Traits>& params,
                                               typename Traits::SharedStorage& ss,
                                               const SeqInfo& si, int64_t bi,
-                                              const BwdSteps& steps, Walk wk, int lane) {
+                                              const Steps& steps, Walk wk, int lane) {
   constexpr int BM = Traits::BM, kStages = Traits::kStages;
   const AttnProblem& p = params.p;
   for (; !wk.done(); wk.advance()) {
@@ -153,10 +225,14 @@ __device__ __forceinline__ void produce_stats(const BwdParams<Traits>& params,
 // lane issues): each visited step's dQ tile, once the consumers have put it in shared memory,
 // goes to the accumulator with one TMA reduce-add (float32 adds in L2; rows past the tensor are
 // clipped, rows past L_q add exact zeros). The buffer is released once the TMA has read it.
-template <class Traits, class Walk>
+// kDeterministic: each add waits for its turn (DqTurns) and completes before the next turn; the
+// rows past L_q that spill into the next sequence's or head's rows add +0, which leaves any sum
+// bitwise unchanged (sums start at +0 and never become -0), so their order does not matter.
+template <class Traits, bool kDeterministic, class Steps, class Walk>
 __device__ __forceinline__ void write_dq(const BwdParams<Traits>& params,
                                          typename Traits::SharedStorage& ss, const SeqInfo& si,
-                                         int64_t bi, const BwdSteps& steps, Walk wk, bool leader) {
+                                         int64_t bi, const Steps& steps, Walk wk, bool leader,
+                                         const DqTurns& turns) {
   using namespace cute;
   constexpr int BM = Traits::BM, D = Traits::D;
   Tensor mdQ = params.tma_dq.get_tma_tensor(make_shape(params.dq_rows, Int<D>{}));
@@ -165,24 +241,36 @@ __device__ __forceinline__ void write_dq(const BwdParams<Traits>& params,
     if (!leader) continue;
     const int64_t step = wk.step;
     const uint32_t visit = uint32_t(wk.visits());
-    const int64_t row = row_stat_index(params.p, si, bi, steps.head(step), steps.m_block(step) * BM);
+    const int64_t hq = steps.head(step), m = steps.m_block(step);
+    const int64_t row = row_stat_index(params.p, si, bi, hq, m * BM);
     Tensor gdQ = local_tile(domain_offset(make_coord(int32_t(row), _0{}), mdQ),
                             Shape<Int<BM>, Int<D>>{}, make_coord(_0{}, _0{}));
     auto [tdQg, tdQs] = tma_partition(params.tma_dq, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sdQ),
                                       group_modes<0, 2>(gdQ));
+    int32_t* counter = nullptr;
+    if constexpr (kDeterministic) {  // while the consumers still compute the tile
+      counter = turns.seq + hq * turns.tiles + m;
+      wait_turn(counter, lower_visitors<BM, Traits::BN>(turns.mask, turns.n_block, m));
+    }
     EmptyBarrier::wait(&ss.dq_full, visit & 1u);
     copy(params.tma_dq, tdQs, tdQg);
     tma_store_arrive();
-    tma_store_wait<0>();  // the TMA has read the tile: the consumers may write the next one
+    if constexpr (kDeterministic) {
+      asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
+      pass_turn(counter);
+    } else {
+      tma_store_wait<0>();  // the TMA has read the tile: the consumers may write the next one
+    }
     EmptyBarrier::arrive(&ss.dq_empty);
   }
   if (leader) asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");  // every reduce-add done
 }
 
-template <class Traits, typename T, bool kDropout, bool kFlashMask>
+template <class Traits, typename T, bool kDropout, bool kFlashMask, bool kDeterministic>
 __global__ void __launch_bounds__(Traits::kThreads, 1)
     bwd_kernel(const __grid_constant__ BwdParams<Traits> params) {
   using namespace cute;
+  static_assert(!(kFlashMask && kDeterministic), "deterministic FlashMask runs the sm80 family");
   constexpr int BM = Traits::BM, BN = Traits::BN, D = Traits::D, kStages = Traits::kStages;
   using Element = typename Traits::Element;
 
@@ -205,8 +293,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   if constexpr (kFlashMask)
     narrow_query_tiles<BM>(p, bi, hk * group, (hk + 1) * group, n0, n0 + BN, &m_first, &n_q);
   const int64_t total = n_q * group;
-  const BwdSteps steps{hk * group, m_first, n_q > 0 ? n_q : 1};
-  using Walk = BwdStepWalk<kFlashMask, BM, BN, BwdSteps>;
+  const BwdStepOrder<kDeterministic> steps{hk * group, m_first, n_q > 0 ? n_q : 1};
+  using Walk = BwdStepWalk<kFlashMask, BM, BN, BwdStepOrder<kDeterministic>>;
 
   if (threadIdx.x == 0) {
     FullBarrier::init(&ss.kv_full, 1);
@@ -235,8 +323,11 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         produce_stats<Traits>(params, ss, si, bi, steps, Walk(p, bi, n0, steps, total),
                               int(threadIdx.x) % 32);
       } else if (threadIdx.x / 32 == 2 && (kFlashMask || threadIdx.x == 64)) {
-        write_dq<Traits>(params, ss, si, bi, steps, Walk(p, bi, n0, steps, total),
-                         threadIdx.x == 64);
+        const DqTurns turns{kDeterministic ? params.dq_turns + bi * p.h * params.dq_turn_tiles
+                                           : nullptr,
+                            params.dq_turn_tiles, mask, n_block};
+        write_dq<Traits, kDeterministic>(params, ss, si, bi, steps,
+                                         Walk(p, bi, n0, steps, total), threadIdx.x == 64, turns);
       }
     }
     return;

@@ -92,8 +92,9 @@ struct FwdKeyWalk<true, BM, BN> {
   }
 };
 
-// Backward: the steps of the key block [n0, n0 + BN) of a CTA. Steps: BwdSteps of bwd_kernel.h,
-// step s of [0, total) being query tile m_first + s % n_q of query head hq0 + s / n_q. `step` is
+// Backward: the steps of the key block [n0, n0 + BN) of a CTA. Steps: BwdStepOrder of bwd_kernel.h,
+// step s of [0, total) being query tile m_first + s % n_q (ascending: FlashMask never takes the
+// deterministic order) of query head hq0 + s / n_q. `step` is
 // the current step, visits() how many steps were visited before it (the pipeline's stage counter)
 // and `cls` its class; done() once the steps run out. Loop: for (W w(...); !w.done(); w.advance()).
 template <bool kOn, int BM, int BN, class Steps>

@@ -25,12 +25,14 @@ void run_fwd(const AttnProblem& p);
 // test_long_skips included), and run 1.2-1.5x the sm80 family's rate (docs/performance.md).
 constexpr bool kFlashMaskPreferred = true;
 
-// The backward (atomic-dQ mode; `deterministic` runs the sm80 family). Its dQ accumulator has
-// rows of D columns, so the dispatch uses it only where D is also the sm80 family's pick for d
-// (launch.h's workspace size).
+// The backward, both modes (`deterministic`: the dQ adds in ascending key block order, taken in
+// turns; with FlashMask it runs the sm80 family). Its dQ accumulator has rows of D columns, so
+// the dispatch uses it only where D is also the sm80 family's pick for d (launch.h's workspace
+// size).
 constexpr int kBwdHdims[] = {64, 128};
-// Where `auto` takes the sm90 backward: measured faster than the sm80 one at D = 128 (1.04-1.05x,
-// H200, docs/performance.md) and slower at D = 64 (0.77x), where it runs only when forced.
+// Where `auto` takes the sm90 backward (in both modes): measured faster than the sm80 one at
+// D = 128 (1.04-1.05x, H200, docs/performance.md) and slower at D = 64 (0.77x), where it runs
+// only when forced.
 constexpr bool bwd_preferred(int D) { return D == 128; }
 template <int D, typename T>
 void run_bwd(const AttnProblem& p);

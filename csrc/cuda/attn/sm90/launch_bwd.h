@@ -1,7 +1,8 @@
 // Host side of the sm90 backward: the same three-pass structure as the sm80 family's atomic-dQ
 // mode (Dsum preprocess, the dK/dV kernel adding dS K into an fp32 dQ accumulator, the dQ
-// conversion), with the middle pass replaced by the wgmma/TMA kernel of bwd_kernel.h. The
-// workspace layout is launch.h's, so the core sizes it the same way for both families.
+// conversion), with the middle pass replaced by the wgmma/TMA kernel of bwd_kernel.h; the
+// deterministic mode is the same passes with the dQ adds taken in turns (bwd_kernel.h, DqTurns).
+// The workspace layout is launch.h's, so the core sizes it the same way for both families.
 #pragma once
 
 #include <cstdint>
@@ -18,12 +19,14 @@ namespace pte {
 namespace flash {
 namespace sm90 {
 
-// kFlashMask: p.startend is set (its own instantiation, so problems without it run the unchanged
-// kernel).
-template <class Traits, bool kDropout, bool kFlashMask>
-void launch_bwd(const AttnProblem& p, const float* dsum, float* dq_accum, cudaStream_t stream) {
+// kFlashMask: p.startend is set; kDeterministic: p.deterministic (turns: the zeroed counters).
+// Each its own instantiation, so the default problems run the unchanged kernel.
+template <class Traits, bool kDropout, bool kFlashMask, bool kDeterministic = false>
+void launch_bwd(const AttnProblem& p, const float* dsum, float* dq_accum, int32_t* turns,
+                cudaStream_t stream) {
   using namespace cute;
   constexpr int D = Traits::D;
+  static_assert(Traits::BM == kDqTurnRows, "launch.h sizes one turn counter per BM query rows");
   const int64_t rows_q = p.thd ? p.t_q : p.s_q, rows_kv = p.thd ? p.t_kv : p.s_kv;
   const int64_t rq = rows_q > 0 ? rows_q : 1, rkv = rows_kv > 0 ? rows_kv : 1;
   auto q = gmem_view<Traits>(p, p.q, p.q_st, rq, p.h, p.d);
@@ -46,10 +49,11 @@ void launch_bwd(const AttnProblem& p, const float* dsum, float* dq_accum, cudaSt
                            make_tma_copy(SM90_TMA_LOAD{}, v, typename Traits::SmemLayoutKV{}, kv_box, _1{}),
                            make_tma_copy(SM90_TMA_REDUCE_ADD{}, dq, typename Traits::SmemLayoutDQ{},
                                          Shape<Int<Traits::BM>, Int<D>>{}, _1{}),
-                           q.shape(), dout.shape(), k.shape(), v.shape(), dq_rows32, p, dsum};
+                           q.shape(), dout.shape(), k.shape(), v.shape(), dq_rows32, p, dsum,
+                           turns, (p.s_q + Traits::BM - 1) / Traits::BM};
   const dim3 grid(unsigned((p.s_kv + Traits::BN - 1) / Traits::BN), unsigned(p.h_kv), unsigned(p.b));
   constexpr int smem = Traits::kSmemBytes;
-  auto kernel = bwd_kernel<Traits, typename Traits::Storage, kDropout, kFlashMask>;
+  auto kernel = bwd_kernel<Traits, typename Traits::Storage, kDropout, kFlashMask, kDeterministic>;
   PTE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   kernel<<<grid, Traits::kThreads, smem, stream>>>(params);
   PTE_CUDA_CHECK_LAUNCH();
@@ -61,20 +65,32 @@ void run_bwd(const AttnProblem& p) {
   cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
   zero_bwd_thd_tails<T>(p, stream);
   if (p.b == 0) return;
+  const bool det = p.deterministic, drop = p.dropout > 0.f, fm = p.startend != nullptr;
+  // The dispatch (flash_api.cu) sends deterministic FlashMask problems to the sm80 family, and
+  // sized the workspace for this family's layout (launch.h): the turn counters need it.
+  PTE_CHECK(!(det && fm), "flash (sm90): deterministic FlashMask reached the sm90 backward");
+  const size_t need = bwd_workspace_elems(p, D, true);
+  PTE_CHECK(p.workspace_size >= need * sizeof(float), "flash (sm90): workspace_size=",
+            p.workspace_size, " < the ", need * sizeof(float), " bytes of the sm90 backward");
   float* dsum = static_cast<float*>(p.workspace);
   float* dq_accum = dsum + bwd_dq_accum_offset(p);
+  int32_t* turns = det ? reinterpret_cast<int32_t*>(dsum + bwd_dq_turns_offset(p, D)) : nullptr;
   if (p.s_q > 0) {
-    PTE_CUDA_CHECK(cudaMemsetAsync(dq_accum, 0, bwd_dq_accum_elems(p, D) * sizeof(float), stream));
+    // The accumulator and, deterministic, the turn counters after it: one memset.
+    PTE_CUDA_CHECK(cudaMemsetAsync(dq_accum, 0, (need - bwd_dq_accum_offset(p)) * sizeof(float),
+                                   stream));
     launch_bwd_dot<T>(p, dsum, stream);
   }
   if (p.s_kv > 0) {
-    const bool drop = p.dropout > 0.f, fm = p.startend != nullptr;
     if (fm)
-      drop ? launch_bwd<Traits, true, true>(p, dsum, dq_accum, stream)
-           : launch_bwd<Traits, false, true>(p, dsum, dq_accum, stream);
+      drop ? launch_bwd<Traits, true, true>(p, dsum, dq_accum, nullptr, stream)
+           : launch_bwd<Traits, false, true>(p, dsum, dq_accum, nullptr, stream);
+    else if (det)
+      drop ? launch_bwd<Traits, true, false, true>(p, dsum, dq_accum, turns, stream)
+           : launch_bwd<Traits, false, false, true>(p, dsum, dq_accum, turns, stream);
     else
-      drop ? launch_bwd<Traits, true, false>(p, dsum, dq_accum, stream)
-           : launch_bwd<Traits, false, false>(p, dsum, dq_accum, stream);
+      drop ? launch_bwd<Traits, true, false>(p, dsum, dq_accum, nullptr, stream)
+           : launch_bwd<Traits, false, false>(p, dsum, dq_accum, nullptr, stream);
   }
   if (p.s_q > 0) launch_dq_convert<T>(p, dq_accum, D, stream);
 }
