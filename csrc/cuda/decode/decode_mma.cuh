@@ -57,7 +57,7 @@ struct MmaConfig {
   // Pipeline depth. Shallow (fits sm_80's 163 KB): 4 x 18 KB (d 64), 3 x 34 KB (d 128, two
   // blocks per sm_90 SM), 2 x 66 KB (d 256). Deep (sm_90 only): the stages that fill the block's
   // budget, so kStages - 1 tiles are in flight while one is computed: d 128 takes a whole SM
-  // (6 x 34 KB, one block: 5 tiles = 170 KB in flight per SM against 2 x 2 x 34 KB shallow), d 64
+  // (6 x 34 KB, one block: 5 tiles = 174 KB in flight per SM against 2 x 2 x 34 KB shallow), d 64
   // half of one (5-6 x 18 KB, two blocks), d 256 three stages (two tiles in flight, not one).
   static constexpr int kDeepBudget = D <= 64 ? kSm90SmemHalfSm : kSm90SmemPerBlock;
   static constexpr int kDeepStages = (kDeepBudget - kFixedBytes) / kStageBytes < kMaxDeepStages
