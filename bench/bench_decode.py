@@ -13,7 +13,8 @@ Timing: every call is captured in a CUDA graph, R calls on R different cache cop
 --iters replays divided by R. η = (bytes of K and V read + q and out) / 4.8 TB/s ÷ time.
 
 --kernels simt,mma runs paddle_te's attention kernels side by side (PTE_DECODE_KERNEL, read at
-each call, so at capture time for a graph); one column per kernel and page size. --splits N forces
+each call, so at capture time for a graph); one column per kernel and page size. An entry may set
+the pipeline and the combine's launch too: mma@PTE_DECODE_PIPELINE=shallow, mma@PTE_DECODE_PDL=0. --splits N forces
 num_splits (0 = the kernel's automatic choice) to probe the split heuristic.
 
 Prints a markdown table last; --csv writes every measurement; --check compares paddle_te with
@@ -149,9 +150,22 @@ def flex_fn(torch, q, k, v):
     return lambda: f(q, k, v, enable_gqa=gqa)
 
 
+# Variables a --kernels entry may set after '@' (decode_api.cu reads them at every call).
+KERNEL_VARS = ("PTE_DECODE_PIPELINE", "PTE_DECODE_PDL")
+
+
 def set_kernel(kernel):
-    """PTE_DECODE_KERNEL for the following paddle_te calls (auto, simt or mma)."""
-    os.environ["PTE_DECODE_KERNEL"] = kernel
+    """PTE_DECODE_KERNEL for the following paddle_te calls (auto, simt or mma), and the variables
+    of an entry such as mma@PTE_DECODE_PIPELINE=shallow@PTE_DECODE_PDL=0 (unset: the defaults)."""
+    name, *assigns = kernel.split("@")
+    for var in KERNEL_VARS:
+        os.environ.pop(var, None)
+    os.environ["PTE_DECODE_KERNEL"] = name
+    for a in assigns:
+        var, _, value = a.partition("=")
+        if var not in KERNEL_VARS:
+            sys.exit(f"--kernels entry {kernel!r}: {var} is not one of {', '.join(KERNEL_VARS)}")
+        os.environ[var] = value
 
 
 def check_small(core, torch, kernel):
@@ -188,7 +202,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--flex", action="store_true", help="also flex_attention (torch.compile)")
     ap.add_argument("--kernels", default="auto",
-                    help="paddle_te decode kernels side by side: comma-separated auto, simt, mma")
+                    help="paddle_te decode kernels side by side: comma-separated auto, simt, mma, "
+                         "each optionally with @PTE_DECODE_PIPELINE=shallow|deep, @PTE_DECODE_PDL=0")
     ap.add_argument("--splits", type=int, default=0, help="num_splits for ours (0 = automatic)")
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--csv", default=None)

@@ -169,7 +169,9 @@ def attention_cases(core, A):
 
 
 def decode_cases(core, A):
-    """decode_attn (SPEC §10), both attention kernels (PTE_DECODE_KERNEL=simt and mma): paged
+    """decode_attn (SPEC §10), both attention kernels (PTE_DECODE_KERNEL=simt and mma, the latter
+    with both K/V pipelines, PTE_DECODE_PIPELINE=deep where the device takes it and shallow; the
+    combine as a programmatic dependent launch on sm_90): paged
     caches with an odd page size and with pages of one key, GQA, s_q = 3 (two simt row chunks; one
     padded mma tile) and s_q = 5 with a group of 8 (40 rows: two mma chunks of 32), forced and
     automatic splits (more splits than key tiles), a window; then bad values (lengths past the
@@ -177,10 +179,12 @@ def decode_cases(core, A):
     memory out of bounds."""
     g = np.random.default_rng(5)
     b, h, h_kv, d = 2, 8, 2, 128
-    saved = os.environ.get("PTE_DECODE_KERNEL")
+    names = ("PTE_DECODE_KERNEL", "PTE_DECODE_PIPELINE")
+    saved = {n: os.environ.get(n) for n in names}
     try:
-        for kernel in ("simt", "mma"):
+        for kernel, pipeline in (("simt", "auto"), ("mma", "auto"), ("mma", "shallow")):
             os.environ["PTE_DECODE_KERNEL"] = kernel
+            os.environ["PTE_DECODE_PIPELINE"] = pipeline
             for s_q, h, page, pps in ((3, 8, 7, 40), (5, 16, 1, 260)):
                 table = g.permutation(b * pps).reshape(b, pps).astype(np.int32)
                 kc = A.half(g.standard_normal((b * pps, page, h_kv, d)), "float16")
@@ -209,10 +213,11 @@ def decode_cases(core, A):
             core.decode_attn(q, kc, vc, A.dev(np.asarray([299, 0], np.int32)), out)
             A.sync()
     finally:
-        if saved is None:
-            os.environ.pop("PTE_DECODE_KERNEL", None)
-        else:
-            os.environ["PTE_DECODE_KERNEL"] = saved
+        for n, v in saved.items():
+            if v is None:
+                os.environ.pop(n, None)
+            else:
+                os.environ[n] = v
 
 
 def flashmask_cases(core, A):

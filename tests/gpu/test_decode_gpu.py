@@ -1,6 +1,10 @@
 """CUDA decode_attn (SPEC §10) through paddle_te_core on torch tensors, against tests/reference.py.
 
-Both attention kernels run every case (PTE_DECODE_KERNEL=simt: CUDA cores; mma: tensor cores).
+Both attention kernels run every case (PTE_DECODE_KERNEL=simt: CUDA cores; mma: tensor cores),
+the tensor-core one with both K/V pipelines (PTE_DECODE_PIPELINE: auto is the deep one on sm_90,
+"mma-shallow" the sm_80-sized one). On sm_90 every split launch runs its combine as a
+programmatic dependent launch (PDL); the PDL tests compare it with the plain launch
+(PTE_DECODE_PDL=0) bit for bit, eagerly and under CUDA-graph capture and replay.
 Grid: float16/bfloat16, head dims 64/128/256, GQA groups (MHA, 4, 8, MQA), s_q 1..16 (rows per
 block: simt 1..8 and several row chunks; mma one or two m16 tiles, padded, and several chunks),
 contiguous and paged caches (page sizes 1, 7, 16, 64, 256, shuffled page tables; pages smaller
@@ -21,14 +25,17 @@ from gpu_util import to_numpy64
 
 DTYPES = ("float16", "bfloat16")
 FLOOR = {"float16": 2e-3, "bfloat16": 1e-2}
-KERNELS = ("simt", "mma")
+# name: (PTE_DECODE_KERNEL, PTE_DECODE_PIPELINE)
+KERNELS = {"simt": ("simt", "auto"), "mma": ("mma", "auto"), "mma-shallow": ("mma", "shallow")}
 
 
-@pytest.fixture(params=KERNELS)
+@pytest.fixture(params=list(KERNELS))
 def kernel(request, monkeypatch):
-    """The attention kernel under test (csrc/cuda/decode/decode_api.cu reads the variable at every
-    call)."""
-    monkeypatch.setenv("PTE_DECODE_KERNEL", request.param)
+    """The attention kernel and pipeline under test (csrc/cuda/decode/decode_api.cu reads the
+    variables at every call)."""
+    name, pipeline = KERNELS[request.param]
+    monkeypatch.setenv("PTE_DECODE_KERNEL", name)
+    monkeypatch.setenv("PTE_DECODE_PIPELINE", pipeline)
     return request.param
 
 
@@ -218,6 +225,165 @@ def test_decode_cuda_graph_replay(core, torch, kernel, page, s_q):
         g.replay()
         torch.cuda.synchronize()
         _check(torch, c, "bfloat16", {"k_cache": kc, "v_cache": vc}, out, lse)
+
+
+def _graph_step(core, torch, *, b, s_q, h, h_kv, d, cap, page, num_splits, rng):
+    """Device buffers of one decoding step and a CUDA graph capturing it (warm-up outside the
+    capture, on a side stream)."""
+    dt = torch.bfloat16
+    t = {"q": torch.zeros((b, s_q, h, d), dtype=dt, device="cuda"),
+         "k_new": torch.zeros((b, s_q, h_kv, d), dtype=dt, device="cuda"),
+         "v_new": torch.zeros((b, s_q, h_kv, d), dtype=dt, device="cuda"),
+         "seqlens": torch.zeros((b,), dtype=torch.int32, device="cuda"),
+         "out": torch.zeros((b, s_q, h, d), dtype=dt, device="cuda"),
+         "lse": torch.zeros((b, h, s_q), dtype=torch.float32, device="cuda")}
+    if page is None:
+        shape, table = (b, cap, h_kv, d), None
+    else:
+        pps = cap // page
+        shape = (b * pps, page, h_kv, d)
+        table = rng.permutation(b * pps).reshape(b, pps).astype(np.int32)
+    t["k_cache"] = _dev(torch, rng.standard_normal(shape), "bfloat16")
+    t["v_cache"] = _dev(torch, rng.standard_normal(shape), "bfloat16")
+    t["block_table"] = None if table is None else _dev(torch, table)
+
+    def call(stream):
+        core.decode_attn(t["q"], t["k_cache"], t["v_cache"], t["seqlens"], t["out"],
+                         k_new=t["k_new"], v_new=t["v_new"], block_table=t["block_table"],
+                         lse=t["lse"], num_splits=num_splits, stream=stream)
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        call(s.cuda_stream)
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        call(torch.cuda.current_stream().cuda_stream)
+    return t, table, g
+
+
+@pytest.mark.parametrize("num_splits", [0, 2, 13, 64, 256])
+@pytest.mark.parametrize("page", [None, 16, 1])
+def test_decode_pdl_graph_replay(core, torch, kernel, monkeypatch, num_splits, page):
+    """The combine as a programmatic dependent launch (sm_90; plain elsewhere) captured in a CUDA
+    graph next to one captured with PTE_DECODE_PDL=0: every replay with new cache_seqlens and
+    inputs equals the reference, and the two graphs agree bit for bit (the combine waits for every
+    partial; a premature read would show as a difference). Forced split counts from 2 to the
+    most the combine takes, and the automatic one, at b = 1 (the latency case's shape: 32 / 4
+    heads, 1k keys) and paged caches of 16- and 1-key pages."""
+    b, s_q, h, h_kv, d, cap = 1, 1, 32, 4, 128, 1024
+    graphs = {}
+    for pdl in ("1", "0"):
+        monkeypatch.setenv("PTE_DECODE_PDL", pdl)
+        graphs[pdl] = _graph_step(core, torch, b=b, s_q=s_q, h=h, h_kv=h_kv, d=d, cap=cap,
+                                  page=page, num_splits=num_splits,
+                                  rng=np.random.default_rng(31))
+    rng = np.random.default_rng(32)
+    for lens in ([1023], [0], [1], [64], [129], [700]):
+        c = {"q": rng.standard_normal((b, s_q, h, d)),
+             "k_new": rng.standard_normal((b, s_q, h_kv, d)),
+             "v_new": rng.standard_normal((b, s_q, h_kv, d)),
+             "cache_seqlens": np.asarray(lens, dtype=np.int32)}
+        results = {}
+        for pdl, (t, table, g) in graphs.items():
+            cc = dict(c, k_cache=to_numpy64(t["k_cache"]), v_cache=to_numpy64(t["v_cache"]))
+            if table is not None:
+                cc["block_table"] = table
+            t["q"].copy_(_dev(torch, c["q"], "bfloat16"))
+            t["k_new"].copy_(_dev(torch, c["k_new"], "bfloat16"))
+            t["v_new"].copy_(_dev(torch, c["v_new"], "bfloat16"))
+            t["seqlens"].copy_(_dev(torch, c["cache_seqlens"]))
+            t["out"].fill_(float("nan"))
+            t["lse"].fill_(float("nan"))
+            g.replay()
+            torch.cuda.synchronize()
+            _check(torch, cc, "bfloat16", t, t["out"], t["lse"])
+            results[pdl] = (t["out"].clone(), t["lse"].clone())
+        assert torch.equal(results["1"][0], results["0"][0]), "PDL and plain combine differ (out)"
+        assert torch.equal(results["1"][1], results["0"][1]), "PDL and plain combine differ (lse)"
+
+
+@pytest.mark.parametrize("num_splits", [0, 7, 128])
+def test_decode_pdl_back_to_back(core, torch, kernel, monkeypatch, num_splits):
+    """Many decoding steps in a row on one stream without a host sync (eager and as graph
+    replays), each step's attention kernel overwriting the partials the previous step's combine
+    reads: every step must equal the same steps run with PTE_DECODE_PDL=0, bit for bit."""
+    rng = np.random.default_rng(41)
+    b, s_q, h, h_kv, d, steps = 2, 2, 16, 2, 128, 12
+    base = _case(rng, b=b, s_q=s_q, h=h, h_kv=h_kv, d=d, lens=(300, 1999), page_size=16,
+                 spare=steps * s_q)
+    qs = [_dev(torch, rng.standard_normal((b, s_q, h, d)), "bfloat16") for _ in range(steps)]
+    got = {}
+    for pdl in ("1", "0"):
+        monkeypatch.setenv("PTE_DECODE_PDL", pdl)
+        t = {k: (_dev(torch, v, "bfloat16") if v.dtype == np.float64 else _dev(torch, v))
+             for k, v in base.items()}
+        outs = [torch.empty((b, s_q, h, d), dtype=torch.bfloat16, device="cuda")
+                for _ in range(steps)]
+        lses = [torch.empty((b, h, s_q), dtype=torch.float32, device="cuda")
+                for _ in range(steps)]
+        stream = torch.cuda.current_stream().cuda_stream
+        for i in range(steps):  # the cache grows by s_q per step (appended in place)
+            seqlens = t["cache_seqlens"] + i * s_q
+            core.decode_attn(qs[i], t["k_cache"], t["v_cache"], seqlens, outs[i],
+                             k_new=t["k_new"], v_new=t["v_new"], block_table=t["block_table"],
+                             lse=lses[i], num_splits=num_splits, stream=stream)
+        torch.cuda.synchronize()
+        got[pdl] = (outs, lses, t["k_cache"].clone(), t["v_cache"].clone())
+    for i in range(steps):
+        assert torch.equal(got["1"][0][i], got["0"][0][i]), f"step {i}: out differs"
+        assert torch.equal(got["1"][1][i], got["0"][1][i]), f"step {i}: lse differs"
+    assert torch.equal(got["1"][2], got["0"][2]) and torch.equal(got["1"][3], got["0"][3])
+    # The last step against the reference (the cache as the earlier steps left it).
+    c = dict(base, q=to_numpy64(qs[-1]),
+             cache_seqlens=base["cache_seqlens"] + (steps - 1) * s_q)
+    c["k_cache"] = to_numpy64(got["0"][2])
+    c["v_cache"] = to_numpy64(got["0"][3])
+    s = _stored(torch, c, "bfloat16")
+    out_r, _, _, _ = ref.decode_attn(s["q"], s["k_cache"], s["v_cache"], s["cache_seqlens"],
+                                     k_new=s["k_new"], v_new=s["v_new"],
+                                     block_table=s["block_table"])
+    naive, _, _, _ = ref.decode_attn(s["q"], s["k_cache"], s["v_cache"], s["cache_seqlens"],
+                                     k_new=s["k_new"], v_new=s["v_new"],
+                                     block_table=s["block_table"], compute_dtype=np.float32)
+    naive = to_numpy64(torch.from_numpy(naive).to(torch.bfloat16))
+    ref.assert_close_fa(to_numpy64(got["0"][0][-1]), out_r, naive, FLOOR["bfloat16"])
+
+
+@pytest.mark.parametrize("shape", [
+    # (b, s_q, h, h_kv, d, lens, page): long caches split many ways by the automatic count
+    (1, 1, 32, 8, 128, (16383,), None),      # 1x16k 32/8 (the bandwidth case), scaled to one call
+    (1, 1, 32, 8, 128, (16000,), 256),
+    (1, 4, 32, 8, 128, (9000,), 16),         # s_q 4: 16 rows, one m16 tile
+    (2, 1, 8, 1, 128, (32767, 5), 64),       # MQA, one long and one short sequence
+    (1, 1, 16, 4, 64, (20000,), None),       # d 64 (deep: two blocks per SM)
+    (1, 2, 16, 2, 256, (9999,), 7),          # d 256 (deep: three stages)
+    (1, 3, 32, 4, 128, (5000,), None),       # 24 rows: two m16 tiles (MT 2)
+])
+def test_decode_long_auto_splits(core, torch, kernel, shape):
+    """Long caches at small batch, where the automatic split count is large and every split
+    streams many key tiles through the (deep) pipeline; contiguous and paged."""
+    b, s_q, h, h_kv, d, lens, page = shape
+    rng = np.random.default_rng(sum(map(ord, repr(shape))))
+    c = _case(rng, b=b, s_q=s_q, h=h, h_kv=h_kv, d=d, lens=lens, page_size=page)
+    t, out, lse = _run(core, torch, c, "bfloat16")
+    _check(torch, c, "bfloat16", t, out, lse)
+
+
+def test_decode_pipeline_variable(core, torch, monkeypatch):
+    """PTE_DECODE_PIPELINE takes auto, shallow or deep; anything else is refused with the reason."""
+    rng = np.random.default_rng(6)
+    c = _case(rng, b=1, s_q=1, h=4, h_kv=2, d=64, lens=(100,))
+    monkeypatch.setenv("PTE_DECODE_KERNEL", "mma")
+    for v in ("auto", "shallow"):
+        monkeypatch.setenv("PTE_DECODE_PIPELINE", v)
+        t, out, lse = _run(core, torch, c, "float16")
+        _check(torch, c, "float16", t, out, lse)
+    monkeypatch.setenv("PTE_DECODE_PIPELINE", "bottomless")
+    with pytest.raises(ValueError, match="PTE_DECODE_PIPELINE must be auto, shallow or deep"):
+        _run(core, torch, c, "float16")
 
 
 def test_decode_bad_values_do_not_fault(core, torch, kernel):

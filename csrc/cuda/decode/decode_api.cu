@@ -18,6 +18,7 @@ using decode::Kernel;
 using decode::Plan;
 
 constexpr int kMinArch = 80;
+constexpr int kSm90 = 90;  // programmatic dependent launch; the deep pipeline's shared memory
 constexpr int kMaxGridYZ = 65535;
 constexpr int kVecElems = 8;  // one 16-byte load of fp16/bf16
 
@@ -28,12 +29,13 @@ constexpr int kTargetBlocksPerSm = 4;
 constexpr int kMinKeysPerSplit = 32;  // short caches (latency case) still spread over many SMs
 constexpr int kMaxAutoSplits = 64;
 
-// Splits of the tensor-core kernel: every split gets at least one key tile of capacity; up to
-// kMmaMaxAutoSplits (b = 1 with one kv head still fills the SMs: 128 x 1k keys of a 128k cache);
-// the fewest splits whose wave efficiency is within kMmaWaveSlack of the best. The slack is
-// tight: in one wave of equal blocks the time is the keys per block, so 0.95 gives up at most
-// 5 % to save splits (each costs a partial-output row per query row and a longer combine).
+// Splits of the tensor-core kernel (mma_splits below): up to kMmaMaxAutoSplits (b = 1 with one kv
+// head still fills the SMs: 128 x 1k keys of a 128k cache), each with at least kMmaMinSplitTiles
+// key tiles of capacity, the fewest whose efficiency is within kMmaWaveSlack of the best. The
+// slack is tight: 0.95 gives up at most 5 % of the streaming time to save splits (each costs a
+// partial-output row per query row and a longer combine).
 constexpr int kMmaMaxAutoSplits = 128;
+constexpr int kMmaMinSplitTiles = 2;
 constexpr double kMmaWaveSlack = 0.95;
 constexpr int kSmemPerBlockReserved = 1024;  // the runtime's own shared memory per block (sm_80+)
 constexpr int kMaxThreadsPerSm = 2048;        // sm_80 / sm_90 (fewer on sm_86/89: a bound only)
@@ -49,39 +51,77 @@ Requested requested_kernel() {
   return Requested::kInvalid;
 }
 
+// PTE_DECODE_PIPELINE=auto|shallow|deep: the tensor-core kernel's K/V pipeline (MmaConfig in
+// decode_mma.cuh). auto takes deep where it fits (sm_90); the others are for benchmarks and
+// tests, which compare the two.
+enum class Pipeline { kAuto, kShallow, kDeep, kInvalid };
+
+Pipeline requested_pipeline() {
+  const char* v = std::getenv("PTE_DECODE_PIPELINE");
+  if (v == nullptr || *v == 0 || std::strcmp(v, "auto") == 0) return Pipeline::kAuto;
+  if (std::strcmp(v, "shallow") == 0) return Pipeline::kShallow;
+  if (std::strcmp(v, "deep") == 0) return Pipeline::kDeep;
+  return Pipeline::kInvalid;
+}
+
+// PTE_DECODE_PDL=0 launches the combine plainly on sm_90 too (benchmarks measure what the
+// programmatic dependent launch saves; tests compare the two); unset or 1: dependent launch.
+bool pdl_enabled(int device_id) {
+  const char* v = std::getenv("PTE_DECODE_PDL");
+  return device_arch(device_id) >= kSm90 && (v == nullptr || std::strcmp(v, "0") != 0);
+}
+
 int64_t group_rows(const DecodeProblem& p) { return (p.h / p.h_kv) * p.s_q; }
 
-// Dynamic shared memory of the tensor-core kernel for head dim d and `tiles` m16 tiles.
-int mma_smem(int64_t d, int tiles) {
+template <bool Deep>
+int mma_smem_of(int64_t d, int tiles) {
   using E = __half;  // 2 bytes, as __nv_bfloat16
   switch (d) {
-    case 64: return tiles == 1 ? decode::MmaConfig<64, 1>::smem_bytes<E>()
-                               : decode::MmaConfig<64, 2>::smem_bytes<E>();
-    case 128: return tiles == 1 ? decode::MmaConfig<128, 1>::smem_bytes<E>()
-                                : decode::MmaConfig<128, 2>::smem_bytes<E>();
-    case 256: return decode::MmaConfig<256, 1>::smem_bytes<E>();
+    case 64: return tiles == 1 ? decode::MmaConfig<64, 1, Deep>::template smem_bytes<E>()
+                               : decode::MmaConfig<64, 2, Deep>::template smem_bytes<E>();
+    case 128: return tiles == 1 ? decode::MmaConfig<128, 1, Deep>::template smem_bytes<E>()
+                                : decode::MmaConfig<128, 2, Deep>::template smem_bytes<E>();
+    case 256: return decode::MmaConfig<256, 1, Deep>::template smem_bytes<E>();
     default: return INT_MAX;
   }
+}
+
+// Dynamic shared memory of the tensor-core kernel for head dim d, `tiles` m16 tiles and the
+// pipeline (deep or shallow).
+int mma_smem(int64_t d, int tiles, bool deep) {
+  return deep ? mma_smem_of<true>(d, tiles) : mma_smem_of<false>(d, tiles);
 }
 
 int mma_tiles(const DecodeProblem& p) {
   return decode::mma_tiles(int(std::min<int64_t>(group_rows(p), INT_MAX)), int(p.d));
 }
 
-bool mma_fits(const DecodeProblem& p) {
-  return mma_smem(p.d, mma_tiles(p)) <= max_smem_optin(p.device_id);
+bool mma_fits(const DecodeProblem& p, bool deep) {
+  return mma_smem(p.d, mma_tiles(p), deep) <= max_smem_optin(p.device_id);
+}
+
+// The deep pipeline where asked for, or under auto on sm_90 (its budget is an sm_90 block's).
+bool mma_deep(const DecodeProblem& p) {
+  const Pipeline req = requested_pipeline();
+  if (req == Pipeline::kShallow) return false;
+  if (req == Pipeline::kDeep) return true;
+  return device_arch(p.device_id) >= kSm90 && mma_fits(p, true);
 }
 
 // The attention kernel and its rows per block. auto: the tensor-core kernel wherever its shared
 // memory fits (every sm_80/sm_90 part; not the 99 KB of sm_86/sm_89 at d >= 128). It does the
 // same arithmetic per key for 1 row as for 16, well under the bandwidth budget either way, and
 // keeps 2-3 tiles of K/V in flight per block where the CUDA-core kernel issues two key steps;
-// the CUDA-core kernel stays selectable (PTE_DECODE_KERNEL=simt) for comparison.
+// the CUDA-core kernel stays selectable (PTE_DECODE_KERNEL=simt) for comparison. On sm_90 the
+// tensor-core kernel takes the deep K/V pipeline (mma_deep) and either kernel's combine is a
+// programmatic dependent launch (pdl_enabled).
 Plan plan(const DecodeProblem& p) {
   const Requested req = requested_kernel();
-  if (req == Requested::kMma || (req == Requested::kAuto && mma_fits(p)))
-    return {Kernel::kMma, 16 * mma_tiles(p)};
-  return {Kernel::kSimt, decode::rows_per_block(int(std::min<int64_t>(group_rows(p), INT_MAX)))};
+  const bool pdl = pdl_enabled(p.device_id);
+  if (req == Requested::kMma || (req == Requested::kAuto && mma_fits(p, false)))
+    return {Kernel::kMma, 16 * mma_tiles(p), mma_deep(p), pdl};
+  return {Kernel::kSimt, decode::rows_per_block(int(std::min<int64_t>(group_rows(p), INT_MAX))),
+          false, pdl};
 }
 
 bool vec_ok(const void* p, const Strides& st) {
@@ -161,9 +201,17 @@ const char* decode_check(const DecodeProblem& p) {
   if (req == Requested::kInvalid)
     return "PTE_DECODE_KERNEL must be auto, simt or mma (the environment variable that picks "
            "the decode kernel)";
-  if (req == Requested::kMma && !mma_fits(p))
+  if (req == Requested::kMma && !mma_fits(p, false))
     return "PTE_DECODE_KERNEL=mma: the tensor-core decode kernel needs more shared memory for "
            "this head dim than the device allows per block (use auto or simt)";
+  const Pipeline pipe = requested_pipeline();
+  if (pipe == Pipeline::kInvalid)
+    return "PTE_DECODE_PIPELINE must be auto, shallow or deep (the environment variable that "
+           "picks the tensor-core decode kernel's K/V pipeline)";
+  if (pipe == Pipeline::kDeep && req != Requested::kSimt && mma_fits(p, false) &&
+      !mma_fits(p, true))
+    return "PTE_DECODE_PIPELINE=deep: the deep K/V pipeline needs more shared memory than the "
+           "device allows per block (sm_90's 227 KB; use auto or shallow)";
   return "";
 }
 
@@ -180,26 +228,38 @@ int32_t simt_splits(const DecodeProblem& p, const Plan& pl) {
   return int32_t(splits < 1 ? 1 : splits);
 }
 
-// Tensor-core kernel: blocks are heavy (2-3 K/V tiles of 8-35 KB in flight each), so the grid
-// is sized in resident-block slots (SMs x blocks that fit an SM's shared memory). A split count
-// s gives base * s blocks, i.e. w = base * s / slots waves; its efficiency w / ceil(w) is the
-// fraction of the slots busy on average. Small batches get many splits (b = 1, 8 kv heads: 32
-// splits of a 16k cache on 132 SMs x 2), large ones none (64 x 8 kv heads: 1). Every split
-// keeps at least one 64-key tile of capacity, so a short cache is not cut into empty blocks
-// (latency case, 1k keys x 4 kv heads: 16 splits of one tile each).
+// Tensor-core kernel. Blocks are heavy (several K/V tiles of 18-66 KB in flight each), so the
+// grid is sized in resident-block slots: SMs x the blocks that fit an SM (shallow d 128: 132 x 2;
+// deep d 128: 132 x 1, one block owns an SM's shared memory). A split count s gives base * s
+// blocks of ceil(tiles / s) key tiles each (tiles: the capacity in 64-key tiles), run in
+// ceil(base * s / slots) waves, so the streaming time is waves x tiles per split; the best
+// possible is base x tiles / slots, and their ratio is the efficiency. It counts both the idle
+// slots of a last partial wave and the rounding of a split to whole tiles (16k keys over 8 kv
+// heads, deep: 16 splits of 16 tiles fill 128 of 132 SMs, 17 would start a second wave).
+//
+// A split gets at least kMmaMinSplitTiles tiles of capacity. Short caches are latency-bound, not
+// bandwidth-bound: a block issues its first kStages - 1 tiles before it waits on any, so a
+// split of 2 tiles costs the same one memory round trip as a split of 1, while 1-tile splits
+// double the blocks, the partial rows written and the combine's reads. Beyond 2, a split would
+// start to wait on its own SM's load rate (a tile is 34 KB at d 128). The latency case (b = 1,
+// 1k keys, 4 kv heads) so takes 8 splits of 2 tiles (32 blocks), not 16 of one; the one
+// combine launch behind it overlaps the attention on sm_90 (programmatic dependent launch).
 int32_t mma_splits(const DecodeProblem& p, const Plan& pl) {
   const int64_t base = p.b * p.h_kv * row_chunks(p, pl);
   if (base == 0) return 1;
-  const int smem = mma_smem(p.d, pl.tile_rows / 16) + kSmemPerBlockReserved;
+  const int smem = mma_smem(p.d, pl.tile_rows / 16, pl.deep) + kSmemPerBlockReserved;
   const int per_sm =
       std::max(1, std::min(smem_per_sm(p.device_id) / smem, kMaxThreadsPerSm / decode::kThreads));
   const int64_t slots = int64_t(sm_count(p.device_id)) * per_sm;
   constexpr int64_t kTileKeys = decode::MmaConfig<64, 1>::BN;  // the same for every config
-  const int64_t by_len = (p.capacity + kTileKeys - 1) / kTileKeys;
+  const int64_t tiles = std::max<int64_t>(1, (p.capacity + kTileKeys - 1) / kTileKeys);
+  const int64_t by_len = (tiles + kMmaMinSplitTiles - 1) / kMmaMinSplitTiles;
   const int64_t max_splits = std::max<int64_t>(1, std::min<int64_t>(kMmaMaxAutoSplits, by_len));
   auto efficiency = [&](int64_t s) {
-    const double waves = double(base * s) / double(slots);
-    return waves / std::ceil(waves);
+    const double ideal = double(base) * double(tiles) / double(slots);
+    const int64_t waves = (base * s + slots - 1) / slots;
+    const int64_t per_split = (tiles + s - 1) / s;
+    return ideal / double(waves * per_split);
   };
   double best = 0.0;
   for (int64_t s = 1; s <= max_splits; ++s) best = std::max(best, efficiency(s));

@@ -37,10 +37,14 @@ constexpr int kMaxCombineSplits = 256;
 enum class Kernel { kSimt, kMma };
 
 // What the host decided for one call: the kernel and the rows (query head of a GQA group x query
-// position) one block holds: 1, 2, 4 or 8 for kSimt, 16 or 32 (one or two m16 tiles) for kMma.
+// position) one block holds: 1, 2, 4 or 8 for kSimt, 16 or 32 (one or two m16 tiles) for kMma;
+// for kMma the K/V pipeline (deep: as many stages as an sm_90 block's shared memory takes); and
+// whether the combine is launched as a programmatic dependent of the attention kernel (sm_90).
 struct Plan {
   Kernel kernel;
   int tile_rows;
+  bool deep = false;
+  bool pdl = false;
 };
 
 // Everything the kernels read; element strides, head dim contiguous.
@@ -65,6 +69,23 @@ struct Args {
   float* part_o;     // [num_splits, b*h*s_q, d_v] (num_splits > 1)
   float* part_lse;   // [num_splits, b*h*s_q]
 };
+
+// Programmatic dependent launch (sm_90+). The attention kernel lets the combine kernel (launched
+// with cudaLaunchAttributeProgrammaticStreamSerialization) start while its own blocks still run,
+// so the second launch's latency and the combine's prologue hide behind the attention; the
+// combine then waits, before it reads a partial result, for the attention grid to complete and
+// its memory to be visible. Both are no-ops when the launch carried no such attribute, and are
+// compiled out for sm_80 (where the host never asks for it: decode_api.cu).
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait_primary() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
 
 // Cached length of sequence bi before the append (clamped to [0, capacity]) and its key count
 // after the append (clamped to the capacity).

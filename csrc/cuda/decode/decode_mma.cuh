@@ -5,7 +5,8 @@
 // rows of a chunk, m = i * group + g (query position i, query head hk * group + g) of one kv head,
 // are the M dimension of the tiles: kRows = 16 * MT of them, padded with zero rows of q. The
 // split's keys stream through shared memory in tiles of BN = 64 keys (a kStages-deep cp.async
-// pipeline, one barrier per tile); warp w owns keys [16 w, 16 w + 16) of every tile:
+// pipeline, one barrier per tile; Deep: as many stages as an sm_90 block's shared memory holds,
+// see MmaConfig); warp w owns keys [16 w, 16 w + 16) of every tile:
 //   S = Q K^T     [kRows x 16]  (MT x 2 m16n8 accumulators, Q and K from shared memory),
 //   online softmax on S in registers (cuda/attn/softmax.h, log2 domain),
 //   O += P V      [kRows x D]   (P is exactly one k16 A operand).
@@ -37,16 +38,34 @@ namespace pte {
 namespace cuda {
 namespace decode {
 
-template <int D_, int MT_>
+// Shared memory an sm_90 block may take (227 KiB opt-in), and half an sm_90 SM less the runtime's
+// 1 KiB per block (two resident blocks).
+constexpr int kSm90SmemPerBlock = 227 * 1024;
+constexpr int kSm90SmemHalfSm = 228 * 1024 / 2 - 1024;
+constexpr int kMaxDeepStages = 8;
+
+template <int D_, int MT_, bool Deep_ = false>
 struct MmaConfig {
   static constexpr int D = D_, MT = MT_;
+  static constexpr bool Deep = Deep_;
   static constexpr int kRows = 16 * MT;    // rows per block (M)
   static constexpr int kWarpKeys = 16;     // keys per warp and tile: one k16 step of P V
   static constexpr int BN = kWarps * kWarpKeys;
   static constexpr int S = flash::TileGeom<D>::kStride;  // smem row stride, elements (D + 8)
-  // Pipeline depth from the shared-memory budget: 4 x 18 KB (d 64), 3 x 34 KB (d 128, two blocks
-  // per SM on sm_90), 2 x 66 KB (d 256); every one fits sm_80's 163 KB.
-  static constexpr int kStages = D <= 64 ? 4 : (D <= 128 ? 3 : 2);
+  static constexpr int kStageBytes = 2 * BN * S * 2 + kWarps * 4;  // K + V (2-byte T) + bad bits
+  static constexpr int kFixedBytes = 16 * MT * S * 2 + 2 * kWarps * 16 * MT * 4;  // q, merge stats
+  // Pipeline depth. Shallow (fits sm_80's 163 KB): 4 x 18 KB (d 64), 3 x 34 KB (d 128, two
+  // blocks per sm_90 SM), 2 x 66 KB (d 256). Deep (sm_90 only): the stages that fill the block's
+  // budget, so kStages - 1 tiles are in flight while one is computed: d 128 takes a whole SM
+  // (6 x 34 KB, one block: 5 tiles = 174 KB in flight per SM against 2 x 2 x 34 KB shallow), d 64
+  // half of one (5-6 x 18 KB, two blocks), d 256 three stages (two tiles in flight, not one).
+  static constexpr int kDeepBudget = D <= 64 ? kSm90SmemHalfSm : kSm90SmemPerBlock;
+  static constexpr int kDeepStages = (kDeepBudget - kFixedBytes) / kStageBytes < kMaxDeepStages
+                                         ? (kDeepBudget - kFixedBytes) / kStageBytes
+                                         : kMaxDeepStages;
+  static constexpr int kStages = Deep ? kDeepStages : (D <= 64 ? 4 : (D <= 128 ? 3 : 2));
+  static_assert(kStages >= 2, "pipeline depth");
+  static_assert(!Deep || kFixedBytes + kStages * kStageBytes <= kDeepBudget, "deep budget");
   static constexpr int kChunks = D / 8;                       // 16-byte chunks per key row
   static constexpr int kRowsPerWarpPass = 32 / kChunks;       // key rows a warp copies per pass
   static constexpr int kRowsPerPass = kWarps * kRowsPerWarpPass;
@@ -75,9 +94,9 @@ constexpr int kSrcNone = -1;  // nothing to read: zero-filled (past the split, o
 constexpr int kSrcNew = -2;   // row `idx` of k_new / v_new
 // >= 0: page (paged) or sequence (contiguous) `src`, row `idx` within it.
 
-template <typename T, int D, int MT>
+template <typename T, int D, int MT, bool Deep>
 __global__ void __launch_bounds__(kThreads) mma_kernel(Args<T> a) {
-  using Cfg = MmaConfig<D, MT>;
+  using Cfg = MmaConfig<D, MT, Deep>;
   constexpr int S = Cfg::S, BN = Cfg::BN, kRows = Cfg::kRows, kStages = Cfg::kStages;
   constexpr int kChunks = Cfg::kChunks, kRpw = Cfg::kRowsPerWarpPass;
   constexpr int kRowsPerPass = Cfg::kRowsPerPass, kPasses = Cfg::kPasses;
@@ -94,6 +113,7 @@ __global__ void __launch_bounds__(kThreads) mma_kernel(Args<T> a) {
   float* s_l = s_m + kWarps * kRows;                                      // [kWarps][kRows]
   float* s_o = reinterpret_cast<float*>(sK);  // [kWarps][kRows][MS], after the key loop
 
+  pdl_launch_dependents();  // the combine (if any) may be scheduled; it waits for this grid
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, c = lane % 4;
   const int chunk = blockIdx.x % a.row_chunks;
   const int split = blockIdx.x / a.row_chunks;

@@ -54,6 +54,7 @@ __global__ void __launch_bounds__(kThreads) simt_kernel(Args<T> a) {
   constexpr int kKeysPerStep = 32 / kLanesPerKey;
   static_assert(kLanesPerKey >= 1 && kLanesPerKey <= 32 && 32 % kLanesPerKey == 0, "head dim");
 
+  pdl_launch_dependents();  // the combine (if any) may be scheduled; it waits for this grid
   const int chunk = blockIdx.x % a.row_chunks;
   const int split = blockIdx.x / a.row_chunks;
   const int hk = blockIdx.y, bi = blockIdx.z;
