@@ -207,7 +207,11 @@ def test_backward_repeatable(core, variant, case):
     for _ in range(3):
         again = run(core, case, variant, deterministic=True, inputs=inputs, check=False)
         for n in ("out", "lse", "dq", "dk", "dv"):
-            assert torch.equal(first[n], again[n]), f"{n}: deterministic=True is not bitwise repeatable"
+            # Bytes, not values: thd tails the kernels never write keep their NaN poison, which
+            # torch.equal would call unequal to itself.
+            assert torch.equal(first[n].contiguous().view(torch.uint8),
+                               again[n].contiguous().view(torch.uint8)), \
+                f"{n}: deterministic=True is not bitwise repeatable"
     if not variant.dkdv_bitwise_nondeterministic:
         return
     dq0 = first["dq"].float()

@@ -100,21 +100,20 @@ bool mma_fits(const DecodeProblem& p, bool deep) {
   return mma_smem(p.d, mma_tiles(p), deep) <= max_smem_optin(p.device_id);
 }
 
-// The deep pipeline where asked for, or under auto on sm_90 (its budget is an sm_90 block's).
+// The deep pipeline only where asked for (PTE_DECODE_PIPELINE=deep). Measured on the H200
+// (2026-12-04, bench_decode.py, d = 128): one deep block per SM (6 stages, 209 KB) reached
+// η 0.39-0.52 where two shallow blocks per SM reached 0.58-0.81 on the same cases: the second
+// block's warps, not more bytes per block, keep the loads coming.
 bool mma_deep(const DecodeProblem& p) {
-  const Pipeline req = requested_pipeline();
-  if (req == Pipeline::kShallow) return false;
-  if (req == Pipeline::kDeep) return true;
-  return device_arch(p.device_id) >= kSm90 && mma_fits(p, true);
+  return requested_pipeline() == Pipeline::kDeep && mma_fits(p, true);
 }
 
 // The attention kernel and its rows per block. auto: the tensor-core kernel wherever its shared
 // memory fits (every sm_80/sm_90 part; not the 99 KB of sm_86/sm_89 at d >= 128). It does the
 // same arithmetic per key for 1 row as for 16, well under the bandwidth budget either way, and
 // keeps 2-3 tiles of K/V in flight per block where the CUDA-core kernel issues two key steps;
-// the CUDA-core kernel stays selectable (PTE_DECODE_KERNEL=simt) for comparison. On sm_90 the
-// tensor-core kernel takes the deep K/V pipeline (mma_deep) and either kernel's combine is a
-// programmatic dependent launch (pdl_enabled).
+// the CUDA-core kernel stays selectable (PTE_DECODE_KERNEL=simt) for comparison. On sm_90
+// either kernel's combine is a programmatic dependent launch (pdl_enabled).
 Plan plan(const DecodeProblem& p) {
   const Requested req = requested_kernel();
   const bool pdl = pdl_enabled(p.device_id);
