@@ -170,7 +170,8 @@ def attention_cases(core, A):
 
 def decode_cases(core, A):
     """decode_attn (SPEC §10), both attention kernels (PTE_DECODE_KERNEL=simt and mma, the latter
-    with both K/V pipelines, PTE_DECODE_PIPELINE=deep where the device takes it and shallow; the
+    with both K/V pipelines, the default shallow one and PTE_DECODE_PIPELINE=deep where the device
+    takes it; the
     combine as a programmatic dependent launch on sm_90): paged
     caches with an odd page size and with pages of one key, GQA, s_q = 3 (two simt row chunks; one
     padded mma tile) and s_q = 5 with a group of 8 (40 rows: two mma chunks of 32), forced and
@@ -182,9 +183,19 @@ def decode_cases(core, A):
     names = ("PTE_DECODE_KERNEL", "PTE_DECODE_PIPELINE")
     saved = {n: os.environ.get(n) for n in names}
     try:
-        for kernel, pipeline in (("simt", "auto"), ("mma", "auto"), ("mma", "shallow")):
+        for kernel, pipeline in (("simt", "auto"), ("mma", "auto"), ("mma", "deep")):
             os.environ["PTE_DECODE_KERNEL"] = kernel
             os.environ["PTE_DECODE_PIPELINE"] = pipeline
+            if pipeline == "deep":  # opt-in, sized for sm_90: skipped where the core refuses it
+                probe = A.half(np.zeros((1, 1, 1, d)), "float16")
+                try:
+                    core.decode_attn(probe, probe, probe, A.dev(np.zeros(1, np.int32)),
+                                     A.half(np.zeros((1, 1, 1, d)), "float16"))
+                except ValueError as e:
+                    if "PTE_DECODE_PIPELINE=deep" not in str(e):
+                        raise
+                    print(f"decode_cases: deep pipeline skipped: {e}")
+                    continue
             for s_q, h, page, pps in ((3, 8, 7, 40), (5, 16, 1, 260)):
                 table = g.permutation(b * pps).reshape(b, pps).astype(np.int32)
                 kc = A.half(g.standard_normal((b * pps, page, h_kv, d)), "float16")

@@ -1,8 +1,8 @@
 """CUDA decode_attn (SPEC §10) through paddle_te_core on torch tensors, against tests/reference.py.
 
 Both attention kernels run every case (PTE_DECODE_KERNEL=simt: CUDA cores; mma: tensor cores),
-the tensor-core one with both K/V pipelines (PTE_DECODE_PIPELINE: auto is the deep one on sm_90,
-"mma-shallow" the sm_80-sized one). On sm_90 every split launch runs its combine as a
+the tensor-core one with both K/V pipelines (PTE_DECODE_PIPELINE: auto is the shallow one,
+"mma-deep" the opt-in one that fills an sm_90 block's shared memory; sm_90 only). On sm_90 every split launch runs its combine as a
 programmatic dependent launch (PDL); the PDL tests compare it with the plain launch
 (PTE_DECODE_PDL=0) bit for bit, eagerly and under CUDA-graph capture and replay.
 Grid: float16/bfloat16, head dims 64/128/256, GQA groups (MHA, 4, 8, MQA), s_q 1..16 (rows per
@@ -26,14 +26,16 @@ from gpu_util import to_numpy64
 DTYPES = ("float16", "bfloat16")
 FLOOR = {"float16": 2e-3, "bfloat16": 1e-2}
 # name: (PTE_DECODE_KERNEL, PTE_DECODE_PIPELINE)
-KERNELS = {"simt": ("simt", "auto"), "mma": ("mma", "auto"), "mma-shallow": ("mma", "shallow")}
+KERNELS = {"simt": ("simt", "auto"), "mma": ("mma", "auto"), "mma-deep": ("mma", "deep")}
 
 
 @pytest.fixture(params=list(KERNELS))
-def kernel(request, monkeypatch):
+def kernel(request, monkeypatch, torch):
     """The attention kernel and pipeline under test (csrc/cuda/decode/decode_api.cu reads the
     variables at every call)."""
     name, pipeline = KERNELS[request.param]
+    if pipeline == "deep" and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("PTE_DECODE_PIPELINE=deep: sized for sm_90's shared memory")
     monkeypatch.setenv("PTE_DECODE_KERNEL", name)
     monkeypatch.setenv("PTE_DECODE_PIPELINE", pipeline)
     return request.param
