@@ -65,14 +65,13 @@ MASKS = {
 }
 
 
-def visible_pairs(se, s_q, causal):
-    """Visible (query, key) pairs of int32 [b, m, s_kv, C] (m = 1 here), from the bounds: per
-    column, rows [j if causal else 0, s_q) minus the union of its masked intervals."""
-    se = se.astype(np.int64)
-    b, m, s_kv, C = se.shape
-    j = np.arange(s_kv)[None, None, :]
-    lo = np.minimum(j, s_q) if causal else np.zeros_like(j)
-    hi = np.full_like(lo, s_q)
+def visible_rows(se, s_q, causal, lo, hi):
+    """Per key column, how many rows of [lo, hi) (arrays broadcasting with se[..., 0]) are visible:
+    [lo, hi) cut to the causal rule's rows minus the union of the column's masked intervals."""
+    j = np.arange(se.shape[-2])
+    lo = np.maximum(lo, np.minimum(j, s_q)) if causal else lo
+    lo, hi = np.broadcast_arrays(lo, hi)
+    C = se.shape[-1]
 
     def clip(a, e):  # interval [a, e) inside [lo, hi)
         a, e = np.maximum(a, lo), np.minimum(e, hi)
@@ -89,40 +88,27 @@ def visible_pairs(se, s_q, causal):
     masked = sum(e - a for a, e in ivs)
     if len(ivs) == 2:
         (a1, e1), (a2, e2) = ivs
-        masked -= np.maximum(0, np.minimum(e1, e2) - np.maximum(a1, a2))  # overlap counted once
-    return float((hi - lo - masked).sum()) * (H if m == 1 else 1)
+        masked = masked - np.maximum(0, np.minimum(e1, e2) - np.maximum(a1, a2))  # overlap once
+    return np.maximum(hi - lo, 0) - masked
+
+
+def visible_pairs(se, s_q, causal):
+    """Visible (query, key) pairs of int32 [b, m, s_kv, C] (m = 1 here), from the bounds: per
+    column, rows [j if causal else 0, s_q) minus the union of its masked intervals."""
+    se = se.astype(np.int64)
+    m = se.shape[1]
+    return float(visible_rows(se, s_q, causal, 0, s_q).sum()) * (H if m == 1 else 1)
 
 
 def tile_occupancy(se, s_q, causal, bm=128, bn=128):
     """Visible share of the area of the (bm x bn) tiles a kernel must visit (those holding at least
     one visible pair): the ceiling of a visible-area rate at a given per-tile speed, since visited
-    tiles cost a whole tile's GEMMs. Same bound arithmetic as visible_pairs, per query tile."""
+    tiles cost a whole tile's GEMMs. The rows of visible_pairs, per query tile."""
     se = se.astype(np.int64)[:, 0]  # [b, s_kv, C] (mask heads 1)
-    b, s_kv, C = se.shape
-    j = np.arange(s_kv)[None, :]
+    b, s_kv, _ = se.shape
     n_m = (s_q + bm - 1) // bm
-    rows = np.zeros((b, n_m, s_kv), np.int64)  # visible rows of query tile t in column j
-    for t in range(n_m):
-        lo = np.maximum(np.minimum(j, s_q) if causal else 0, t * bm) + np.zeros((b, 1), np.int64)
-        hi = np.full_like(lo, min(s_q, t * bm + bm))
-
-        def clip(a, e):
-            a, e = np.maximum(a, lo), np.minimum(e, hi)
-            return a, np.maximum(e, a)
-
-        if causal and C == 1:
-            ivs = [clip(se[..., 0], s_q)]
-        elif causal:
-            ivs = [clip(se[..., 0], se[..., 1])]
-        elif C == 2:
-            ivs = [clip(se[..., 0], s_q), clip(0, se[..., 1])]
-        else:
-            ivs = [clip(se[..., 0], se[..., 1]), clip(se[..., 2], se[..., 3])]
-        masked = sum(e - a for a, e in ivs)
-        if len(ivs) == 2:
-            (a1, e1), (a2, e2) = ivs
-            masked = masked - np.maximum(0, np.minimum(e1, e2) - np.maximum(a1, a2))
-        rows[:, t] = np.maximum(hi - lo, 0) - masked
+    rows = np.stack([visible_rows(se, s_q, causal, t * bm, min(s_q, t * bm + bm))
+                     for t in range(n_m)], axis=1)  # [b, n_m, s_kv]
     pad = (-s_kv) % bn
     per_tile = np.pad(rows, ((0, 0), (0, 0), (0, pad))).reshape(b, n_m, -1, bn).sum(-1)
     return float(rows.sum()) / max(1, int((per_tile > 0).sum()) * bm * bn)
