@@ -181,52 +181,36 @@ def test_decode_auto_splits_small_batch(core, torch, kernel, page):
 def test_decode_cuda_graph_replay(core, torch, kernel, page, s_q):
     """Capture one step, replay it with new cache_seqlens, q, k_new, v_new: no host sync and a
     fixed grid, so every replay equals a fresh reference call (contiguous and paged)."""
-    rng = np.random.default_rng(7)
     b, h, h_kv, d, cap = 4, 32, 8, 128, 4096
-    dt = torch.bfloat16
-    q = torch.zeros((b, s_q, h, d), dtype=dt, device="cuda")
-    k_new = torch.zeros((b, s_q, h_kv, d), dtype=dt, device="cuda")
-    v_new = torch.zeros_like(k_new)
-    if page is None:
-        shape, table = (b, cap, h_kv, d), None
-    else:
-        pps = cap // page
-        shape = (b * pps, page, h_kv, d)
-        table = rng.permutation(b * pps).reshape(b, pps).astype(np.int32)
-    kc = _dev(torch, rng.standard_normal(shape), "bfloat16")
-    vc = _dev(torch, rng.standard_normal(shape), "bfloat16")
-    bt = None if table is None else _dev(torch, table)
-    seqlens = torch.zeros((b,), dtype=torch.int32, device="cuda")
-    out = torch.zeros((b, s_q, h, d), dtype=dt, device="cuda")
-    lse = torch.zeros((b, h, s_q), dtype=torch.float32, device="cuda")
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):  # warm-up outside the capture
-        core.decode_attn(q, kc, vc, seqlens, out, k_new=k_new, v_new=v_new, block_table=bt,
-                         lse=lse, stream=s.cuda_stream)
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        core.decode_attn(q, kc, vc, seqlens, out, k_new=k_new, v_new=v_new, block_table=bt,
-                         lse=lse, stream=torch.cuda.current_stream().cuda_stream)
+    t, table, g = _graph_step(core, torch, b=b, s_q=s_q, h=h, h_kv=h_kv, d=d, cap=cap, page=page,
+                              num_splits=0, rng=np.random.default_rng(7))
+    rng = np.random.default_rng(8)
     for lens in ([0, 1, 2, 3], [17, 4000, 1, 255], [cap - s_q, cap - s_q, 0, 2048]):
-        c = {"q": rng.standard_normal((b, s_q, h, d)),
-             "k_new": rng.standard_normal((b, s_q, h_kv, d)),
-             "v_new": rng.standard_normal((b, s_q, h_kv, d)),
-             "cache_seqlens": np.asarray(lens, dtype=np.int32),
-             "k_cache": to_numpy64(kc), "v_cache": to_numpy64(vc)}
-        if table is not None:
-            c["block_table"] = table
-        q.copy_(_dev(torch, c["q"], "bfloat16"))
-        k_new.copy_(_dev(torch, c["k_new"], "bfloat16"))
-        v_new.copy_(_dev(torch, c["v_new"], "bfloat16"))
-        seqlens.copy_(_dev(torch, c["cache_seqlens"]))
-        out.fill_(float("nan"))
-        lse.fill_(float("nan"))
-        g.replay()
-        torch.cuda.synchronize()
-        _check(torch, c, "bfloat16", {"k_cache": kc, "v_cache": vc}, out, lse)
+        c = _replay(torch, t, table, g, rng, lens)
+        _check(torch, c, "bfloat16", t, t["out"], t["lse"])
+
+
+def _replay(torch, t, table, g, rng, lens):
+    """New q, k_new, v_new and cache_seqlens = lens into the captured step's buffers t, outputs
+    poisoned, one replay of g; returns the step's inputs as the reference takes them (the caches
+    as they were before the replay appended to them)."""
+    b, s_q, h, d = t["q"].shape
+    h_kv = t["k_new"].shape[2]
+    c = {"q": rng.standard_normal((b, s_q, h, d)),
+         "k_new": rng.standard_normal((b, s_q, h_kv, d)),
+         "v_new": rng.standard_normal((b, s_q, h_kv, d)),
+         "cache_seqlens": np.asarray(lens, dtype=np.int32),
+         "k_cache": to_numpy64(t["k_cache"]), "v_cache": to_numpy64(t["v_cache"])}
+    if table is not None:
+        c["block_table"] = table
+    for name in ("q", "k_new", "v_new"):
+        t[name].copy_(_dev(torch, c[name], "bfloat16"))
+    t["seqlens"].copy_(_dev(torch, c["cache_seqlens"]))
+    t["out"].fill_(float("nan"))
+    t["lse"].fill_(float("nan"))
+    g.replay()
+    torch.cuda.synchronize()
+    return c
 
 
 def _graph_step(core, torch, *, b, s_q, h, h_kv, d, cap, page, num_splits, rng):
@@ -282,26 +266,12 @@ def test_decode_pdl_graph_replay(core, torch, kernel, monkeypatch, num_splits, p
         graphs[pdl] = _graph_step(core, torch, b=b, s_q=s_q, h=h, h_kv=h_kv, d=d, cap=cap,
                                   page=page, num_splits=num_splits,
                                   rng=np.random.default_rng(31))
-    rng = np.random.default_rng(32)
     for lens in ([1023], [0], [1], [64], [129], [700]):
-        c = {"q": rng.standard_normal((b, s_q, h, d)),
-             "k_new": rng.standard_normal((b, s_q, h_kv, d)),
-             "v_new": rng.standard_normal((b, s_q, h_kv, d)),
-             "cache_seqlens": np.asarray(lens, dtype=np.int32)}
         results = {}
         for pdl, (t, table, g) in graphs.items():
-            cc = dict(c, k_cache=to_numpy64(t["k_cache"]), v_cache=to_numpy64(t["v_cache"]))
-            if table is not None:
-                cc["block_table"] = table
-            t["q"].copy_(_dev(torch, c["q"], "bfloat16"))
-            t["k_new"].copy_(_dev(torch, c["k_new"], "bfloat16"))
-            t["v_new"].copy_(_dev(torch, c["v_new"], "bfloat16"))
-            t["seqlens"].copy_(_dev(torch, c["cache_seqlens"]))
-            t["out"].fill_(float("nan"))
-            t["lse"].fill_(float("nan"))
-            g.replay()
-            torch.cuda.synchronize()
-            _check(torch, cc, "bfloat16", t, t["out"], t["lse"])
+            # The same inputs for both graphs (one seed per lens).
+            c = _replay(torch, t, table, g, np.random.default_rng(32 + lens[0]), lens)
+            _check(torch, c, "bfloat16", t, t["out"], t["lse"])
             results[pdl] = (t["out"].clone(), t["lse"].clone())
         assert torch.equal(results["1"][0], results["0"][0]), "PDL and plain combine differ (out)"
         assert torch.equal(results["1"][1], results["0"][1]), "PDL and plain combine differ (lse)"
