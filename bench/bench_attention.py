@@ -30,7 +30,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
-from core_import import import_core  # noqa: E402
+from core_import import import_core, scoped_env  # noqa: E402
 
 # PERFORMANCE.md (H100 SXM, torch 2.11 + cuDNN 9.19, 2026-11-25): cuDNN times where SDPA has no
 # form of the case, in ms (fwd, bwd).
@@ -126,16 +126,8 @@ def run_ours(core, case, backend, dtype, iters):
     deterministic = env.pop("deterministic", "0") not in ("0", "false", "False")
     if variant:
         env["PTE_FLASH_VARIANT"] = variant
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with scoped_env(env):
         return _run_ours(core, case, name, dtype, iters, deterministic)
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _run_ours(core, case, backend, dtype, iters, deterministic=False):

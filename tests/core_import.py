@@ -1,8 +1,11 @@
 """Finding the framework-free core module `paddle_te_core` (built by CMake). import_core, for the
 GPU tests, the benchmarks and tools/gpu_sanitize.py: $PTE_CORE_DIR first, then build/python
 (`cmake -S . -B build && cmake --build build`). cpu_core, for the CPU suite: the one on the path
-(`make test` puts build/core/python there), else build/core/python (`make core`) or build/python."""
+(`make test` puts build/core/python there), else build/core/python (`make core`) or build/python.
+scoped_env: the core reads its PTE_* variables at every call, so a caller picks a kernel for a
+block of calls by setting them around it."""
 
+import contextlib
 import glob
 import importlib
 import os
@@ -32,3 +35,19 @@ def cpu_core():
             sys.path.insert(0, d)
             return importlib.import_module("paddle_te_core")
     return None
+
+
+@contextlib.contextmanager
+def scoped_env(values):
+    """Sets the environment variables of the dict `values` for the block and restores what was
+    there before (unset variables are unset again)."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

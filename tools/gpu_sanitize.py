@@ -21,7 +21,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
-from core_import import import_core  # noqa: E402
+from core_import import import_core, scoped_env  # noqa: E402
 import reference as ref  # noqa: E402  (the one oracle)
 
 
@@ -171,64 +171,56 @@ def attention_cases(core, A):
 def decode_cases(core, A):
     """decode_attn (SPEC §10), both attention kernels (PTE_DECODE_KERNEL=simt and mma, the latter
     with both K/V pipelines, the default shallow one and PTE_DECODE_PIPELINE=deep where the device
-    takes it; the
-    combine as a programmatic dependent launch on sm_90): paged
-    caches with an odd page size and with pages of one key, GQA, s_q = 3 (two simt row chunks; one
+    takes it; the combine as a programmatic dependent launch on sm_90): paged caches with an odd page size and with pages of one key, GQA, s_q = 3 (two simt row chunks; one
     padded mma tile) and s_q = 5 with a group of 8 (40 rows: two mma chunks of 32), forced and
     automatic splits (more splits than key tiles), a window; then bad values (lengths past the
     capacity, page indices out of range) that the kernels must clamp and mask without touching
     memory out of bounds."""
     g = np.random.default_rng(5)
-    b, h, h_kv, d = 2, 8, 2, 128
-    names = ("PTE_DECODE_KERNEL", "PTE_DECODE_PIPELINE")
-    saved = {n: os.environ.get(n) for n in names}
-    try:
-        for kernel, pipeline in (("simt", "auto"), ("mma", "auto"), ("mma", "deep")):
-            os.environ["PTE_DECODE_KERNEL"] = kernel
-            os.environ["PTE_DECODE_PIPELINE"] = pipeline
-            if pipeline == "deep":  # opt-in, sized for sm_90: skipped where the core refuses it
-                probe = A.half(np.zeros((1, 1, 1, d)), "float16")
-                try:
-                    core.decode_attn(probe, probe, probe, A.dev(np.zeros(1, np.int32)),
-                                     A.half(np.zeros((1, 1, 1, d)), "float16"))
-                except ValueError as e:
-                    if "PTE_DECODE_PIPELINE=deep" not in str(e):
-                        raise
-                    print(f"decode_cases: deep pipeline skipped: {e}")
-                    continue
-            for s_q, h, page, pps in ((3, 8, 7, 40), (5, 16, 1, 260)):
-                table = g.permutation(b * pps).reshape(b, pps).astype(np.int32)
-                kc = A.half(g.standard_normal((b * pps, page, h_kv, d)), "float16")
-                vc = A.half(g.standard_normal((b * pps, page, h_kv, d)), "float16")
-                q = A.half(g.standard_normal((b, s_q, h, d)), "float16")
-                kn = A.half(g.standard_normal((b, s_q, h_kv, d)), "float16")
-                vn = A.half(g.standard_normal((b, s_q, h_kv, d)), "float16")
-                out = A.half(np.full((b, s_q, h, d), np.nan), "float16")
-                lse = A.dev(np.zeros((b, h, s_q), np.float32))
-                for lens, splits, window in (([0, 200], 5, (-1, 0)), ([100, 1], 0, (16, 0)),
-                                             ([250, 17], 64, (-1, 0))):
-                    core.decode_attn(q, kc, vc, A.dev(np.asarray(lens, np.int32)), out, k_new=kn,
-                                     v_new=vn, block_table=A.dev(table), lse=lse,
-                                     num_splits=splits, window_size=window)
-                    A.sync()
-                    assert not np.isnan(A.host(out).astype(np.float64)).any(), (kernel, s_q, lens)
-                bad = table.copy()
-                bad[0, :3] = [b * pps, -1, 10**6]
-                core.decode_attn(q, kc, vc, A.dev(np.asarray([10**6, -4], np.int32)), out,
-                                 k_new=kn, v_new=vn, block_table=A.dev(bad), lse=lse)
-            # Contiguous cache, one row per kv head (MHA) and d 64.
-            kc = A.half(g.standard_normal((b, 300, 4, 64)), "float16")
-            vc = A.half(g.standard_normal((b, 300, 4, 64)), "float16")
-            q = A.half(g.standard_normal((b, 1, 4, 64)), "float16")
-            out = A.half(np.full((b, 1, 4, 64), np.nan), "float16")
-            core.decode_attn(q, kc, vc, A.dev(np.asarray([299, 0], np.int32)), out)
+    b, h_kv, d = 2, 2, 128
+    for kernel, pipeline in (("simt", "auto"), ("mma", "auto"), ("mma", "deep")):
+        with scoped_env({"PTE_DECODE_KERNEL": kernel, "PTE_DECODE_PIPELINE": pipeline}):
+            _decode_kernel_cases(core, A, g, kernel, pipeline, b, h_kv, d)
+
+
+def _decode_kernel_cases(core, A, g, kernel, pipeline, b, h_kv, d):
+    if pipeline == "deep":  # opt-in, sized for sm_90: skipped where the core refuses it
+        probe = A.half(np.zeros((1, 1, 1, d)), "float16")
+        try:
+            core.decode_attn(probe, probe, probe, A.dev(np.zeros(1, np.int32)),
+                             A.half(np.zeros((1, 1, 1, d)), "float16"))
+        except ValueError as e:
+            if "PTE_DECODE_PIPELINE=deep" not in str(e):
+                raise
+            print(f"decode_cases: deep pipeline skipped: {e}")
+            return
+    for s_q, h, page, pps in ((3, 8, 7, 40), (5, 16, 1, 260)):
+        table = g.permutation(b * pps).reshape(b, pps).astype(np.int32)
+        kc = A.half(g.standard_normal((b * pps, page, h_kv, d)), "float16")
+        vc = A.half(g.standard_normal((b * pps, page, h_kv, d)), "float16")
+        q = A.half(g.standard_normal((b, s_q, h, d)), "float16")
+        kn = A.half(g.standard_normal((b, s_q, h_kv, d)), "float16")
+        vn = A.half(g.standard_normal((b, s_q, h_kv, d)), "float16")
+        out = A.half(np.full((b, s_q, h, d), np.nan), "float16")
+        lse = A.dev(np.zeros((b, h, s_q), np.float32))
+        for lens, splits, window in (([0, 200], 5, (-1, 0)), ([100, 1], 0, (16, 0)),
+                                     ([250, 17], 64, (-1, 0))):
+            core.decode_attn(q, kc, vc, A.dev(np.asarray(lens, np.int32)), out, k_new=kn,
+                             v_new=vn, block_table=A.dev(table), lse=lse,
+                             num_splits=splits, window_size=window)
             A.sync()
-    finally:
-        for n, v in saved.items():
-            if v is None:
-                os.environ.pop(n, None)
-            else:
-                os.environ[n] = v
+            assert not np.isnan(A.host(out).astype(np.float64)).any(), (kernel, s_q, lens)
+        bad = table.copy()
+        bad[0, :3] = [b * pps, -1, 10**6]
+        core.decode_attn(q, kc, vc, A.dev(np.asarray([10**6, -4], np.int32)), out,
+                         k_new=kn, v_new=vn, block_table=A.dev(bad), lse=lse)
+    # Contiguous cache, one row per kv head (MHA) and d 64.
+    kc = A.half(g.standard_normal((b, 300, 4, 64)), "float16")
+    vc = A.half(g.standard_normal((b, 300, 4, 64)), "float16")
+    q = A.half(g.standard_normal((b, 1, 4, 64)), "float16")
+    out = A.half(np.full((b, 1, 4, 64), np.nan), "float16")
+    core.decode_attn(q, kc, vc, A.dev(np.asarray([299, 0], np.int32)), out)
+    A.sync()
 
 
 def flashmask_cases(core, A):
@@ -240,10 +232,8 @@ def flashmask_cases(core, A):
     os.environ["PTE_FLASHMASK_CUDA"] = "1"  # on even where a caller turned it off (flash_api.cu)
     if not core.backends().get("flash", {}).get("available"):
         return
-    saved = os.environ.get("PTE_FLASH_VARIANT")
-    try:
-        for variant in ("sm80", "sm90"):
-            os.environ["PTE_FLASH_VARIANT"] = variant
+    for variant in ("sm80", "sm90"):
+        with scoped_env({"PTE_FLASH_VARIANT": variant}):
             probe = A.half(np.zeros((1, 64, 2, 64)), "float16")
             se0 = A.dev(np.zeros((1, 1, 64, 1), np.int32))
             why = core.attn_check(probe, probe, probe, A.half(np.zeros((1, 64, 2, 64)), "float16"),
@@ -253,11 +243,6 @@ def flashmask_cases(core, A):
                 print(f"flashmask_cases: flash-{variant} skipped: {why}", flush=True)
                 continue
             _flashmask_variant(core, A, variant)
-    finally:
-        if saved is None:
-            os.environ.pop("PTE_FLASH_VARIANT", None)
-        else:
-            os.environ["PTE_FLASH_VARIANT"] = saved
 
 
 def _flashmask_run(core, A, g, b, s_q, s_kv, h, h_kv, d, se, causal, tag):
