@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <type_traits>
 
 #include <cute/tensor.hpp>
 
@@ -50,22 +51,15 @@ typename Traits::GmemTensor gmem_view(const AttnProblem& p, const void* ptr, con
 // kernel hides each tile's set-up, first loads and epilogue under its neighbour's work, which is
 // what short sequences and windows need; its static round robin balances tiles of equal cost, so
 // a right bound without a left one (causal: cost grows with the query tile) keeps one tile per
-// CTA, whose hardware scheduler hands the longest-first tiles out dynamically.
+// CTA, whose hardware scheduler hands the longest-first tiles out dynamically. FlashMask problems
+// keep one tile per CTA too: a tile's cost varies with the mask (skipped key tiles), and the
+// persistent kernel measured no faster there (docs/performance.md, FlashMask).
 // PTE_SM90_PERSISTENT=1 or 0 forces the choice (benchmarks, bisecting).
 inline bool persistent(const AttnProblem& p) {
   const char* v = std::getenv("PTE_SM90_PERSISTENT");
   if (v != nullptr && (v[0] == '0' || v[0] == '1')) return v[0] == '1';
   const bool growing = p.window_right >= 0 && p.window_left < 0;
-  return !growing;
-}
-
-// FlashMask: one tile per CTA unless PTE_SM90_PERSISTENT=1 forces the persistent kernel. A
-// tile's cost varies with the mask (skipped key tiles), which the static round robin may not
-// balance where the hardware scheduler does; FlashMask tiles are short, though, so the per-CTA
-// set-up and epilogue the persistent kernel hides weigh more (docs/performance.md measures both).
-inline bool persistent_flashmask(const AttnProblem&) {
-  const char* v = std::getenv("PTE_SM90_PERSISTENT");
-  return v != nullptr && v[0] == '1';
+  return !growing && p.startend == nullptr;
 }
 
 template <class Traits, typename T>
@@ -96,28 +90,22 @@ void launch(const AttnProblem& p) {
     kernel<<<dim3(unsigned(ctas)), Traits::kThreads, smem, stream>>>(params);
     PTE_CUDA_CHECK_LAUNCH();
   };
-  // FlashMask (its own instantiations, so problems without it run the unchanged kernels):
-  // persistent_flashmask() picks.
-  if (p.startend != nullptr) {
-    if constexpr (Traits::kSeparateO) {
-      if (persistent_flashmask(p)) {
-        const int64_t ctas = std::min<int64_t>(tiles.total(), cuda::sm_count(p.device_id));
-        return drop ? run(fwd_kernel<Traits, T, true, kPingpong, true, true>, ctas)
-                    : run(fwd_kernel<Traits, T, false, kPingpong, true, true>, ctas);
-      }
-    }
-    return drop ? run(fwd_kernel<Traits, T, true, kPingpong, false, true>, tiles.total())
-                : run(fwd_kernel<Traits, T, false, kPingpong, false, true>, tiles.total());
-  }
+  // kP: persistent; kFM: FlashMask (its own instantiations, so problems without it run the
+  // unchanged kernels).
+  auto go = [&](auto persistent_c, auto flashmask_c) {
+    constexpr bool kP = decltype(persistent_c)::value, kFM = decltype(flashmask_c)::value;
+    const int64_t ctas =
+        kP ? std::min<int64_t>(tiles.total(), cuda::sm_count(p.device_id)) : tiles.total();
+    drop ? run(fwd_kernel<Traits, T, true, kPingpong, kP, kFM>, ctas)
+         : run(fwd_kernel<Traits, T, false, kPingpong, kP, kFM>, ctas);
+  };
+  using Yes = std::true_type;
+  using No = std::false_type;
+  const bool fm = p.startend != nullptr;
   if constexpr (Traits::kSeparateO) {
-    if (persistent(p)) {
-      const int64_t ctas = std::min<int64_t>(tiles.total(), cuda::sm_count(p.device_id));
-      return drop ? run(fwd_kernel<Traits, T, true, kPingpong, true, false>, ctas)
-                  : run(fwd_kernel<Traits, T, false, kPingpong, true, false>, ctas);
-    }
+    if (persistent(p)) return fm ? go(Yes{}, Yes{}) : go(Yes{}, No{});
   }
-  drop ? run(fwd_kernel<Traits, T, true, kPingpong, false, false>, tiles.total())
-       : run(fwd_kernel<Traits, T, false, kPingpong, false, false>, tiles.total());
+  fm ? go(No{}, Yes{}) : go(No{}, No{});
 }
 
 template <int D, typename T>
