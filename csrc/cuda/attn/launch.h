@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 #include "core/problem.h"
 
@@ -38,9 +39,13 @@ inline size_t bwd_dq_accum_elems(const AttnProblem& p, int D) {
 inline size_t bwd_dq_turns_offset(const AttnProblem& p, int D) {
   return bwd_dq_accum_offset(p) + bwd_dq_accum_elems(p, D);
 }
-// s_q bounds every L_q (thd: max_seqlen_q), so a sequence's tiles fit its row of counters.
+// Turn counters per (sequence, query head): s_q bounds every L_q (thd: max_seqlen_q), so a
+// sequence's tiles fit its row of counters.
+inline int64_t bwd_dq_turn_tiles(const AttnProblem& p) {
+  return (p.s_q + kDqTurnRows - 1) / kDqTurnRows;
+}
 inline size_t bwd_dq_turns_elems(const AttnProblem& p) {
-  return size_t(p.b * p.h * ((p.s_q + kDqTurnRows - 1) / kDqTurnRows));
+  return size_t(p.b * p.h * bwd_dq_turn_tiles(p));
 }
 inline size_t bwd_workspace_elems(const AttnProblem& p, int D, bool sm90) {
   if (!p.deterministic) return bwd_dq_turns_offset(p, D);

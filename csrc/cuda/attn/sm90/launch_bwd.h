@@ -50,7 +50,7 @@ void launch_bwd(const AttnProblem& p, const float* dsum, float* dq_accum, int32_
                            make_tma_copy(SM90_TMA_REDUCE_ADD{}, dq, typename Traits::SmemLayoutDQ{},
                                          Shape<Int<Traits::BM>, Int<D>>{}, _1{}),
                            q.shape(), dout.shape(), k.shape(), v.shape(), dq_rows32, p, dsum,
-                           turns, (p.s_q + Traits::BM - 1) / Traits::BM};
+                           turns, bwd_dq_turn_tiles(p)};
   const dim3 grid(unsigned((p.s_kv + Traits::BN - 1) / Traits::BN), unsigned(p.h_kv), unsigned(p.b));
   constexpr int smem = Traits::kSmemBytes;
   auto kernel = bwd_kernel<Traits, typename Traits::Storage, kDropout, kFlashMask, kDeterministic>;
