@@ -8,6 +8,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "core/error.h"
 
@@ -26,6 +28,17 @@
 
 namespace pte {
 namespace cuda {
+
+// A kernel choice read from the environment at every call (benchmarks and tests switch it between
+// calls): 0 = auto (unset, empty or "auto"), 1 = `first`, 2 = `second`, -1 = anything else, which
+// the caller refuses with the reason. Callers' enums list auto, first, second in that order.
+inline int env_choice(const char* name, const char* first, const char* second) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == 0 || std::strcmp(v, "auto") == 0) return 0;
+  if (std::strcmp(v, first) == 0) return 1;
+  if (std::strcmp(v, second) == 0) return 2;
+  return -1;
+}
 
 // fp32 math for every storage type.
 __device__ __forceinline__ float to_float(float v) { return v; }

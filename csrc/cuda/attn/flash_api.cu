@@ -88,11 +88,8 @@ std::string compiled_hdims() {
 enum class Variant { kAuto, kSm80, kSm90, kInvalid };
 
 Variant requested_variant() {
-  const char* v = std::getenv("PTE_FLASH_VARIANT");
-  if (v == nullptr || *v == 0 || std::strcmp(v, "auto") == 0) return Variant::kAuto;
-  if (std::strcmp(v, "sm80") == 0) return Variant::kSm80;
-  if (std::strcmp(v, "sm90") == 0) return Variant::kSm90;
-  return Variant::kInvalid;
+  const int c = cuda::env_choice("PTE_FLASH_VARIANT", "sm80", "sm90");
+  return c < 0 ? Variant::kInvalid : Variant(c);
 }
 
 // Smallest head dim >= d with a compiled sm90 forward (backward), or 0.

@@ -8,6 +8,7 @@
 
 #include "core/decode_problem.h"
 #include "core/kernels.h"
+#include "cuda/common.cuh"
 #include "cuda/decode/decode.cuh"
 
 namespace pte {
@@ -44,24 +45,18 @@ constexpr int kMaxThreadsPerSm = 2048;        // sm_80 / sm_90 (fewer on sm_86/8
 enum class Requested { kAuto, kSimt, kMma, kInvalid };
 
 Requested requested_kernel() {
-  const char* v = std::getenv("PTE_DECODE_KERNEL");
-  if (v == nullptr || *v == 0 || std::strcmp(v, "auto") == 0) return Requested::kAuto;
-  if (std::strcmp(v, "simt") == 0) return Requested::kSimt;
-  if (std::strcmp(v, "mma") == 0) return Requested::kMma;
-  return Requested::kInvalid;
+  const int c = cuda::env_choice("PTE_DECODE_KERNEL", "simt", "mma");
+  return c < 0 ? Requested::kInvalid : Requested(c);
 }
 
 // PTE_DECODE_PIPELINE=auto|shallow|deep: the tensor-core kernel's K/V pipeline (MmaConfig in
-// decode_mma.cuh). auto takes deep where it fits (sm_90); the others are for benchmarks and
-// tests, which compare the two.
+// decode_mma.cuh). auto is shallow (mma_deep below); deep is for benchmarks and tests, which
+// compare the two.
 enum class Pipeline { kAuto, kShallow, kDeep, kInvalid };
 
 Pipeline requested_pipeline() {
-  const char* v = std::getenv("PTE_DECODE_PIPELINE");
-  if (v == nullptr || *v == 0 || std::strcmp(v, "auto") == 0) return Pipeline::kAuto;
-  if (std::strcmp(v, "shallow") == 0) return Pipeline::kShallow;
-  if (std::strcmp(v, "deep") == 0) return Pipeline::kDeep;
-  return Pipeline::kInvalid;
+  const int c = cuda::env_choice("PTE_DECODE_PIPELINE", "shallow", "deep");
+  return c < 0 ? Pipeline::kInvalid : Pipeline(c);
 }
 
 // PTE_DECODE_PDL=0 launches the combine plainly on sm_90 too (benchmarks measure what the
