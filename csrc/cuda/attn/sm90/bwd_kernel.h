@@ -6,9 +6,9 @@
 //   P^T = exp(scale S^T - lse)             (registers, while dP^T is still in flight)
 //   dV += P^T dO                           (wgmma, A from registers; in flight during dS)
 //   dS^T = P^T o (dP^T - Dsum)             (registers; dropout as in sm80)
-//   dK += dS^T Q, dQ = dS K                (dS staged in shared memory, two buffers)
-//   dQ tile -> shared memory -> TMA reduce-add into the fp32 accumulator (the writer warp), so the
-//   consumers never wait on global atomics.
+//   dQ = dS K, dK += dS^T Q                (dS staged in shared memory, two buffers)
+//   dQ tile -> shared memory (while dK is in flight) -> TMA reduce-add into the fp32 accumulator
+//   (the writer warp), so the consumers never wait on global atomics.
 // The preprocess (Dsum) and the dQ conversion are the arch-neutral kernels of the sm80 family.
 // FlashMask (kFlashMask, flashmask_walk.h): every role walks only the steps whose query tile some
 // key of the CTA sees; partial steps zero the masked elements of P^T and dS^T.
@@ -457,14 +457,13 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     for (int i = 0; i < size(tPrdS); ++i) tSsdS_s(i) = tPrdS(i);
     cutlass::arch::fence_view_async_shared();  // generic-proxy writes, read by wgmma next
 
-    gemm_issue<false>(mma_kv, tPrdS, tKVrQt(_, _, _, s), tdKrdK);
     named_sync(kBarConsumers, 256);  // all of dS is in shared memory
+    // dQ before dK: the dQ tile goes to shared memory while dK is still in flight.
     gemm_issue<true>(mma_dq, tQrdS(_, _, _, ds_stage), tQrKt, tdQrdQ);
-    warpgroup_wait<0>();
+    gemm_issue<false>(mma_kv, tPrdS, tKVrQt(_, _, _, s), tdKrdK);
+    warpgroup_wait<1>();  // dV and dQ have landed
     gemm_done(tdVrdV);
-    gemm_done(tdKrdK);
     gemm_done(tdQrdQ);
-    EmptyBarrier::arrive(&ss.q_empty[s]);
 
     // The dQ tile to the writer warp, once it has read the previous one.
     if (it.t > 0) EmptyBarrier::wait(&ss.dq_empty, uint32_t(it.t - 1) & 1u);
@@ -472,6 +471,9 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     for (int i = 0; i < size(tdQrdQ); ++i) tdQsdQ(i) = tdQrdQ(i);
     cutlass::arch::fence_view_async_shared();  // visible to the TMA (async proxy)
     EmptyBarrier::arrive(&ss.dq_full);
+    warpgroup_wait<0>();
+    gemm_done(tdKrdK);
+    EmptyBarrier::arrive(&ss.q_empty[s]);
   }
 
   // Epilogue: keys < L_kv get their gradients, padded keys (< s_kv, bshd/sbhd) exact zeros.
