@@ -33,6 +33,15 @@ struct CuteElement<__nv_bfloat16> {
   using type = cutlass::bfloat16_t;
 };
 
+// setmaxnreg moves registers between the warpgroups of a CTA, within what the CTA was launched
+// with: __launch_bounds__(threads, 1) gives every thread 65536 / threads registers rounded down to
+// a multiple of 8 (168 at 384 threads), so a split must fit that, not the register file. 24 +
+// 2 x 240 = 3 x 168 exactly; a producer at 32 would leave a consumer's setmaxnreg.inc waiting.
+constexpr bool register_split_fits(int threads, int producer_regs, int consumer_threads,
+                                   int consumer_regs) {
+  return 128 * producer_regs + consumer_threads * consumer_regs <= 65536 / threads / 8 * 8 * threads;
+}
+
 template <int D_, int BN_, int kStages_, typename T>
 struct FwdTraits {
   using Element = typename CuteElement<T>::type;
@@ -44,9 +53,11 @@ struct FwdTraits {
   static constexpr int kConsumerThreads = 128 * kConsumerWGs;
   static constexpr int kThreads = 128 + kConsumerThreads;
   // Register split between the roles (setmaxnreg): the producer only issues TMA, so it gives its
-  // registers to the consumers. 128 * 24 + 256 * 240 = 64512 <= 65536.
+  // registers to the consumers (register_split_fits).
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = 240;
+  static_assert(register_split_fits(kThreads, kProducerRegs, kConsumerThreads, kConsumerRegs),
+                "setmaxnreg split beyond the launch's registers");
   static_assert(D % 64 == 0, "the sm90 tiles are whole 128-byte swizzle atoms");
 
   using AtomLayoutMNK = cute::Layout<cute::Shape<cute::Int<kConsumerWGs>, cute::_1, cute::_1>>;
@@ -126,6 +137,8 @@ struct BwdTraits {
   static constexpr int kThreads = 384;
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = 240;
+  static_assert(register_split_fits(kThreads, kProducerRegs, kConsumerThreads, kConsumerRegs),
+                "setmaxnreg split beyond the launch's registers");
   static_assert(D % 64 == 0, "the sm90 tiles are whole 128-byte swizzle atoms");
 
   using AtomM2 = cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>;
