@@ -25,6 +25,13 @@ namespace sm90 {
 // Forward: the key tiles of the query tile [m0, m0 + BM) (the whole CTA: both consumer warpgroups
 // take the same turns), tile t of [0, n_tiles) covering keys [(n_first + t) * BN, + BN) (BN a
 // multiple of the summary's 32 columns).
+// The intervals of key column j for a kernel's key j, which may lie past s_kv (in the last key
+// tile): such keys are invisible by the window rule anyway, so they read the last column instead
+// of running off the end.
+__device__ __forceinline__ flashmask::Intervals key_intervals(const FlashMaskView& fm, int64_t j) {
+  return fm.column_intervals(j < fm.s_kv ? j : fm.s_kv - 1);
+}
+
 template <bool kOn, int BM, int BN>
 struct FwdKeyWalk;
 
@@ -73,10 +80,9 @@ struct FwdKeyWalk<true, BM, BN> {
   // runs, so its latency hides under the GEMM), the warpgroup writes them out and syncs, and every
   // element tests its column's entry. Fetching each thread's 32 columns from global memory here
   // instead waited out a load latency per couple of columns, which cost a partial tile about as
-  // much as a few unmasked ones (docs/performance.md). Keys past s_kv (already -inf by the window
-  // rule) fetch the last column instead of running off the end.
+  // much as a few unmasked ones (docs/performance.md).
   __device__ __forceinline__ int4 fetch_column(int64_t j) const {
-    const flashmask::Intervals v = fm.column_intervals(j < fm.s_kv ? j : fm.s_kv - 1);
+    const flashmask::Intervals v = key_intervals(fm, j);
     return make_int4(v.a1, v.e1, v.a2, v.e2);
   }
   template <class TS, class TC>
@@ -87,6 +93,8 @@ struct FwdKeyWalk<true, BM, BN> {
     for (int i = 0; i < decltype(cute::size(s))::value; ++i) {
       const int4 v = cols[cute::get<1>(tScS(i))];
       const int32_t r = frag_row(i) ? i1 : i0;
+      // FlashMaskView::in_intervals written out on the int4: through a converted Intervals the
+      // kernel spilled 64 -> 260 bytes (ptxas, d = 128).
       if ((r >= v.x && r < v.y) || (r >= v.z && r < v.w)) s(i) = -INFINITY;
     }
   }
@@ -155,16 +163,16 @@ struct BwdStepWalk<true, BM, BN, Steps> {
 
 // Backward, a partial (class 2) step. bwd_step_columns: the intervals of the thread's two keys
 // j0 / j1 (fragment rows 0 / 1, frag_row), fetched right after the step's GEMMs are issued so the
-// load latency hides under them; keys past s_kv (invisible by the window rule) read the last
-// column. bwd_masked_bits: bit i set = element i of the thread's S^T fragment (coordinates tSc,
-// m0 the step's first query) is masked by the intervals. One word for the 32 elements, which the
-// backward folds into its visibility select, so masked P^T and dS^T are exactly 0 whatever the
-// arithmetic would give (inf or NaN where a row's lse is -inf).
+// load latency hides under them (key_intervals). bwd_masked_bits: bit i set = element i of the
+// thread's S^T fragment (coordinates tSc, m0 the step's first query) is masked by the intervals.
+// One word for the 32 elements, which the backward folds into its visibility select, so masked
+// P^T and dS^T are exactly 0 whatever the arithmetic would give (inf or NaN where a row's lse is
+// -inf).
 __device__ __forceinline__ void bwd_step_columns(const FlashMaskView& fm, int64_t j0, int64_t j1,
                                                  flashmask::Intervals* v0,
                                                  flashmask::Intervals* v1) {
-  *v0 = fm.column_intervals(j0 < fm.s_kv ? j0 : fm.s_kv - 1);
-  *v1 = fm.column_intervals(j1 < fm.s_kv ? j1 : fm.s_kv - 1);
+  *v0 = key_intervals(fm, j0);
+  *v1 = key_intervals(fm, j1);
 }
 
 template <class TC>
