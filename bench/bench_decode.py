@@ -14,8 +14,8 @@ Timing: every call is captured in a CUDA graph, R calls on R different cache cop
 
 --kernels simt,mma runs paddle_te's attention kernels side by side (PTE_DECODE_KERNEL, read at
 each call, so at capture time for a graph); one column per kernel and page size. An entry may set
-the pipeline and the combine's launch too: mma@PTE_DECODE_PIPELINE=shallow, mma@PTE_DECODE_PDL=0. --splits N forces
-num_splits (0 = the kernel's automatic choice) to probe the split heuristic.
+the pipeline and the combine's launch too: mma@PTE_DECODE_PIPELINE=shallow, mma@PTE_DECODE_PDL=0.
+--splits N forces num_splits (0 = the kernel's automatic choice) to probe the split heuristic.
 
 Prints a markdown table last; --csv writes every measurement; --check compares paddle_te with
 tests/reference.py (float64) on a small case and with cuDNN SDPA on every benchmark case, for each

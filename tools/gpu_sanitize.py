@@ -171,8 +171,8 @@ def attention_cases(core, A):
 def decode_cases(core, A):
     """decode_attn (SPEC §10), both attention kernels (PTE_DECODE_KERNEL=simt and mma, the latter
     with both K/V pipelines, the default shallow one and PTE_DECODE_PIPELINE=deep where the device
-    takes it; the combine as a programmatic dependent launch on sm_90): paged caches with an odd page size and with pages of one key, GQA, s_q = 3 (two simt row chunks; one
-    padded mma tile) and s_q = 5 with a group of 8 (40 rows: two mma chunks of 32), forced and
+    takes it; the combine as a programmatic dependent launch on sm_90): paged caches with an odd
+    page size and with pages of one key, GQA, s_q = 3 (two simt row chunks; one padded mma tile) and s_q = 5 with a group of 8 (40 rows: two mma chunks of 32), forced and
     automatic splits (more splits than key tiles), a window; then bad values (lengths past the
     capacity, page indices out of range) that the kernels must clamp and mask without touching
     memory out of bounds."""

@@ -2,9 +2,10 @@
 
 Both attention kernels run every case (PTE_DECODE_KERNEL=simt: CUDA cores; mma: tensor cores),
 the tensor-core one with both K/V pipelines (PTE_DECODE_PIPELINE: auto is the shallow one,
-"mma-deep" the opt-in one that fills an sm_90 block's shared memory; sm_90 only). On sm_90 every split launch runs its combine as a
-programmatic dependent launch (PDL); the PDL tests compare it with the plain launch
-(PTE_DECODE_PDL=0) bit for bit, eagerly and under CUDA-graph capture and replay.
+"mma-deep" the opt-in one that fills an sm_90 block's shared memory; sm_90 only). On sm_90 every
+split launch runs its combine as a programmatic dependent launch (PDL); the PDL tests compare it
+with the plain launch (PTE_DECODE_PDL=0) bit for bit, eagerly and under CUDA-graph capture and
+replay.
 Grid: float16/bfloat16, head dims 64/128/256, GQA groups (MHA, 4, 8, MQA), s_q 1..16 (rows per
 block: simt 1..8 and several row chunks; mma one or two m16 tiles, padded, and several chunks),
 contiguous and paged caches (page sizes 1, 7, 16, 64, 256, shuffled page tables; pages smaller
