@@ -75,6 +75,8 @@ def decode_attn(
     if on_gpu and dtype not in _GPU_DTYPES:
         raise TypeError(f"q has dtype {dtype}: on a GPU decode_attn takes float16 or bfloat16")
     b, s_q, h, d = qs
+    if _known(s_q) and s_q < 1:
+        raise ValueError(f"q has shape {qs}: s_q = {s_q}, decode_attn needs s_q >= 1 query rows")
     paged = block_table is not None
     layout = "[num_pages, page_size, h_kv, d]" if paged else "[b, s_max, h_kv, d]"
     ks = _check_tensor(k_cache, "k_cache", ranks=(4,))
@@ -141,6 +143,15 @@ def decode_attn(
     if backend == "cpu" and on_gpu:
         raise ValueError("backend='cpu' cannot run this call: the tensors are on a CUDA device")
 
+    if k_new is not None and paddle.in_dynamic_mode():
+        for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+            if not t.is_contiguous():
+                # A strided view would reach the op as a contiguous copy: the append would land
+                # in the copy and the caller's cache would never see it.
+                raise ValueError(
+                    f"{name} is a non-contiguous view (strides {list(t.strides)}): the in-place "
+                    f"append of k_new/v_new needs a contiguous {layout} cache"
+                )
     if paddle.in_dynamic_mode():
         # Inference only: no backward graph through q / k_new / v_new. The caches are written in
         # place and must stay the caller's tensors (not detached copies' handles).

@@ -55,11 +55,39 @@ def _check_startend(se, b, s_q, s_kv, h, h_kv, causal):
     return shape
 
 
+def _check_block_mask(bm, b, mask_heads, s_q, s_kv):
+    """Paddle's block mask: int32 [b, mask_heads, ceil(s_q / 128), ceil(s_kv / 128)]."""
+    shape = _ops._check_tensor(bm, "block_mask", ranks=(4,), dtypes=("int32",))
+    want = [b, mask_heads, None if not _ops._known(s_q) else (int(s_q) + 127) // 128,
+            None if not _ops._known(s_kv) else (int(s_kv) + 127) // 128]
+    if any(_ops._known(x, w) and x != w for x, w in zip(shape, want)):
+        raise ValueError(
+            f"block_mask has shape {shape}: expected {want} (batch, the mask heads of "
+            "startend_row_indices, query and key blocks of 128)"
+        )
+
+
+def _to_query_heads(mask, h):
+    """bool [b, m, s_q, s_kv] with m the kv heads -> [b, h, ...] (query head i: mask head
+    i // (h / m)); m = 1 or h as it is. Through expand: no bool repeat_interleave kernel."""
+    b, m, s_q, s_kv = (int(x) for x in mask.shape)
+    if m in (1, h):
+        return mask
+    return paddle.expand(mask.unsqueeze(2), [b, m, h // m, s_q, s_kv]).reshape([b, h, s_q, s_kv])
+
+
+def _block_masked(bm, s_q, s_kv):
+    """bool [b, m, s_q, s_kv], True where block_mask is 0 (the 128 x 128 block is masked)."""
+    keep = (bm != 0).astype("int32")
+    keep = paddle.repeat_interleave(paddle.repeat_interleave(keep, 128, axis=2), 128, axis=3)
+    return keep[:, :, :s_q, :s_kv] == 0
+
+
 @unified
 def flashmask_attention(query, key, value, startend_row_indices=None, *, dropout=0.0, causal=False,
                         window_size=None, return_softmax_lse=False, return_seed_offset=False,
                         fixed_seed_offset=None, rng_name="", training=True, name=None,
-                        softmax_scale=None):
+                        softmax_scale=None, block_mask=None):
     """Attention with a column-sparse mask (FlashMask, SPEC §9), call-compatible with
     ``paddle.nn.functional.flashmask_attention``.
 
@@ -67,6 +95,9 @@ def flashmask_attention(query, key, value, startend_row_indices=None, *, dropout
     ``[b, m, s_kv, C]`` (m in {1, h_kv, h}) masks out, in key column j, the query rows of the
     intervals of the table in ``paddle_te.masks`` (C in {1, 2} with ``causal=True``, {2, 4}
     without). ``window_size`` (int or ``(left, right)``) builds a sliding-window mask instead.
+    ``block_mask`` (int32 ``[b, mask_heads, ceil(s_q / 128), ceil(s_kv / 128)]``, 1 = keep the
+    128 x 128 block, 0 = mask it, as Paddle's) masks whole blocks on top of the column bounds; it
+    runs the dense unfused path (the fused kernels take the column bounds alone).
     Returns ``out``, or ``[out, lse?, seed_offset?]`` with what was asked for: lse float32
     ``[b, h, s_q]`` (-inf for rows that see no key), seed_offset int64 ``[2]``.
     """
@@ -107,8 +138,17 @@ def flashmask_attention(query, key, value, startend_row_indices=None, *, dropout
         startend_row_indices = _window_indices(int(b), int(s_q), int(s_kv), left, 0 if causal else right,
                                                causal, q)
     if startend_row_indices is not None:
-        _check_startend(startend_row_indices, b, s_q, s_kv, h, h_kv, causal)
+        se_shape = _check_startend(startend_row_indices, b, s_q, s_kv, h, h_kv, causal)
         _ops._check_same_place(startend_row_indices, "startend_row_indices", q, "query")
+    if block_mask is not None:
+        if startend_row_indices is None:
+            raise ValueError(
+                "block_mask needs startend_row_indices (or window_size), as in Paddle's "
+                "flashmask_attention: pass bounds that mask nothing (paddle_te.masks) to use the "
+                "block mask alone"
+            )
+        _check_block_mask(block_mask, b, se_shape[1], s_q, s_kv)
+        _ops._check_same_place(block_mask, "block_mask", q, "query")
 
     p = dropout if training else 0.0
     on_gpu = _ops._is_gpu(q)
@@ -127,16 +167,27 @@ def flashmask_attention(query, key, value, startend_row_indices=None, *, dropout
             startend_shape=se_shape,
         )
         use_unfused = bool(why)
+    if block_mask is not None:
+        use_unfused, why = True, "block_mask"
+    if use_unfused and p > 0.0 and (fixed_seed_offset is not None or return_seed_offset):
+        raise ValueError(
+            f"fixed_seed_offset / return_seed_offset with dropout={p}: this call runs the unfused "
+            f"path ({why}), whose dropout mask comes from Paddle's dropout and is not described "
+            "by a seed/offset pair; the fused kernels (float16/bfloat16 on the GPU, any float "
+            "dtype on the CPU, no block_mask) replay it"
+        )
     if use_unfused:
         # No fused kernel can run it (float32 on the GPU, a head dim no kernel has): the dense
         # mask through the unfused path (paddle_te's masked softmax), same results.
         masked = None
         if startend_row_indices is not None:
             masked = _flashmask._masked_rows(startend_row_indices, int(s_q), causal)
-            if int(startend_row_indices.shape[1]) not in (1, int(h)):
-                masked = paddle.repeat_interleave(masked, int(h) // int(startend_row_indices.shape[1]), axis=1)
+            masked = _to_query_heads(masked, int(h))
             if causal:
                 masked = paddle.logical_or(masked, _causal_upper(int(s_q), int(s_kv)))
+        if block_mask is not None:
+            masked = paddle.logical_or(
+                masked, _to_query_heads(_block_masked(block_mask, int(s_q), int(s_kv)), int(h)))
         out, _, lse = _unfused.unfused_attention_bhsd(
             _unfused.to_bhsd(q, "bshd"), _unfused.to_bhsd(k, "bshd"), _unfused.to_bhsd(v, "bshd"),
             masked=masked, bias=None, scale=softmax_scale, dropout=p, training=True,

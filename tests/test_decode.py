@@ -232,6 +232,24 @@ def test_bad_arguments(rng, change, err, pattern):
         _call(t)
 
 
+def test_bad_views_and_empty_queries(rng):
+    """The in-place append needs the caller's own storage: a strided view of a cache would be
+    copied on its way into the op and the append lost, so it is refused; s_q = 0 is refused with
+    its reason."""
+    t = _tensors(make_case(rng))
+    buf_k = paddle.concat([t["k_cache"], t["k_cache"]], axis=1)
+    view = buf_k[:, 1:]
+    if view.is_contiguous():
+        pytest.skip("this Paddle slices into copies")
+    t.update(k_cache=view, v_cache=paddle.concat([t["v_cache"], t["v_cache"]], axis=1)[:, 1:])
+    with pytest.raises(ValueError, match=r"k_cache is a non-contiguous view.*in-place append"):
+        _call(t)
+    t = _tensors(make_case(rng))
+    t.update(q=t["q"][:, :0], k_new=t["k_new"][:, :0], v_new=t["v_new"][:, :0])
+    with pytest.raises(ValueError, match=r"s_q = 0, decode_attn needs s_q >= 1"):
+        _call(t)
+
+
 @pytest.mark.parametrize(
     "kw,err,pattern",
     [

@@ -178,3 +178,54 @@ def test_preallocated_cache_errors(rng):
     _, weights = _pair(need_weights=True)
     with pytest.raises(ValueError, match="need_weights"):
         weights(x[:, :1], x[:, :1], x[:, :1], None, weights.gen_cache(x, max_length=4))
+
+
+@pytest.mark.parametrize("kind", ["Cache", "InplaceCache", "StaticCache"])
+def test_training_through_a_cache(rng, kind, decode_calls):
+    """Training mode with inputs that want gradients: the steps run as Paddle's layer does, so
+    every parameter and the input get Paddle's gradients (decode_attn has none); in eval mode the
+    same steps decode."""
+    b = 2
+    ref, ours = _pair()
+    x_np = rng.standard_normal((b, 4, E)).astype("float32")
+    grads = {}
+    for name, m in (("paddle", ref), ("ours", ours)):
+        x = paddle.to_tensor(x_np, stop_gradient=False)
+        if kind == "StaticCache":
+            c = m.gen_cache(x, x, type=m.StaticCache)
+        elif kind == "InplaceCache" and m is ours:
+            c = m.gen_cache(x, max_length=6)
+        else:
+            c = m.gen_cache(x)
+        loss = 0.0
+        for t in range(3):
+            o, c = m(x[:, t:t + 1], x[:, t:t + 1], x[:, t:t + 1], None, c)
+            loss = loss + (o * o).sum()
+        loss.backward()
+        grads[name] = [getattr(m, p).weight.grad.numpy() for p in ("q_proj", "k_proj", "v_proj")]
+        grads[name].append(x.grad.numpy())
+        m.clear_gradients()
+    for got, want in zip(grads["ours"], grads["paddle"]):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert not any(decode_calls)  # no decoding step (the in-place append included)
+    ours.eval()
+    x = paddle.to_tensor(x_np, stop_gradient=False)
+    c = ours.gen_cache(x, max_length=6) if kind == "InplaceCache" else (
+        ours.gen_cache(x, x, type=ours.StaticCache) if kind == "StaticCache" else ours.gen_cache(x))
+    ours(x[:, :1], x[:, :1], x[:, :1], None, c)
+    assert len(decode_calls) == 1
+
+
+def test_dropout_through_a_cache(rng):
+    """Training mode with dropout: cached steps draw it as Paddle's layer does (fresh per call);
+    eval mode turns it off and decodes."""
+    b = 2
+    ours = tnn.MultiHeadAttention(E, H, dropout=0.5)
+    x = paddle.to_tensor(rng.standard_normal((b, 3, E)).astype("float32"))
+    for cache in (ours.gen_cache(x), ours.gen_cache(x, max_length=4)):
+        runs = [ours(x[:, :1], x[:, :1], x[:, :1], None, cache)[0].numpy() for _ in range(2)]
+        assert not np.allclose(runs[0], runs[1])
+    ours.eval()
+    for cache in (ours.gen_cache(x), ours.gen_cache(x, max_length=4)):
+        runs = [ours(x[:, :1], x[:, :1], x[:, :1], None, cache)[0].numpy() for _ in range(2)]
+        np.testing.assert_array_equal(runs[0], runs[1])

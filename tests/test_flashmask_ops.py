@@ -156,6 +156,46 @@ def test_bad_inputs(rng):
         fa(q, k, v, _t(np.full((1, 1, 8, 1), 9, np.int32)), causal=True)
     with pytest.raises(ValueError, match="dropout"):
         fa(q, k, v, _t(ok), causal=True, dropout=1.5)
+    # Paddle's block mask: [b, mask_heads, ceil(s_q / 128), ceil(s_kv / 128)] int32, with bounds.
+    bm = np.ones((1, 1, 1, 1), np.int32)
+    with pytest.raises(ValueError, match="block_mask needs startend_row_indices"):
+        fa(q, k, v, None, causal=True, block_mask=_t(bm))
+    with pytest.raises(ValueError, match=r"block_mask has shape \[1, 2, 1, 1\]"):
+        fa(q, k, v, _t(ok), causal=True, block_mask=_t(np.ones((1, 2, 1, 1), np.int32)))
+    with pytest.raises((TypeError, ValueError), match="block_mask"):
+        fa(q, k, v, _t(ok), causal=True, block_mask=_t(bm.astype(np.int64)))
+    # The block mask runs the unfused path, whose dropout a seed/offset pair does not describe.
+    with pytest.raises(ValueError, match="fixed_seed_offset / return_seed_offset.*block_mask"):
+        fa(q, k, v, _t(ok), causal=True, block_mask=_t(bm), dropout=0.2, return_seed_offset=True)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_block_mask(rng, causal):
+    """Paddle's block_mask (1 = keep the 128 x 128 block) on top of the column bounds, mask heads
+    broadcast as the bounds' (the bounds' head count)."""
+    b, s_q, s_kv, h, h_kv, d = 2, 300, 270, 4, 2, 8
+    arrs = _inputs(rng, b, s_q, s_kv, h, h_kv, d)
+    fn = zoo.causal_document if causal else zoo.document
+    se = zoo.with_heads(fn(rng, b, s_q, s_kv), rng, h_kv)
+    bm = (rng.random((b, h_kv, 3, 3)) < 0.6).astype(np.int32)
+    bm[0, 0, 2, :] = 0  # query block 2 of head group 0: every row sees nothing
+    d_out = rng.standard_normal((b, s_q, h, d))
+    q, k, v = (_t(a, True) for a in arrs)
+    out, lse = paddle_te.flashmask_attention(q, k, v, _t(se), causal=causal, block_mask=_t(bm),
+                                             return_softmax_lse=True)
+    grads = paddle.grad([(out * _t(d_out)).sum()], [q, k, v])
+    blocked = np.repeat(np.repeat(bm == 0, 128, axis=2), 128, axis=3)[:, :, :s_q, :s_kv]
+    mask = ref.flashmask_dense(se, s_q, causal, h) | np.repeat(blocked, h // h_kv, axis=1)
+    kind = "causal" if causal else "no_mask"
+    want, want_lse = ref.attention_fwd(*arrs, attn_mask_type=kind, attn_mask=mask)
+    want_grads = ref.attention_bwd(*arrs, d_out, attn_mask_type=kind, attn_mask=mask)
+    np.testing.assert_allclose(out.numpy(), want, atol=1e-9)
+    fin = np.isfinite(want_lse)
+    assert np.all(lse.numpy()[~fin] == -np.inf) and (~fin[0, :2, 256:]).all()
+    np.testing.assert_allclose(lse.numpy()[fin], want_lse[fin], atol=1e-5, rtol=1e-5)  # float32
+    for g, w in zip(grads, want_grads):
+        np.testing.assert_allclose(g.numpy(), w, atol=1e-8)
+    assert np.all(out.numpy()[0, 256:, :2] == 0) and np.all(grads[0].numpy()[0, 256:, :2] == 0)
 
 
 # ---- paddle_te.masks ---------------------------------------------------------------------------
@@ -179,10 +219,22 @@ def test_dense_inexpressible():
     m[0, 0, [1, 3, 5], 0] = True  # three separate runs in column 0
     with pytest.raises(ValueError, match='attn_mask_type="arbitrary"'):
         masks.dense_to_startend_row_indices(m, False)
+    upper = np.arange(3)[None, :] > np.arange(6)[:, None]
     m = np.zeros((1, 1, 6, 3), bool)
+    m[0, 0] = upper
     m[0, 0, [2, 4], 0] = True  # two runs below the diagonal
-    with pytest.raises(ValueError, match='attn_mask_type="arbitrary"'):
+    with pytest.raises(ValueError, match='two separate.*attn_mask_type="arbitrary"'):
         masks.dense_to_startend_row_indices(m, True)
+    # causal=True describes exactly the mask given: one that leaves the causal rule's elements
+    # above the diagonal open is not what the op with those indices would apply.
+    m = np.zeros((1, 1, 6, 3), bool)
+    m[0, 0, 4:, 1] = True
+    with pytest.raises(ValueError, match=r'\[0, 0, 0, 1\].*above the diagonal.*"arbitrary"'):
+        masks.dense_to_startend_row_indices(m, True)
+    m[0, 0] |= upper
+    back = masks.dense_to_startend_row_indices(m, True)
+    np.testing.assert_array_equal(back.numpy()[0, 0, :, 0], [6, 4, 6])
+    np.testing.assert_array_equal(masks.startend_row_indices_to_dense(back, 6, True).numpy(), m)
 
 
 def _doc_id(cu, s):
@@ -244,3 +296,8 @@ def test_dpa_startend(rng, fmt):
     bad = DotProductAttention(h, d, num_gqa_groups=2, attn_mask_type="padding", qkv_format=fmt)
     with pytest.raises(ValueError, match="startend_row_indices with attn_mask_type='padding'"):
         bad(*ts, startend_row_indices=_t(se))
+    # (-1, 0) makes no_mask causal, but the bounds' table depends on causal: refused, not dropped.
+    bad = DotProductAttention(h, d, num_gqa_groups=2, attn_mask_type="no_mask", qkv_format=fmt,
+                              window_size=(-1, 0))
+    with pytest.raises(ValueError, match=r"window_size=\(-1, 0\).*attn_mask_type='causal'"):
+        bad(*ts, startend_row_indices=_t(np.concatenate([se, se], axis=-1)))

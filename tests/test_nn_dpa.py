@@ -102,14 +102,17 @@ def test_thd_vs_reference(rng, mask_type):
 
 
 @pytest.mark.parametrize("fmt", ["bshd", "sbhd"])
-@pytest.mark.parametrize("mask_shape", ["b1qk", "bhqk", "qk"])
+@pytest.mark.parametrize("mask_shape", ["b1qk", "bhqk", "qk", "k", "scalar"])
 @pytest.mark.parametrize("window", [None, (2, 1)])
 def test_arbitrary_vs_reference(rng, fmt, mask_shape, window):
+    """Any bool mask that broadcasts to [b, h, s_q, s_kv], down to a single key row or a 0-D one."""
     b, s_q, s_kv = 2, 5, 6
     q, k, v, d_out = _qkv(rng, b, s_q, s_kv)
-    shape = {"b1qk": (b, 1, s_q, s_kv), "bhqk": (b, 4, s_q, s_kv), "qk": (s_q, s_kv)}[mask_shape]
+    shape = {"b1qk": (b, 1, s_q, s_kv), "bhqk": (b, 4, s_q, s_kv), "qk": (s_q, s_kv),
+             "k": (s_kv,), "scalar": ()}[mask_shape]
     mask = rng.random(shape) < 0.3
-    mask.reshape(-1, s_kv)[1, :] = True  # a fully masked row: output 0, gradients 0
+    if len(shape) >= 2:
+        mask.reshape(-1, s_kv)[1, :] = True  # a fully masked row: output 0, gradients 0
     layer = tnn.DotProductAttention(4, 8, num_gqa_groups=2, attn_mask_type="arbitrary",
                                     window_size=window, qkv_format=fmt)
     got = _run(layer, *(_layout(x, fmt) for x in (q, k, v, d_out)), _t(mask))
@@ -130,10 +133,11 @@ def test_mqa_vs_reference(rng, mask_type):
 
 
 @pytest.mark.parametrize("mask_type", ["causal", "no_mask", "padding", "arbitrary"])
-def test_core_attention_bias_vs_reference(rng, mask_type):
+@pytest.mark.parametrize("bias_shape", [(1, 4, 6, 6), (6,), ()])
+def test_core_attention_bias_vs_reference(rng, mask_type, bias_shape):
     b, s = 2, 6
     q, k, v, d_out = _qkv(rng, b, s, s)
-    bias = rng.standard_normal((1, 4, s, s))
+    bias = np.asarray(rng.standard_normal(bias_shape))
     layer = tnn.DotProductAttention(4, 8, num_gqa_groups=2, attn_mask_type=mask_type)
     ref_kw = dict(attn_mask_type=mask_type, bias=bias)
     args = ()

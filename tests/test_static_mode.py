@@ -88,6 +88,15 @@ def _cases():
             call=lambda t: list(ops.flashmask_attention(t["q"], t["k"], t["v"], t["se"], causal=True,
                                                         return_softmax_lse=True)),
         ),
+        "flashmask_attention_block_mask": dict(
+            inputs=[("q", [2, 6, 4, 8], f32, [None, 6, 4, 8], True),
+                    ("k", [2, 6, 2, 8], f32, [None, 6, 2, 8], True),
+                    ("v", [2, 6, 2, 8], f32, [None, 6, 2, 8], True),
+                    ("se", "fm_se", i32, [None, 2, 6, 2], False),
+                    ("bm", "fm_bm", i32, [None, 2, 1, 1], False)],
+            call=lambda t: list(ops.flashmask_attention(t["q"], t["k"], t["v"], t["se"], causal=True,
+                                                        return_softmax_lse=True, block_mask=t["bm"])),
+        ),
         "mask_to_cu_seqlens": dict(
             inputs=[("mask", "pad_mask", "bool", [None, 1, 1, 7], False)],
             call=lambda t: list(ops.mask_to_cu_seqlens(t["mask"])),
@@ -110,6 +119,7 @@ CASE_NAMES = [
     "fused_attn_thd",
     "fused_attn_unfused_backend",
     "flashmask_attention",
+    "flashmask_attention_block_mask",
     "mask_to_cu_seqlens",
     "mask_to_cu_seqlens_cross",
 ]
@@ -125,6 +135,8 @@ _FIXED = {
     # FlashMask, causal C=2, one mask per kv head: documents [0, 3) and [3, 6) (LTS = document
     # end, LTE = 6) on head 0; on head 1 rows [1, 3) masked in every column (rows that see nothing).
     "fm_se": np.array([[[[3, 6]] * 3 + [[6, 6]] * 3, [[1, 3]] * 6]] * 2, np.int32),
+    # Paddle's block mask over those bounds: kv head 1 of sequence 0 masked whole (1 = keep).
+    "fm_bm": np.array([[[[1]], [[0]]], [[[1]], [[1]]]], np.int32),
 }
 
 

@@ -131,7 +131,7 @@ def check_broadcastable(x, name, target, target_desc):
     """`x` (rank <= len(target)) broadcasts to `target` (ints; None = not known yet): each of its
     dims, aligned to the right, is 1 or the target's. Unknown dims (static mode) pass."""
     shape = list(x.shape)
-    if not 1 <= len(shape) <= len(target):
+    if len(shape) > len(target):
         raise ValueError(
             f"{name} has shape {shape}: must be broadcastable to {target_desc} = {_show(target)}"
         )

@@ -59,6 +59,13 @@ def gen_inplace_cache(mha, key, value, max_length):
         raise ValueError("gen_cache(key, value, max_length=...): key's length (dim 2) must be known")
     if s > max_length:
         raise ValueError(f"gen_cache: key holds {s} positions, more than max_length={max_length}")
+    if trains(mha, key, value):
+        # Training (key/value want gradients): the prefix stays differentiable, as in Paddle's
+        # Cache(key, value).
+        rest = paddle.zeros([b, max_length - s, mha.num_heads, mha.head_dim], dtype=key.dtype)
+        return InplaceCache(paddle.concat([key.transpose([0, 2, 1, 3]), rest], axis=1),
+                            paddle.concat([value.transpose([0, 2, 1, 3]), rest], axis=1),
+                            paddle.full([b], s, dtype="int32"))
     # Write the given prefix with one decode_attn append (its attention output is not needed).
     q = paddle.zeros([b, s, mha.num_heads, mha.head_dim], dtype=key.dtype)
     ops.decode_attn(q, k_cache, v_cache, paddle.zeros([b], dtype="int32"),
@@ -79,9 +86,9 @@ def _pad_mask(masked, bias, length, max_length):
     return masked, bias
 
 
-def step(mha, q, key, value, attn_mask, cache, hint):
+def step(mha, q, key, value, attn_mask, cache, hint, train=False):
     """One incremental step on an InplaceCache. q `[b, s_q, h, d]`; returns (out `[b, s_q, h, d]`,
-    the advanced cache)."""
+    the advanced cache). `train` (trains()): the step draws dropout and stays differentiable."""
     if mha.need_weights:
         raise ValueError(
             "need_weights=True with a preallocated cache (gen_cache(..., max_length=N)): the "
@@ -94,7 +101,8 @@ def step(mha, q, key, value, attn_mask, cache, hint):
     s_q = _core.static_dim(q, 1)
     causal = hint in CAUSAL_MASK_TYPES
     window = mha.window_size
-    plain = not given(attn_mask) and (s_q == 1 or causal) and (causal or tuple(window) == (-1, -1))
+    plain = (not given(attn_mask) and (s_q == 1 or causal) and (causal or tuple(window) == (-1, -1))
+             and not train)
     scale = mha.head_dim**-0.5
     if plain:
         # The step's queries are the last s_q positions: bottom-right causal (the only rule that
@@ -105,10 +113,17 @@ def step(mha, q, key, value, attn_mask, cache, hint):
                               backend=_decode_backend(mha.backend))
         return out, InplaceCache(cache.k_cache, cache.v_cache, cache.seqlens + q.shape[1])
 
-    # A mask (or a non-causal multi-token step): append in place with decode_attn, then run the
-    # general path over the whole buffer with the keys past each length masked out.
-    ops.decode_attn(q, cache.k_cache, cache.v_cache, cache.seqlens, k_new=k_new, v_new=v_new,
-                    softmax_scale=scale, backend=_decode_backend(mha.backend))
+    # A mask, a non-causal multi-token step or a training step (dropout, gradients): append, then
+    # run the general path over the whole buffer with the keys past each length masked out.
+    if train and needs_grad(q, k_new, v_new):
+        # Gradients reach this step's keys and values, and earlier steps' through the buffers, as
+        # through Paddle's concatenating Cache: the buffers are replaced, not written in place
+        # (a copy per step, as the concatenation; the backward keeps what each step read).
+        k_all, v_all = _append_copy(cache, k_new, v_new)
+    else:
+        ops.decode_attn(q, cache.k_cache, cache.v_cache, cache.seqlens, k_new=k_new, v_new=v_new,
+                        softmax_scale=scale, backend=_decode_backend(mha.backend))
+        k_all, v_all = cache.k_cache, cache.v_cache
     n = cache.seqlens + _core.dim(q, 1)  # [b] keys after the append
     max_length = cache.max_length
     beyond = paddle.arange(max_length, dtype="int32").unsqueeze(0) >= n.unsqueeze(1)
@@ -125,10 +140,51 @@ def step(mha, q, key, value, attn_mask, cache, hint):
         user_masked, bias = _pad_mask(user_masked, _core.as4d(bias) if given(bias) else None,
                                       length, max_length)
         masked = paddle.logical_or(masked, user_masked)
+    if causal and not given(attn_mask):
+        # The step's queries are the last s_q positions of each sequence: row i sees keys
+        # < n - s_q + i + 1 (and, with a left window, none before n - s_q + i - left).
+        rows = paddle.arange(_core.dim(q, 1), dtype="int32").reshape([1, 1, -1, 1])
+        keys = paddle.arange(max_length, dtype="int32").reshape([1, 1, 1, -1])
+        last = (n - _core.dim(q, 1)).reshape([-1, 1, 1, 1]) + rows
+        masked = paddle.logical_or(masked, keys > last)
+        if window[0] >= 0:
+            masked = paddle.logical_or(masked, keys < last - window[0])
     float_mask = paddle.where(masked, paddle.full([1], float("-inf"), dtype=dtype),
                               bias.astype(dtype) if given(bias) else paddle.zeros([1], dtype=dtype))
-    out, _ = mha._unfused(q, cache.k_cache, cache.v_cache, "bshd", float_mask, None)
-    return out, InplaceCache(cache.k_cache, cache.v_cache, n)
+    out, _ = mha._unfused(q, k_all, v_all, "bshd", float_mask, None)
+    return out, InplaceCache(k_all, v_all, n)
+
+
+def _append_copy(cache, k_new, v_new):
+    """New buffers: the cache's with k_new / v_new `[b, s_q, h, d]` at positions seqlens[b] ...
+    seqlens[b] + s_q - 1 (differentiable in both). The capacity is checked as decode_attn does;
+    in dygraph by reading the lengths (training steps are not the decoding hot path)."""
+    b, s_q, h, d = (_core.dim(k_new, i) for i in range(4))
+    if paddle.in_dynamic_mode() and b:
+        longest = int(cache.seqlens.max()) + s_q
+        if longest > cache.max_length:
+            raise ValueError(
+                f"cache: a step of {s_q} positions after {longest - s_q} cached ones exceeds the "
+                f"preallocated max_length={cache.max_length}"
+            )
+    pos = cache.seqlens.unsqueeze(1) + paddle.arange(s_q, dtype="int32").unsqueeze(0)  # [b, s_q]
+    idx = pos.astype("int64").reshape([b, s_q, 1, 1]).expand([b, s_q, h, d])
+    return (paddle.put_along_axis(cache.k_cache, idx, k_new, axis=1),
+            paddle.put_along_axis(cache.v_cache, idx, v_new, axis=1))
+
+
+def needs_grad(*tensors):
+    """Whether autograd will ask for a gradient of any of the tensors."""
+    return paddle.is_grad_enabled() and any(not t.stop_gradient for t in tensors)
+
+
+def trains(mha, *inputs):
+    """Whether a step on a cache trains, and so runs as Paddle's layer does rather than through
+    decode_attn (inference only: no dropout, no gradient): training mode with dropout, or with
+    layer inputs (query, key, value) that want gradients. Inputs that want none (token
+    embeddings fed under paddle.no_grad, data tensors) decode even in training mode, so the
+    parameters then get no gradient through the step; eval mode always decodes."""
+    return mha.training and (float(mha.dropout) > 0.0 or needs_grad(*inputs))
 
 
 def decodes(mha, q, attn_mask, hint):

@@ -291,6 +291,13 @@ class DotProductAttention(nn.Layer):
                 f"startend_row_indices with window_size={self.window_size}: put the window into "
                 "the column bounds (paddle_te.masks.sliding_window_mask)"
             )
+        if mask_type == "no_mask" and tuple(self.window_size) == (-1, 0):
+            # (-1, 0) makes 'no_mask' top-left causal (SPEC §2), but the bounds' table depends on
+            # `causal`: C = 2 means (LTS, UTE) without it and (LTS, LTE) with it.
+            raise ValueError(
+                "startend_row_indices on a 'no_mask' layer with window_size=(-1, 0) (causal): "
+                "use attn_mask_type='causal', whose bounds table the indices then follow"
+            )
         q, k, v = (x if fmt == "bshd" else x.transpose([1, 0, 2, 3]) for x in (query, key, value))
         out = ops.flashmask_attention(
             q, k, v, startend, dropout=self.attention_dropout, causal=mask_type == "causal",
@@ -445,11 +452,6 @@ class DotProductAttention(nn.Layer):
             raise TypeError(
                 f"{name} has dtype {mask.dtype}: attn_mask_type='arbitrary' takes a bool "
                 f"mask (True = masked out); pass additive values as core_attention_bias"
-            )
-        if mask.ndim < 2:
-            raise ValueError(
-                f"{name} has shape {list(mask.shape)}: must be broadcastable to "
-                f"[b, h, s_q, s_kv] (rank 2 to 4)"
             )
         _core.check_broadcastable(mask, name, self._bhss(query, key), "[b, h, s_q, s_kv]")
         return mask

@@ -169,10 +169,12 @@ class MultiHeadAttention(paddle.nn.MultiHeadAttention):
                 "mask or the hint"
             )
 
-        # q: [b, s_q, h, d]; the caches hold k, v as [b, h, s, d].
+        # q: [b, s_q, h, d]; the caches hold k, v as [b, h, s, d]. Steps on a cache decode
+        # (decode_attn, inference only) unless they train: dropout, or inputs that want gradients.
+        train = _kv_cache.trains(self, query, key, value)
         q = self.q_proj(query).reshape([0, 0, self.num_heads, self.head_dim])
         if isinstance(cache, self.InplaceCache):
-            out, cache = _kv_cache.step(self, q, key, value, attn_mask, cache, hint)
+            out, cache = _kv_cache.step(self, q, key, value, attn_mask, cache, hint, train)
             return self.out_proj(out.reshape([0, 0, self.embed_dim])), cache
         if isinstance(cache, self.StaticCache):
             k, v = cache.k, cache.v
@@ -197,7 +199,7 @@ class MultiHeadAttention(paddle.nn.MultiHeadAttention):
             not has_mask or hint not in (None, "arbitrary")
         )
         if use_fused:
-            out = self._fused(q, k, v, kv_layout, attn_mask, hint)
+            out = self._fused(q, k, v, kv_layout, attn_mask, hint, decode=not train)
             weights = None
         else:
             out, weights = self._unfused(q, k, v, kv_layout, attn_mask, hint)
@@ -261,8 +263,8 @@ class MultiHeadAttention(paddle.nn.MultiHeadAttention):
             attn_mask, "attn_mask", [b, self.num_heads, _core.static_dim(query, 1), s_kv],
             "[batch_size, num_heads, query_length, key_length]")
 
-    def _fused(self, q, k, v, kv_layout, attn_mask, hint):
-        if kv_layout == "bhsd" and _kv_cache.decodes(self, q, attn_mask, hint):
+    def _fused(self, q, k, v, kv_layout, attn_mask, hint, decode=True):
+        if kv_layout == "bhsd" and decode and _kv_cache.decodes(self, q, attn_mask, hint):
             return _kv_cache.attend_cache(self, q, k, v, hint)  # incremental step (SPEC §10)
         if kv_layout == "bhsd":
             k, v = k.transpose([0, 2, 1, 3]), v.transpose([0, 2, 1, 3])
