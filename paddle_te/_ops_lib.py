@@ -32,6 +32,8 @@ __all__ = [
     "attn_check",
     "core_version",
     "PteOpError",
+    "WINDOW_ATTRS",
+    "op_window",
 ]
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -295,6 +297,30 @@ def _run_static_legacy(op_name, inputs, attrs, outputs):
     return [outs[name] for name in outputs]
 
 
+# ---- windows as op attributes -----------------------------------------------------------------
+#: The ops' window attributes: 32-bit ints (``int`` in csrc/paddle/attn_params.h).
+WINDOW_ATTRS = ("window_left", "window_right")
+# A window side this large never excludes a key: sequence lengths are < 2^31, so with top-left
+# alignment i - left < 0 <= j and i + right > j, and with bottom-right alignment (causal types:
+# right = 0) i + delta - left <= L_k - 1 - left < 0. It is exactly the unbounded side (-1), and
+# unlike the user's value (SPEC §2 keeps any l, r >= -1) it fits the attribute.
+_UNBOUNDED_FROM = 2**31 - 1
+
+
+def op_window(window):
+    """``(left, right)`` as the ops take it: a side >= 2^31 - 1 becomes -1 (unbounded), which it
+    is equivalent to; other values as they are. ``run_op`` applies it to every op's window
+    attributes; callers that also consult the window elsewhere (capability check, unfused path)
+    apply it first so that every path sees the same window."""
+    left, right = window
+    return (_op_window_side(left), _op_window_side(right))
+
+
+def _op_window_side(w):
+    w = int(w)
+    return -1 if w >= _UNBOUNDED_FROM else w
+
+
 @unified
 def run_op(op_name, inputs, attrs, outputs):
     """Run custom op ``op_name``.
@@ -302,7 +328,10 @@ def run_op(op_name, inputs, attrs, outputs):
     inputs: list of (slot name, tensor or None) in declaration order; attrs: list of
     (name, python value) in declaration order; outputs: output slot names. Returns a list of
     outputs. In dygraph, argument errors raised by the core come back as ``ValueError``.
+    Window attributes (``WINDOW_ATTRS``) go through :func:`op_window`, so a legal window side
+    past the int32 range reaches the op as the -1 it is equivalent to.
     """
+    attrs = [(k, _op_window_side(v) if k in WINDOW_ATTRS else v) for k, v in attrs]
     if in_dynamic_or_pir_mode():
         args = [t for _, t in inputs] + [v for _, v in attrs]
         if paddle.in_dynamic_mode():

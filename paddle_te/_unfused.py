@@ -16,7 +16,7 @@ import paddle
 import paddle.nn.functional as F
 from paddle.jit.marker import unified
 
-from . import ops
+from . import _ops_lib, ops
 from .masks import BOTTOM_RIGHT_MASK_TYPES, CAUSAL_MASK_TYPES
 
 
@@ -101,7 +101,10 @@ def type_rule(s_q, s_kv, window, mask_type, len_q=None, len_kv=None):
     the dedicated causal softmax kernels (`causal` = "top_left"/"bottom_right", masked None);
     anything else to an explicit mask from `window_mask` (or None)."""
     bottom_right = mask_type in BOTTOM_RIGHT_MASK_TYPES
-    if mask_type in CAUSAL_MASK_TYPES and tuple(window) == (-1, 0) and not given(len_q):
+    # A side past the int32 range is unbounded, as the fused path reads it (window_mask itself
+    # computes in int64, where such a side masks nothing either).
+    window = _ops_lib.op_window(window)
+    if mask_type in CAUSAL_MASK_TYPES and window == (-1, 0) and not given(len_q):
         return None, ("bottom_right" if bottom_right else "top_left")
     return window_mask(s_q, s_kv, window, bottom_right, len_q, len_kv), None
 

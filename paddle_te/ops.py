@@ -11,6 +11,13 @@ SOT) calls them as they are instead of transforming them, and they build static-
 called in static mode. In static mode tensor values cannot be read while the program is built: checks that need
 values (cu_seqlens contents, ``mask_to_cu_seqlens``' right-padding verdict) run in dygraph only;
 shape checks skip dimensions that are unknown (-1).
+
+Zero-size tensors: Paddle hands a custom op a tensor with no elements as if it were absent, so the
+ops never see one. Each function answers such a call itself, from Paddle ops, where SPEC §2 / §3
+defines the result (empty outputs; attention with no keys gives 0 and lse -inf), with the graph
+connected to its inputs so that ``paddle.grad`` gives their (zero or zero-size) gradients. This
+needs the zero dimension known when the call is built: always in dygraph, in static mode when the
+program declares it.
 """
 
 import math
@@ -156,6 +163,28 @@ def _amp_cast(tensors, on_gpu):
     return [t.astype(dtype) if _dtype_name(t.dtype) == "float32" else t for t in tensors]
 
 
+def _has_zero_dim(shape):
+    """Whether a (possibly partly unknown) shape surely has no elements."""
+    return any(_known(d) and d == 0 for d in shape)
+
+
+def _zero_from(t):
+    """float32 0-D zero computed from ``t`` through an empty slice. Added to a result built without
+    the op, it connects the result to ``t`` (``paddle.grad`` refuses an input that is not in the
+    graph) with a gradient that is exactly 0 (zero-size for an empty ``t``), whatever the values
+    of ``t`` and the upstream gradient: no ``0 * inf``. Summed in float32: Paddle's CPU has no
+    float16 add."""
+    return t[:0].astype("float32").sum()
+
+
+def _zeros_on(shape, dtype, like):
+    """paddle.zeros on ``like``'s place (dygraph; static mode: the program's place)."""
+    z = paddle.zeros(shape, dtype=dtype)
+    if paddle.in_dynamic_mode() and str(z.place) != str(like.place):
+        z = z._copy_to(like.place, False)
+    return z
+
+
 # ------------------------------------------------------------------------------------------------
 # fused attention
 # ------------------------------------------------------------------------------------------------
@@ -175,8 +204,8 @@ def _check_cu_seqlens(cu, name, qkv_format, batch, padded_len, total, max_seqlen
         raise TypeError(f"{name} has dtype {_dtype_name(cu.dtype)}: must be int32 (cumulative sequence lengths [b+1])")
     if qkv_format != "thd" and _known(batch, shape[0]) and shape[0] != batch + 1:
         raise ValueError(f"{name} has shape {shape}: expected [{batch + 1}] (batch size + 1) for qkv_format={qkv_format!r}")
-    if _known(shape[0]) and shape[0] < 2:
-        raise ValueError(f"{name} has shape {shape}: must hold at least 2 offsets (batch size + 1)")
+    if _known(shape[0]) and shape[0] < 1:
+        raise ValueError(f"{name} has shape {shape}: must hold at least 1 offset (batch size + 1)")
     _check_same_place(cu, name, ref, "q")
     if not paddle.in_dynamic_mode():
         return None
@@ -262,6 +291,21 @@ def _seed_offset(dropout, place_like):
     return so
 
 
+def _attention_without_keys(q, k, v, qkv_format):
+    """``(out, lse)`` of a call in which no query row sees a key, built without the op (which
+    cannot take the zero-size tensors such calls have, see the module doc): out 0 in q's layout
+    with v's head dim, lse -inf (SPEC §2: a row that sees no key), and gradients 0 for q, k, v
+    (zero-size where they are empty). q, k, v: [b, s, h, d] / [s, b, h, d] / [t, h, d]; a dim
+    unknown in static mode is read from the tensor at run time."""
+    zero = _zero_from(q) + _zero_from(k) + _zero_from(v)
+    rank = len(q.shape)
+    dims = [_unfused.dim(q, i) for i in range(rank - 1)]  # [b, s_q, h] / [s_q, b, h] / [t_q, h]
+    out = paddle.expand(zero, dims + [_unfused.dim(v, rank - 1)]).astype(q.dtype)
+    rows = {"bshd": [0, 2, 1], "sbhd": [1, 2, 0], "thd": [1, 0]}[qkv_format]
+    lse = paddle.expand(zero + float("-inf"), [dims[i] for i in rows])  # [b, h, s_q] / [h, t_q]
+    return out, lse
+
+
 @unified
 def fused_attn(
     q,
@@ -301,7 +345,9 @@ def fused_attn(
     deterministic = _check_bool(deterministic, "deterministic")
     return_softmax_lse = _check_bool(return_softmax_lse, "return_softmax_lse")
     dropout = _check_dropout(dropout)
-    left, right = check_set_window_size(attn_mask_type, window_size)
+    # The window as the kernels take it: a side past the int32 range is the unbounded side it is
+    # equivalent to, for every path (capability check, unfused path, op attributes).
+    left, right = _ops_lib.op_window(check_set_window_size(attn_mask_type, window_size))
     max_seqlen_q = _check_optional_int(max_seqlen_q, "max_seqlen_q")
     max_seqlen_kv = _check_optional_int(max_seqlen_kv, "max_seqlen_kv")
 
@@ -335,7 +381,7 @@ def fused_attn(
         raise ValueError(f"v has shape {shapes['v']}: its sequence length {s_v} must equal k's {s_kv}")
     if _known(h_kv, h_v) and h_v != h_kv:
         raise ValueError(f"v has shape {shapes['v']}: {h_v} heads must equal k's {h_kv} heads")
-    if _known(h, h_kv) and (h_kv == 0 or h % h_kv != 0):
+    if _known(h, h_kv) and (h_kv == 0 and h != 0 or h_kv != 0 and h % h_kv != 0):
         raise ValueError(
             f"k has shape {shapes['k']}: its {h_kv} heads must divide q's {h} heads (GQA/MQA: query "
             f"head i uses kv head i // (h / h_kv))"
@@ -392,9 +438,9 @@ def fused_attn(
                     f"cu_seqlens_kv has shape [{nkv}]: must match cu_seqlens_q's [{nq}] (one entry per sequence + 1)"
                 )
             if max_seqlen_q is None and cu_q_vals is not None:
-                max_seqlen_q = int(np.diff(cu_q_vals).max())
+                max_seqlen_q = int(np.diff(cu_q_vals).max(initial=0))
             if max_seqlen_kv is None and cu_kv_vals is not None:
-                max_seqlen_kv = int(np.diff(cu_kv_vals).max())
+                max_seqlen_kv = int(np.diff(cu_kv_vals).max(initial=0))
     # max_seqlen: an upper bound. Padded layouts: the padded length (no host sync). thd: derived
     # above in dygraph, else 0 = let the core use the token count.
     if qkv_format != "thd":
@@ -424,6 +470,16 @@ def fused_attn(
     q, k, v = _grad_guard(q, k, v)
     q, k, v = _amp_cast([q, k, v], on_gpu)
     dtype = _dtype_name(q.dtype)
+    n_seq = list(cu_seqlens_q.shape)[0] if cu_seqlens_q is not None else None
+    if _has_zero_dim(q.shape) or _has_zero_dim(k.shape) or (_known(n_seq) and n_seq == 1):
+        # Nothing to compute: no query rows, no keys, or no sequences (cu_seqlens [0]).
+        if on_gpu and backend in CUDA_BACKENDS and dtype not in _GPU_FUSED_DTYPES:
+            raise ValueError(
+                f"backend={backend!r} cannot run this call: q has dtype {dtype}: the CUDA fused "
+                "backends take float16 or bfloat16 (use paddle.amp.auto_cast, or backend='unfused')"
+            )
+        out, lse = _attention_without_keys(q, k, v, qkv_format)
+        return (out, lse) if return_softmax_lse else out
     use_unfused = backend == "unfused"
     if on_gpu and backend != "unfused":
         # One capability source: the core's check, with its reason (STYLE habit 7).
@@ -498,6 +554,9 @@ def mask_to_cu_seqlens(mask, mask_kv=None, *, check=True):
         if _known(b, kv_shape[0]) and kv_shape[0] != b:
             raise ValueError(f"mask_kv has shape {kv_shape}: batch {kv_shape[0]} must equal mask's batch {b}")
         _check_same_place(mask_kv, "mask_kv", mask, "mask")
+    empty_kv = mask_kv is not None and _has_zero_dim(mask_kv.shape)
+    if _has_zero_dim(shape) or empty_kv:
+        return _cu_seqlens_of_empty_masks(mask, mask_kv, check)
     cu_q, cu_kv, valid = _ops_lib.run_op(
         "pte_mask_to_cu_seqlens",
         [("mask", mask), ("mask_kv", mask_kv)],
@@ -513,6 +572,20 @@ def mask_to_cu_seqlens(mask, mask_kv=None, *, check=True):
     return cu_q, cu_kv
 
 
+def _cu_seqlens_of_empty_masks(mask, mask_kv, check):
+    """mask_to_cu_seqlens where a mask has no elements (the op cannot take it, see the module
+    doc). An empty mask gives every sequence of its side length 0 (with b = 0: cu_seqlens [0]);
+    with mask_kv, the other side, if not empty, comes from the op on that mask alone (the
+    one-mask form gives the same lengths to both sides)."""
+    n = _unfused.dim(mask, 0) + 1  # b + 1 (a 0-D tensor in static mode when b is unknown)
+    cu_q, cu_kv = _zeros_on([n], "int32", mask), _zeros_on([n], "int32", mask)
+    if mask_kv is not None and not _has_zero_dim(mask_kv.shape):  # mask [b, 1, 1, 0]: no queries
+        cu_kv = mask_to_cu_seqlens(mask_kv, check=check)[1]
+    elif mask_kv is not None and not _has_zero_dim(mask.shape):  # mask_kv [b, 1, 1, 0]: no keys
+        cu_q = mask_to_cu_seqlens(mask, check=check)[0]
+    return cu_q, cu_kv
+
+
 # ------------------------------------------------------------------------------------------------
 # masked softmax
 # ------------------------------------------------------------------------------------------------
@@ -524,6 +597,10 @@ def _softmax_x(x, scale):
 
 def _run_softmax(op, x, scale, mask=None):
     (x,) = _grad_guard(x)
+    if _has_zero_dim(x.shape):
+        # An empty x has an empty softmax (the op cannot take it, see the module doc): a copy,
+        # so that y is in x's graph and x's gradient is the zero-size one.
+        return x.clone()
     inputs = [("x", x)] + ([("mask", mask)] if mask is not None else [])
     (y,) = _ops_lib.run_op(op, inputs, [("scale", _scale_attr(scale))], ["y"])
     return y

@@ -237,6 +237,102 @@ def test_thd_all_sequences_empty(rng):
     assert np.all(out == 0) and all(np.all(g == 0) for g in grads)
 
 
+# --------------------------------------------------------------------------------------------
+# Zero-size inputs: Paddle hands a custom op an empty tensor as if it were absent, so fused_attn
+# answers these calls itself. SPEC §2: a row that sees no key gives 0, lse -inf, gradient 0.
+# --------------------------------------------------------------------------------------------
+
+# id -> (qkv_format, q shape, k shape, v shape, extra keywords)
+ZERO_SIZE = {
+    "no_keys": ("bshd", (2, 3, 4, 8), (2, 0, 2, 8), (2, 0, 2, 6), dict(attn_mask_type="causal")),
+    "no_keys_sbhd": ("sbhd", (3, 2, 2, 8), (0, 2, 2, 8), (0, 2, 2, 8), {}),
+    "no_keys_padding": ("bshd", (2, 3, 2, 8), (2, 0, 2, 8), (2, 0, 2, 8),
+                        dict(attn_mask_type="padding_causal", cu_seqlens_q=[0, 1, 3],
+                             cu_seqlens_kv=[0, 0, 0])),
+    "no_queries": ("bshd", (2, 0, 2, 8), (2, 5, 2, 8), (2, 5, 2, 8), {}),
+    "empty_batch": ("bshd", (0, 3, 2, 8), (0, 4, 1, 8), (0, 4, 1, 8), {}),
+    "empty_batch_padding": ("sbhd", (3, 0, 2, 8), (4, 0, 2, 8), (4, 0, 2, 8),
+                            dict(attn_mask_type="padding", cu_seqlens_q=[0], cu_seqlens_kv=[0])),
+    "no_heads": ("bshd", (2, 3, 0, 8), (2, 4, 0, 8), (2, 4, 0, 8), {}),
+    "thd_no_keys": ("thd", (3, 2, 8), (0, 1, 8), (0, 1, 4),
+                    dict(cu_seqlens_q=[0, 1, 3], cu_seqlens_kv=[0, 0, 0])),
+    "thd_no_sequences": ("thd", (3, 2, 8), (5, 2, 8), (5, 2, 8),
+                         dict(cu_seqlens_q=[0], cu_seqlens_kv=[0])),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("backend", ["auto", "cpu", "unfused"])
+@pytest.mark.parametrize("case", list(ZERO_SIZE))
+def test_zero_size_inputs(rng, case, backend, dtype):
+    fmt, q_shape, k_shape, v_shape, kw = ZERO_SIZE[case]
+    if backend == "unfused" and fmt == "thd":
+        pytest.skip("unfused takes no thd (tested above)")
+    kw = dict(kw, qkv_format=fmt)
+    q, k, v = (rng.standard_normal(sh).astype(dtype) for sh in (q_shape, k_shape, v_shape))
+    d_out = rng.standard_normal(q_shape[:-1] + v_shape[-1:]).astype(dtype)
+    out, lse, grads = run_op(q, k, v, d_out, dtype=dtype, backend=backend, **kw)
+    want = [np.zeros(sh, dtype) for sh in (d_out.shape, q_shape, k_shape, v_shape)]
+    lse_shape = (q_shape[1], q_shape[0]) if fmt == "thd" else (
+        (q_shape[0], q_shape[2], q_shape[1]) if fmt == "bshd" else (q_shape[1], q_shape[2], q_shape[0]))
+    if k_shape[-2] > 0:  # the oracle needs kv heads to group the query heads by
+        ref_out, ref_lse = R.attention_fwd(q, k, v, **kw)
+        want = [ref_out] + list(R.attention_bwd(q, k, v, d_out, **kw))
+        assert ref_lse.shape == lse_shape and np.all(np.isneginf(ref_lse))
+    for name, got, w in zip(("out", "dq", "dk", "dv"), [out] + grads, want):
+        assert got.shape == w.shape and got.dtype == np.dtype(dtype), f"{name}: {got.shape} {got.dtype}"
+        np.testing.assert_array_equal(got, w, err_msg=name)  # all exactly 0 (or empty)
+    assert lse.dtype == np.float32 and lse.shape == lse_shape, (lse.dtype, lse.shape)
+    assert np.all(np.isneginf(lse)), "a row that sees no key has lse -inf"
+
+
+def test_zero_size_gradient_never_nan(rng):
+    """No keys: the gradient of q is exactly 0 whatever q and the upstream gradient hold (no
+    0 * inf), in float16 too (computed in float32 on the CPU, returned in q's dtype)."""
+    for dtype in ("float32", "float16"):
+        q = paddle.to_tensor(np.full((1, 3, 2, 8), np.inf, np.float32)).astype(dtype)
+        k = paddle.zeros([1, 0, 2, 8], dtype=dtype)
+        q.stop_gradient = k.stop_gradient = False
+        out, lse = paddle_te.ops.fused_attn(q, k, k, return_softmax_lse=True)
+        assert out.dtype == q.dtype and list(out.shape) == [1, 3, 2, 8]
+        assert np.all(out.astype("float32").numpy() == 0) and np.all(np.isneginf(lse.numpy()))
+        d_out = paddle.full([1, 3, 2, 8], np.nan, dtype="float32").astype(dtype)
+        dq, dk = paddle.grad([out], [q, k], grad_outputs=[d_out])
+        assert np.all(dq.astype("float32").numpy() == 0) and list(dk.shape) == [1, 0, 2, 8]
+
+
+def test_zero_size_under_no_grad_builds_no_graph():
+    q = _t(np.ones((1, 3, 2, 8), np.float32), grad=True)
+    k = _t(np.ones((1, 0, 2, 8), np.float32), grad=True)
+    with paddle.no_grad():
+        out = paddle_te.ops.fused_attn(q, k, k)
+    assert out.stop_gradient
+
+
+def test_zero_size_static_mode():
+    """No keys, the zero known while the program is built (q's batch dim is not): the same
+    zeros, -inf and zero gradients as in dygraph. A window past the int32 range builds too."""
+    paddle.enable_static()
+    try:
+        main, startup = paddle.static.Program(), paddle.static.Program()
+        with paddle.static.program_guard(main, startup):
+            q = paddle.static.data("q", [-1, 3, 2, 8], "float32")
+            k = paddle.static.data("k", [2, 0, 2, 8], "float32")
+            q.stop_gradient = k.stop_gradient = False
+            out, lse = paddle_te.ops.fused_attn(q, k, k, return_softmax_lse=True,
+                                                window_size=(2**31, 0))
+            dq, dk = paddle.static.gradients([out], [q, k])
+        exe = paddle.static.Executor(paddle.CPUPlace())
+        exe.run(startup)
+        feed = {"q": np.ones((2, 3, 2, 8), np.float32), "k": np.zeros((2, 0, 2, 8), np.float32)}
+        out, lse, dq, dk = exe.run(main, feed=feed, fetch_list=[out, lse, dq, dk])
+    finally:
+        paddle.disable_static()
+    assert out.shape == (2, 3, 2, 8) and np.all(out == 0)
+    assert lse.shape == (2, 2, 3) and np.all(np.isneginf(lse))
+    assert dq.shape == (2, 3, 2, 8) and np.all(dq == 0) and dk.shape == (2, 0, 2, 8)
+
+
 def test_deterministic_backward_is_bitwise_repeatable(rng):
     inputs, kw, op_kw = make_case(rng, "bshd", "padding_causal", SHAPES["gqa"])
     q, k, v, do = (x.astype(np.float32) for x in inputs)
@@ -284,6 +380,41 @@ def test_causal_window_with_right_side_warns(rng):
         out = paddle_te.ops.fused_attn(_t(x), _t(x), _t(x), attn_mask_type="causal",
                                        window_size=(2, 0))
     np.testing.assert_array_equal(out_w.numpy(), out.numpy())
+
+
+@pytest.mark.parametrize("backend", ["auto", "cpu", "unfused"])
+@pytest.mark.parametrize("mask_type,window,unbounded", [
+    ("no_mask", (2**31, 0), (-1, 0)),
+    ("no_mask", (3, 2**31 - 1), (3, -1)),
+    ("padding", (2**40, 2**32), (-1, -1)),
+    ("causal_bottom_right", (2**31, 0), (-1, 0)),
+])
+def test_window_past_int32_is_unbounded(rng, backend, mask_type, window, unbounded):
+    """SPEC §2 keeps any side >= -1; one >= 2^31 - 1 excludes no key (lengths are < 2^31), so
+    the result is the unbounded side's, bit for bit (the op attributes are 32-bit)."""
+    sh = SHAPES["gqa"]
+    inputs, kw, op_kw = make_case(rng, "bshd", mask_type, sh)
+    kw["window_size"] = op_kw["window_size"] = window
+    check_case(inputs, kw, op_kw, np.float64, backend=backend)
+    q, k, v, d_out = inputs
+    got = run_op(q, k, v, d_out, dtype=np.float64, backend=backend, **op_kw)
+    want = run_op(q, k, v, d_out, dtype=np.float64, backend=backend,
+                  **dict(op_kw, window_size=unbounded))
+    for a, b in zip([got[0], got[1]] + got[2], [want[0], want[1]] + want[2]):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("mask_type", ["no_mask", "causal", "arbitrary"])
+def test_layer_window_past_int32(rng, mask_type):
+    """DotProductAttention keeps the window it was given (check_set_window_size) and runs it as
+    the unbounded one, on the fused path and on the unfused path of arbitrary masks."""
+    q = _t(rng.standard_normal((2, 5, 2, 8)), np.float32)
+    kv = _t(rng.standard_normal((2, 7, 2, 8)), np.float32)
+    mask = (_t(rng.random((2, 1, 5, 7)) < 0.3),) if mask_type == "arbitrary" else ()
+    big = paddle_te.nn.DotProductAttention(2, 8, attn_mask_type=mask_type, window_size=(2**32, 0))
+    ref = paddle_te.nn.DotProductAttention(2, 8, attn_mask_type=mask_type, window_size=(-1, 0))
+    assert tuple(big.window_size) == (2**32, 0)
+    np.testing.assert_array_equal(big(q, kv, kv, *mask).numpy(), ref(q, kv, kv, *mask).numpy())
 
 
 # --------------------------------------------------------------------------------------------

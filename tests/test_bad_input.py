@@ -223,6 +223,13 @@ def _cases():
         ("heads_not_divisible", lambda: fa(q, t([2, 6, 3, 8]), t([2, 6, 3, 8])), V, "heads"),
         ("k_head_dim", lambda: fa(q, t([2, 6, 2, 16]), v), V, "k"),
         ("q_head_dim_zero", lambda: fa(t([2, 5, 4, 0]), t([2, 6, 2, 0]), v), V, "head dim"),
+        # Zero-size tensors are legal (empty results); these are not, and must say why rather
+        # than the op's "required but not given".
+        ("v_head_dim_zero", lambda: fa(q, k, t([2, 6, 2, 0])), V, "v has shape [2, 6, 2, 0]"),
+        ("kv_heads_zero", lambda: fa(q, t([2, 6, 0, 8]), t([2, 6, 0, 8])), V, "k has shape [2, 6, 0, 8]"),
+        ("no_keys_q_head_dim_zero", lambda: fa(t([2, 5, 4, 0]), t([2, 0, 2, 0]), t([2, 0, 2, 0])),
+         V, "head dim"),
+        ("no_keys_flash_on_cpu", lambda: fa(q, t([2, 0, 2, 8]), t([2, 0, 2, 8]), backend="flash"), V, "backend"),
         # ---- fused_attn: options --------------------------------------------------------------
         ("qkv_format", lambda: fa(q, k, v, qkv_format="bhsd"), V, "qkv_format"),
         ("mask_type_unknown", lambda: fa(q, k, v, attn_mask_type="causal_top_left"), V, "attn_mask_type"),
@@ -259,6 +266,11 @@ def _cases():
                                         cu_seqlens_kv=i32([0, 6, 10], "float32")), T, "cu_seqlens_kv"),
         ("cu_seqlens_length", lambda: fa(q, k, v, attn_mask_type="padding", cu_seqlens_q=i32([0, 3, 4, 5]),
                                          cu_seqlens_kv=pkv), V, "cu_seqlens_q"),
+        ("cu_seqlens_no_offsets", lambda: fa(tq, tk, tv, qkv_format="thd", cu_seqlens_q=i32([]),
+                                             cu_seqlens_kv=i32([])), V, "cu_seqlens_q has shape [0]"),
+        ("cu_seqlens_empty_batch_length", lambda: fa(t([0, 5, 4, 8]), t([0, 6, 2, 8]), t([0, 6, 2, 8]),
+                                                     attn_mask_type="padding", cu_seqlens_q=i32([0, 0]),
+                                                     cu_seqlens_kv=i32([0, 0])), V, "cu_seqlens_q has shape [2]"),
         ("cu_seqlens_rank2", lambda: fa(q, k, v, attn_mask_type="padding", cu_seqlens_q=i32([[0, 3, 5]]),
                                         cu_seqlens_kv=pkv), V, "cu_seqlens_q"),
         ("cu_seqlens_not_from_zero", lambda: fa(q, k, v, attn_mask_type="padding", cu_seqlens_q=i32([1, 3, 5]),
@@ -283,6 +295,9 @@ def _cases():
         ("softmax_scale_zero", lambda: ops.scaled_softmax(x, scale=0.0), V, "scale"),
         ("softmax_scale_inf", lambda: ops.scaled_upper_triang_masked_softmax(x, scale=math.inf), V, "scale"),
         ("softmax_scale_bool", lambda: ops.scaled_aligned_causal_masked_softmax(x, scale=True), T, "scale"),
+        ("softmax_empty_scale_nan", lambda: ops.scaled_softmax(t([2, 3, 4, 0]), scale=math.nan), V, "scale"),
+        ("masked_softmax_empty_mask_shape", lambda: ops.scaled_masked_softmax(
+            t([2, 3, 4, 0]), b(np.zeros([2, 1, 4, 5]))), V, "mask has shape [2, 1, 4, 5]"),
         ("masked_softmax_mask_float", lambda: ops.scaled_masked_softmax(x, t([2, 1, 4, 5])), T, "mask"),
         ("masked_softmax_mask_shape", lambda: ops.scaled_masked_softmax(x, b(np.zeros([2, 1, 4, 6]))), V, "mask"),
         ("masked_softmax_mask_heads", lambda: ops.scaled_masked_softmax(x, b(np.zeros([2, 3, 4, 5]))), V, "mask"),
@@ -293,6 +308,9 @@ def _cases():
         ("m2c_float_mask", lambda: ops.mask_to_cu_seqlens(t([2, 1, 1, 5])), T, "mask"),
         ("m2c_rank", lambda: ops.mask_to_cu_seqlens(b(np.zeros([2, 5]))), V, "mask"),
         ("m2c_dim1", lambda: ops.mask_to_cu_seqlens(b(np.zeros([2, 2, 1, 5]))), V, "mask"),
+        ("m2c_empty_float_mask", lambda: ops.mask_to_cu_seqlens(t([0, 1, 1, 5])), T, "mask"),
+        ("m2c_empty_kv_batch", lambda: ops.mask_to_cu_seqlens(b(np.zeros([2, 1, 1, 5])), b(np.zeros([0, 1, 1, 4]))),
+         V, "mask_kv has shape [0, 1, 1, 4]"),
         ("m2c_kv_batch", lambda: ops.mask_to_cu_seqlens(b(np.zeros([2, 1, 1, 5])), b(np.zeros([3, 1, 1, 4]))),
          V, "mask_kv"),
         ("m2c_kv_with_full_mask", lambda: ops.mask_to_cu_seqlens(b(np.zeros([2, 1, 5, 5])), b(np.zeros([2, 1, 1, 5]))),
@@ -417,6 +435,10 @@ def test_window_warning_is_userwarning():
         assert check_set_window_size("no_mask", None) == (-1, -1)
         assert check_set_window_size("padding", (-1, 0)) == (-1, 0)
         assert check_set_window_size("arbitrary", [2, 5]) == (2, 5)
+        # Sides past the int32 range are kept (the ops read them as -1, the same window).
+        assert check_set_window_size("no_mask", (2**31, 0)) == (2**31, 0)
+        assert check_set_window_size("padding", (3, 2**40)) == (3, 2**40)
+        assert check_set_window_size("causal", (2**32, 0)) == (2**32, 0)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,40 @@ def test_all_empty_and_all_full():
     assert_cu(ck, [0, 8, 16])
 
 
+@pytest.mark.parametrize("mask_shape,kv_shape", [
+    ((0, 1, 1, 5), None),  # empty batch, every form
+    ((0, 1, 4, 5), None),
+    ((0, 1, 1, 4), (0, 1, 1, 6)),
+    ((3, 1, 1, 0), None),  # no positions: every sequence has length 0
+    ((3, 1, 0, 5), None),
+    ((3, 1, 4, 0), None),
+    ((3, 1, 1, 0), (3, 1, 1, 0)),
+], ids=str)
+def test_empty_masks(mask_shape, kv_shape):
+    """Any batch size, any length (SPEC §3), empty masks included (the op cannot take them)."""
+    mask = np.zeros(mask_shape, dtype=bool)
+    mask_kv = None if kv_shape is None else np.zeros(kv_shape, dtype=bool)
+    cq, ck = op(mask, mask_kv)
+    want_q, want_kv = R.mask_to_cu_seqlens(mask, mask_kv)
+    assert_cu(cq, want_q)
+    assert_cu(ck, want_kv)
+    assert_cu(cq, np.zeros(mask_shape[0] + 1))
+
+
+def test_cross_attention_one_side_empty(rng):
+    """mask [b, 1, 1, 0] with a real mask_kv (and the other way round): the real side's lengths,
+    still checked for right padding."""
+    lk = lengths(rng, 4, 9)
+    cq, ck = op(np.zeros((4, 1, 1, 0), dtype=bool), R.padding_mask(lk, 9))
+    assert_cu(cq, np.zeros(5))
+    assert_cu(ck, R.cu_seqlens(lk))
+    cq, ck = op(R.padding_mask(lk, 9), np.zeros((4, 1, 1, 0), dtype=bool))
+    assert_cu(cq, R.cu_seqlens(lk))
+    assert_cu(ck, np.zeros(5))
+    with pytest.raises(ValueError, match=ARBITRARY):
+        op(np.zeros((2, 1, 1, 0), dtype=bool), _hole(2, 5))
+
+
 def _left_padding(b, s):
     return R.padding_mask([s // 2] * b, s)[..., ::-1].copy()
 

@@ -132,3 +132,17 @@ def test_extreme_inputs_stay_finite():
     y, dx = run(paddle_te.ops.scaled_softmax, x, np.ones_like(x), scale=10.0)
     np.testing.assert_allclose(y, [[[[0.5, 0.0, 0.0, 0.5]]]], atol=1e-7)
     assert np.all(np.isfinite(dx))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 2, 0), (0, 2, 3, 4), (2, 1, 0, 5)], ids=str)
+@pytest.mark.parametrize("op_name", ["scaled_softmax", "scaled_masked_softmax",
+                                     "scaled_upper_triang_masked_softmax",
+                                     "scaled_aligned_causal_masked_softmax"])
+def test_zero_size_x(op_name, shape):
+    """An empty x has an empty softmax and an empty gradient (Paddle hands a custom op an empty
+    tensor as if it were absent: the wrapper answers itself)."""
+    x = np.zeros(shape, np.float32)
+    args = (np.zeros((1, 1) + shape[2:], dtype=bool),) if op_name == "scaled_masked_softmax" else ()
+    y, dx = run(getattr(paddle_te.ops, op_name), x, x, *args, scale=0.5)
+    assert y.shape == shape and y.dtype == np.float32  # nothing to compare: no elements
+    assert dx.shape == shape and dx.dtype == np.float32
