@@ -15,7 +15,9 @@ from paddle.jit.marker import unified
 
 from . import _ops_lib
 from .masks import check_set_window_size
-from .ops import _check_same_place, _check_tensor, _dtype_name, _is_gpu, _known, _scale_attr
+from ._unfused import dim as _dim
+from .ops import (_check_same_place, _check_tensor, _dtype_name, _has_zero_dim, _is_gpu, _known,
+                  _scale_attr)
 
 __all__ = ["decode_attn", "DECODE_BACKENDS", "MAX_PAGE_SIZE", "MAX_SPLITS"]
 
@@ -40,6 +42,33 @@ def _dims_match(shape, want, name, layout):
     for got, exp in zip(shape, want):
         if _known(got, exp) and got != exp:
             raise ValueError(f"{name} has shape {shape}: expected {layout} = {list(want)}")
+
+
+def _decode_without_keys(q, k_cache, v_cache, cache_seqlens, d_v, k_new, paged, layout,
+                         return_softmax_lse):
+    """decode_attn where q or the cache has no elements (a custom op receives an empty tensor as
+    absent, ops.py's module doc): no batch or no heads give empty results; a cache without
+    positions (s_max = 0, page_size = 0 or no pages) holds no key, so every row gives 0 and lse
+    -inf, and can take no append. On the CPU in dygraph the lengths are checked as the CPU kernel
+    checks them (an empty cache holds 0 positions)."""
+    b, s_q, h = (_dim(q, i) for i in range(3))
+    if k_new is not None and not _has_zero_dim(list(q.shape)):
+        raise ValueError(
+            f"k_cache has shape {list(k_cache.shape)}: a {layout} cache without positions cannot "
+            f"take the append of s_q={s_q} new keys (cache overflow)"
+        )
+    if paddle.in_dynamic_mode() and not _is_gpu(q) and _known(b) and b > 0:
+        longest = int(cache_seqlens.max())
+        if longest > 0:
+            raise ValueError(
+                f"cache_seqlens holds {longest}: cache overflow, the cache ({layout}, shape "
+                f"{list(k_cache.shape)}) holds 0 positions per sequence"
+            )
+    out = paddle.zeros([b, s_q, h, d_v], dtype=q.dtype)
+    lse = paddle.full([b, h, s_q], float("-inf"), dtype="float32")
+    if paddle.in_dynamic_mode() and str(out.place) != str(q.place):
+        out, lse = out._copy_to(q.place, False), lse._copy_to(q.place, False)
+    return (out, lse) if return_softmax_lse else out
 
 
 @unified
@@ -152,6 +181,9 @@ def decode_attn(
                     f"{name} is a non-contiguous view (strides {list(t.strides)}): the in-place "
                     f"append of k_new/v_new needs a contiguous {layout} cache"
                 )
+    if _has_zero_dim(qs) or _has_zero_dim(ks):
+        return _decode_without_keys(q, k_cache, v_cache, cache_seqlens, vs[3], k_new, paged, layout,
+                                    return_softmax_lse)
     if paddle.in_dynamic_mode():
         # Inference only: no backward graph through q / k_new / v_new. The caches are written in
         # place and must stay the caller's tensors (not detached copies' handles).

@@ -158,8 +158,11 @@ def flashmask_attention(query, key, value, startend_row_indices=None, *, dropout
     mask_type = "causal" if causal else "no_mask"
     seed_offset = _seed_offset_for(p, q, fixed_seed_offset, rng_name)
 
+    # No query rows, no keys or no batch: the op cannot take the empty tensors (ops.py's module
+    # doc); rows that see no key give 0 and lse -inf, with zero gradients.
+    empty = _ops._has_zero_dim(q.shape) or _ops._has_zero_dim(k.shape)
     use_unfused = False
-    if on_gpu:
+    if on_gpu and not empty:
         se_shape = list(startend_row_indices.shape) if startend_row_indices is not None else None
         why = _ops._fused_reason(
             "auto", q, k, v, dtype, qkv_format="bshd", mask_type=mask_type, window=(-1, -1),
@@ -167,7 +170,7 @@ def flashmask_attention(query, key, value, startend_row_indices=None, *, dropout
             startend_shape=se_shape,
         )
         use_unfused = bool(why)
-    if block_mask is not None:
+    if block_mask is not None and not empty:
         use_unfused, why = True, "block_mask"
     if use_unfused and p > 0.0 and (fixed_seed_offset is not None or return_seed_offset):
         raise ValueError(
@@ -176,7 +179,9 @@ def flashmask_attention(query, key, value, startend_row_indices=None, *, dropout
             "by a seed/offset pair; the fused kernels (float16/bfloat16 on the GPU, any float "
             "dtype on the CPU, no block_mask) replay it"
         )
-    if use_unfused:
+    if empty:
+        out, lse = _ops._attention_without_keys(q, k, v, "bshd")
+    elif use_unfused:
         # No fused kernel can run it (float32 on the GPU, a head dim no kernel has): the dense
         # mask through the unfused path (paddle_te's masked softmax), same results.
         masked = None

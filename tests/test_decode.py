@@ -353,3 +353,27 @@ def test_core_decode_strided_views(rng):
     for lo, hi in ((0, 1), (1 + h_kv, h_kv + 3)):
         np.testing.assert_array_equal(big_k[:, :, lo:hi], before_k[:, :, lo:hi])
         np.testing.assert_array_equal(big_v[:, :, lo:hi], before_v[:, :, lo:hi])
+
+
+def test_zero_size_inputs():
+    """A batch of 0 gives empty results; a cache without positions (s_max = 0, or no pages) holds
+    no key: every row gives 0 and lse -inf, and it takes no append (a custom op cannot receive
+    the empty tensors, so decode_attn answers these itself)."""
+    d = 8
+    z = lambda *s: paddle.zeros(list(s), dtype="float64")  # noqa: E731
+    lens = lambda *v: paddle.to_tensor(list(v), dtype="int32")  # noqa: E731
+    out, lse = paddle_te.ops.decode_attn(z(0, 2, 4, d), z(0, 5, 2, d), z(0, 5, 2, d),
+                                         paddle.zeros([0], dtype="int32"), return_softmax_lse=True)
+    assert out.shape == [0, 2, 4, d] and lse.shape == [0, 4, 2]
+    q = paddle.to_tensor(np.random.default_rng(0).standard_normal((2, 1, 4, d)))
+    for kc, extra in ((z(2, 0, 2, d), {}),
+                      (z(0, 4, 2, d), dict(block_table=paddle.zeros([2, 3], dtype="int32")))):
+        out, lse = paddle_te.ops.decode_attn(q, kc, kc, lens(0, 0), return_softmax_lse=True,
+                                             **extra)
+        assert out.shape == [2, 1, 4, d] and np.all(out.numpy() == 0)
+        assert lse.dtype == paddle.float32 and np.all(lse.numpy() == -np.inf)
+    with pytest.raises(ValueError, match="cache overflow"):
+        paddle_te.ops.decode_attn(q, z(2, 0, 2, d), z(2, 0, 2, d), lens(0, 1))
+    with pytest.raises(ValueError, match="cannot append s_q=1"):
+        paddle_te.ops.decode_attn(q, z(2, 0, 2, d), z(2, 0, 2, d), lens(0, 0), k_new=z(2, 1, 2, d),
+                                  v_new=z(2, 1, 2, d))

@@ -301,3 +301,18 @@ def test_dpa_startend(rng, fmt):
                               window_size=(-1, 0))
     with pytest.raises(ValueError, match=r"window_size=\(-1, 0\).*attn_mask_type='causal'"):
         bad(*ts, startend_row_indices=_t(np.concatenate([se, se], axis=-1)))
+
+
+@pytest.mark.parametrize("b,s_q,s_kv", [(2, 0, 5), (2, 4, 0), (0, 4, 5)])
+def test_zero_size_inputs(b, s_q, s_kv):
+    """No queries, no keys or no batch: rows that see no key give 0 and lse -inf, gradients are
+    0 (zero-size where empty); the custom op cannot receive the empty tensors."""
+    q = _t(np.ones((b, s_q, 4, 8)), True)
+    k, v = (_t(np.ones((b, s_kv, 2, 8)), True) for _ in range(2))
+    se = _t(np.full((b, 1, s_kv, 1), s_q, np.int32))
+    out, lse = paddle_te.flashmask_attention(q, k, v, se, causal=True, return_softmax_lse=True)
+    assert out.shape == [b, s_q, 4, 8] and lse.shape == [b, 4, s_q]
+    assert np.all(out.numpy() == 0) and np.all(lse.numpy() == -np.inf)
+    grads = paddle.grad([out.sum()], [q, k, v])
+    for g, t in zip(grads, (q, k, v)):
+        assert g.shape == t.shape and np.all(g.numpy() == 0)

@@ -371,3 +371,20 @@ def test_errors():
     ours = tnn.MultiHeadAttention(E, H, attn_mask_type="padding")
     with pytest.raises(ValueError, match="every head"):
         ours(q, attn_mask=paddle.ones([1, H, 3, 3], dtype="bool"))
+
+
+@pytest.mark.parametrize("q_shape,k_shape", [((2, 3), (2, 0)), ((2, 0), (2, 5)), ((0, 3), (0, 5))])
+def test_empty_inputs(q_shape, k_shape):
+    """No keys: every row sees nothing, so the output is out_proj's bias; no queries or no batch:
+    an empty output of the right shape (Paddle's own layer returns [0, 0, embed_dim] for all
+    three)."""
+    E, H = 16, 4
+    layer = tnn.MultiHeadAttention(E, H)
+    with paddle.no_grad():
+        layer.out_proj.bias.set_value(paddle.arange(E, dtype="float32"))
+    q = paddle.randn(list(q_shape) + [E])
+    k = paddle.randn(list(k_shape) + [E])
+    out = layer(q, k, k)
+    assert out.shape == list(q_shape) + [E]
+    want = np.broadcast_to(np.arange(E, dtype="float32"), out.shape)
+    np.testing.assert_allclose(out.numpy(), want, atol=1e-6)

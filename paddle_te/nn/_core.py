@@ -34,6 +34,25 @@ from .._unfused import (  # noqa: F401
     window_mask,
 )
 from .._unfused import on_gpu as _on_gpu
+
+
+@paddle.jit.not_to_static
+def split_heads(x, heads, head_dim):
+    """[b, s, heads * head_dim] -> [b, s, heads, head_dim]. `reshape([0, 0, ...])` keeps b and s
+    (and their unknown sizes in static mode), but on a tensor without elements Paddle reads the
+    0s literally, so an empty batch or sequence gets its sizes spelled out."""
+    if any(n == 0 for n in x.shape[:2]):
+        return x.reshape([x.shape[0], x.shape[1], heads, head_dim])
+    return x.reshape([0, 0, heads, head_dim])
+
+
+@paddle.jit.not_to_static
+def merge_heads(x):
+    """[b, s, heads, head_dim] -> [b, s, heads * head_dim] (empty tensors as split_heads)."""
+    width = x.shape[2] * x.shape[3]
+    if any(n == 0 for n in x.shape[:2]):
+        return x.reshape([x.shape[0], x.shape[1], width])
+    return x.reshape([0, 0, width])
 from ..masks import layer_checks_mask
 
 _INT_DTYPES = (paddle.int8, paddle.int16, paddle.int32, paddle.int64, paddle.uint8)

@@ -95,8 +95,8 @@ def step(mha, q, key, value, attn_mask, cache, hint, train=False):
             "weights would span the whole buffer; use gen_cache without max_length"
         )
     dtype = cache.k_cache.dtype
-    k_new = mha.k_proj(key).reshape([0, 0, mha.num_heads, mha.head_dim]).astype(dtype)
-    v_new = mha.v_proj(value).reshape([0, 0, mha.num_heads, mha.head_dim]).astype(dtype)
+    k_new = _core.split_heads(mha.k_proj(key), mha.num_heads, mha.head_dim).astype(dtype)
+    v_new = _core.split_heads(mha.v_proj(value), mha.num_heads, mha.head_dim).astype(dtype)
     q = q.astype(dtype)
     s_q = _core.static_dim(q, 1)
     causal = hint in CAUSAL_MASK_TYPES

@@ -123,8 +123,8 @@ class MultiHeadAttention(paddle.nn.MultiHeadAttention):
     def compute_kv(self, key, value):
         """key [b, s, kdim], value [b, s, vdim] -> k, v [b, num_heads, s, head_dim] (Paddle's
         layout, which is also the layout of the caches)."""
-        k = self.k_proj(key).reshape([0, 0, self.num_heads, self.head_dim])
-        v = self.v_proj(value).reshape([0, 0, self.num_heads, self.head_dim])
+        k = _core.split_heads(self.k_proj(key), self.num_heads, self.head_dim)
+        v = _core.split_heads(self.v_proj(value), self.num_heads, self.head_dim)
         return k.transpose([0, 2, 1, 3]), v.transpose([0, 2, 1, 3])
 
     #: The preallocated cache of `gen_cache(..., max_length=N)` (SPEC §10).
@@ -172,10 +172,10 @@ class MultiHeadAttention(paddle.nn.MultiHeadAttention):
         # q: [b, s_q, h, d]; the caches hold k, v as [b, h, s, d]. Steps on a cache decode
         # (decode_attn, inference only) unless they train: dropout, or inputs that want gradients.
         train = _kv_cache.trains(self, query, key, value)
-        q = self.q_proj(query).reshape([0, 0, self.num_heads, self.head_dim])
+        q = _core.split_heads(self.q_proj(query), self.num_heads, self.head_dim)
         if isinstance(cache, self.InplaceCache):
             out, cache = _kv_cache.step(self, q, key, value, attn_mask, cache, hint, train)
-            return self.out_proj(out.reshape([0, 0, self.embed_dim])), cache
+            return self.out_proj(_core.merge_heads(out)), cache
         if isinstance(cache, self.StaticCache):
             k, v = cache.k, cache.v
             kv_layout = "bhsd"
@@ -191,8 +191,8 @@ class MultiHeadAttention(paddle.nn.MultiHeadAttention):
                 f"MultiHeadAttention.StaticCache"
             )
         else:
-            k = self.k_proj(key).reshape([0, 0, self.num_heads, self.head_dim])
-            v = self.v_proj(value).reshape([0, 0, self.num_heads, self.head_dim])
+            k = _core.split_heads(self.k_proj(key), self.num_heads, self.head_dim)
+            v = _core.split_heads(self.v_proj(value), self.num_heads, self.head_dim)
             kv_layout = "bshd"
 
         use_fused = not self.need_weights and (
@@ -204,7 +204,7 @@ class MultiHeadAttention(paddle.nn.MultiHeadAttention):
         else:
             out, weights = self._unfused(q, k, v, kv_layout, attn_mask, hint)
 
-        out = self.out_proj(out.reshape([0, 0, self.embed_dim]))
+        out = self.out_proj(_core.merge_heads(out))
         outs = [out]
         if self.need_weights:
             outs.append(weights)

@@ -46,11 +46,11 @@ class _Attention(nn.Layer):
 
     def forward(self, x, kv_input, attention_mask):
         # x: [b, s_q, hidden]; kv_input: [b, s_kv, hidden]
-        q = self.q_proj(x).reshape([0, 0, self.num_heads, self.head_dim])
-        k = self.k_proj(kv_input).reshape([0, 0, self.num_kv_heads, self.head_dim])
-        v = self.v_proj(kv_input).reshape([0, 0, self.num_kv_heads, self.head_dim])
+        q = _core.split_heads(self.q_proj(x), self.num_heads, self.head_dim)
+        k = _core.split_heads(self.k_proj(kv_input), self.num_kv_heads, self.head_dim)
+        v = _core.split_heads(self.v_proj(kv_input), self.num_kv_heads, self.head_dim)
         out = self.core_attention(q, k, v, attention_mask)  # [b, s_q, h, d]
-        return self.out_proj(out.reshape([0, 0, self.num_heads * self.head_dim]))
+        return self.out_proj(_core.merge_heads(out))
 
 
 class TransformerLayer(nn.Layer):
