@@ -564,8 +564,13 @@ def mask_to_cu_seqlens(mask, mask_kv=None, *, check=True):
         ["cu_seqlens_q", "cu_seqlens_kv", "valid"],
     )
     if check and paddle.in_dynamic_mode() and int(valid.numpy().reshape(-1)[0]) == 0:
+        name = "mask"
+        if mask_kv is not None:  # which of the two (the error path only: one more call)
+            alone = _ops_lib.run_op("pte_mask_to_cu_seqlens", [("mask", mask), ("mask_kv", None)],
+                                    [], ["cu_seqlens_q", "cu_seqlens_kv", "valid"])[2]
+            name = "mask_kv" if int(alone.numpy().reshape(-1)[0]) else "mask"
         raise ValueError(
-            "mask: not a right-padding mask (left padding, holes, or a full mask that is not the "
+            f"{name}: not a right-padding mask (left padding, holes, or a full mask that is not the "
             "outer OR of a q and a kv padding mask); use attn_mask_type=\"arbitrary\" with the mask "
             "instead of cu_seqlens"
         )

@@ -139,6 +139,9 @@ def test_rejects_masks_that_are_not_right_padding(name):
     assert not R.is_right_padding(mask, mask_kv)
     with pytest.raises(ValueError, match=ARBITRARY):
         op(mask, mask_kv)
+    # The message names the mask at fault.
+    with pytest.raises(ValueError, match="^mask_kv: " if name.startswith("kv_") else "^mask: "):
+        op(mask, mask_kv)
 
 
 # --------------------------------------------------------------------------------------------
