@@ -9,6 +9,7 @@ Boolean masks follow the canonical convention: ``True`` = masked out.
 
 import numbers
 import os
+import sys
 import warnings
 
 from ._vocab import MASK_TYPES  # the one table of mask types
@@ -113,11 +114,23 @@ def check_set_window_size(attn_mask_type, window_size):
     * anything else (``l`` or ``r`` < -1, not a pair of ints, unknown mask type) ->
       ``ValueError``.
     """
-    return check_window_for(attn_mask_type, window_size, stacklevel=3)
+    return check_window_for(attn_mask_type, window_size)
+
+
+def _user_stacklevel():
+    """The warnings.warn stacklevel of the first frame outside paddle_te: the user's call, whether
+    it reached the check directly or through fused_attn or a layer (and Paddle's layer call)."""
+    inside = [os.path.dirname(os.path.abspath(__file__)) + os.sep]
+    if "paddle" in sys.modules:
+        inside.append(os.path.dirname(os.path.abspath(sys.modules["paddle"].__file__)) + os.sep)
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(tuple(inside)):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def check_window_for(attn_mask_type, window_size, *, type_arg="attn_mask_type",
-                     window_arg="window_size", stacklevel=2):
+                     window_arg="window_size"):
     """:func:`check_set_window_size` whose messages name the caller's arguments (e.g.
     TransformerLayer's ``enc_dec_attn_mask_type`` / ``enc_dec_window_size``)."""
     check_mask_type(attn_mask_type, type_arg)
@@ -142,7 +155,7 @@ def check_window_for(attn_mask_type, window_size, *, type_arg="attn_mask_type",
                 f"{window_arg}={window_size!r} with {type_arg}={attn_mask_type!r}: causal masks "
                 f"have right = 0; using {window_arg}=({left}, 0)",
                 UserWarning,
-                stacklevel=stacklevel + 1,
+                stacklevel=_user_stacklevel(),
             )
         return (left, 0)
     return (left, right)

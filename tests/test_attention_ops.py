@@ -511,3 +511,18 @@ def test_dropout_mask_is_the_documented_philox_mask():
     paddle.seed(31337)
     keep = recover_keep_mask(b, h, s_q, s_kv, DROP_P)
     np.testing.assert_array_equal(keep, R.dropout_keep_mask(seed, offset, DROP_P, b, h, s_q, s_kv))
+
+
+def test_window_warning_points_at_the_caller():
+    """The causal-window warning names the user's line, whether check_set_window_size is called
+    directly or reached through fused_attn or a layer."""
+    from paddle_te.nn import DotProductAttention, check_set_window_size
+
+    q = paddle.randn([1, 4, 1, 8])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_set_window_size("causal", (2, 3))
+        paddle_te.fused_attn(q, q, q, attn_mask_type="causal", window_size=(2, 3))
+        DotProductAttention(1, 8, attn_mask_type="causal", window_size=(2, 3))
+    assert len(caught) == 3
+    assert all(w.filename == __file__ and issubclass(w.category, UserWarning) for w in caught)
