@@ -1,10 +1,12 @@
-"""Context parallelism (SPEC §11) on the CPU: N = 2 and 4 processes on this machine over Paddle's
-gloo backend. Each process is one rank of tests/cp_worker.py; every rank's output and gradient
-shards are compared with the float64 oracle over the whole sequence (tests/reference.py).
+"""Context parallelism (SPEC §11) on the CPU: N = 2, 3 and 4 processes on this machine over
+Paddle's gloo backend. Each process is one rank of tests/cp_worker.py; every rank's output and
+gradient shards are compared with the float64 oracle over the whole sequence (tests/reference.py).
 
-The processes of one N run every case once (a module-scoped launch, ~10-20 s); each case is then
-its own test. A rank that fails or hangs fails the launch (every process is killed, no hang):
-gloo collectives time out on their own, and the launch has a wall-clock limit.
+The processes of one N run their cases once (a module-scoped launch, ~10-20 s); each case is then
+its own test. N = 2 and 4 run every case; N = 3 (an odd ring: over gloo `p2p` runs the
+all_gather form there, see docs/context_parallel.md) runs a few, to keep the launch short. A rank
+that fails or hangs fails the launch (every process is killed, no hang): gloo collectives time
+out on their own, and the launch has a wall-clock limit.
 """
 
 import json
@@ -87,15 +89,26 @@ def launch(n, out_dir, cases=None, timeout=LAUNCH_TIMEOUT_S):
     return results
 
 
+# N = 3: rank 0 and rank 2 are both even and neighbours in the ring, which the parity order of
+# N = 2 and 4 never meets. Both comm types, both layouts, a window, padding, MQA, dropout.
+ODD_N_CASES = [
+    "bshd-causal-p2p", "bshd-causal-all_gather", "sbhd-padding_causal-w6-p2p",
+    "sbhd-no_mask-all_gather", "bshd-causal-mqa-p2p", "bshd-causal-dropout-p2p",
+]
+
+
 @pytest.fixture(scope="module", params=[2, 4], ids=lambda n: f"N{n}")
 def cp_results(request, tmp_path_factory):
     n = request.param
     return n, launch(n, tmp_path_factory.mktemp(f"cp_n{n}"))
 
 
-@pytest.mark.parametrize("case", cp_worker.CASE_NAMES)
-def test_cp_matches_single_process(cp_results, case):
-    n, results = cp_results
+@pytest.fixture(scope="module")
+def cp_results_odd(tmp_path_factory):
+    return 3, launch(3, tmp_path_factory.mktemp("cp_n3"), cases=ODD_N_CASES)
+
+
+def check_case(n, results, case):
     for rank in range(n):
         rows = [r for r in results[rank] if r["case"] == case]
         assert len(rows) == 1, f"N={n} rank {rank}: no result for {case}"
@@ -110,3 +123,29 @@ def test_cp_matches_single_process(cp_results, case):
                 assert value, f"N={n} rank {rank} {case}: static mode differs from dygraph"
             else:
                 assert value <= cp_worker.RTOL, f"N={n} rank {rank} {case}: {key} rel err {value:.2e}"
+
+
+@pytest.mark.parametrize("case", cp_worker.CASE_NAMES)
+def test_cp_matches_single_process(cp_results, case):
+    check_case(*cp_results, case)
+
+
+@pytest.mark.parametrize("case", ODD_N_CASES)
+def test_cp_odd_n_matches_single_process(cp_results_odd, case):
+    check_case(*cp_results_odd, case)
+
+
+class _Group:
+    def __init__(self, backend):
+        self.backend = backend
+
+
+@pytest.mark.parametrize("backend", ["GLOO", "NCCL"])
+@pytest.mark.parametrize("n", [2, 3, 4, 5])
+def test_odd_n_over_gloo_runs_all_gather(backend, n):
+    from paddle_te.distributed._ring import _comm_form
+
+    odd_gloo = backend == "GLOO" and n % 2 == 1
+    assert _comm_form(_Group(backend), n, False, "p2p") == ("all_gather" if odd_gloo else "p2p")
+    assert _comm_form(_Group(backend), n, False, "all_gather") == "all_gather"
+    assert _comm_form(_Group(backend), n, True, "p2p") == "all_gather"  # static mode

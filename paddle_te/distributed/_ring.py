@@ -27,11 +27,18 @@ holds the all_gather of K and V and the pair calls, and whose backward block gat
 again, runs the pair backwards and sums dK/dV with one all_reduce. Paddle's static all_gather has
 no gradient of its own (PIR drops it silently), which is why the backward is written out here.
 
-Communication uses what Paddle offers on every backend: blocking send/recv ordered even/odd
-(gloo has no isend/irecv that makes progress without a matching blocking call, nor
-batch_isend_irecv or alltoall), all_gather and all_reduce. On GPUs (NCCL) the transfers of the
-next step are issued asynchronously (sync_op=False) before the current step's kernels, which run
-on the calculation stream, so transfer and compute overlap.
+Communication uses what Paddle offers on every backend: send/recv, all_gather and all_reduce. On
+GPUs (NCCL) the transfers of the next step are issued asynchronously (sync_op=False) before the
+current step's kernels, which run on the calculation stream, so transfer and compute overlap; any
+N works by NCCL's matching (a send meets the peer's next receive from this rank; an odd N is not
+yet run on GPUs). On CPUs (gloo, Paddle 3.3.1) every call of a group, send and recv included,
+takes the next value of one counter of the group as its gloo tag (ProcessGroupGloo::next_tag), a
+send completes only against a receive of the same tag on the peer, and isend/irecv/
+batch_isend_irecv run as the blocking calls (no alltoall, no reduce_scatter). So the k-th call of
+every rank must pair it with exactly one other rank: even ranks sending then receiving and odd
+ones receiving then sending pairs the ring for an even N; for an odd N no order of sends and
+receives can (the k-th calls would have to pair N ranks two by two), so `p2p` over gloo with an
+odd N runs the `all_gather` form (_comm_form).
 
 Dropout: each pair uses the (seed, offset) drawn once per call from Paddle's generator with the
 offset advanced by the pair's index (query chunk * 2N + key chunk), and chunk-local indices: the
@@ -215,7 +222,9 @@ class _Ring:
         recv = [paddle.empty(t.shape, dtype=t.dtype) for t in tensors]
         if self.async_:
             # NCCL: asynchronous send/recv on the communication stream, overlapping the caller's
-            # compute; ordered even/odd as the blocking form, so both forms agree on pairing.
+            # compute; ordered even/odd as the blocking form, so both forms agree on pairing. With
+            # an odd N the last rank and rank 0 both send first: NCCL matches by peer, not by a
+            # group-wide tag, so rank 0's receive (posted after its sends) completes that chain.
             tasks = []
             order = ("send", "recv") if self.rank % 2 == 0 else ("recv", "send")
             for what in order:
@@ -225,8 +234,9 @@ class _Ring:
                     else:
                         tasks.append(dist.irecv(r, src=self.prev, group=self.group))
             return recv, tasks
-        # gloo: blocking send/recv, even ranks send first, odd ranks receive first (a ring of
-        # blocking sends in one direction would deadlock).
+        # gloo (even N only, see _comm_form): blocking send/recv, even ranks send first, odd ranks
+        # receive first, so the k-th call of rank r (send to r+1) meets the k-th call of rank r+1
+        # (receive from r): gloo matches them by the group's call counter (module docstring).
         if self.rank % 2 == 0:
             for t in tensors:
                 dist.send(t, dst=self.next, group=self.group)
@@ -263,6 +273,18 @@ def _all_reduce_sum(cfg, x):
         return _C_ops.all_reduce_(x, cfg.group.id, dist.ReduceOp.SUM)
     dist.all_reduce(x, group=cfg.group)
     return x
+
+
+def _comm_form(cp_group, n, static, cp_comm_type):
+    """The form that runs: `all_gather` in static mode (module docstring) and for `p2p` over gloo
+    with an odd N (no ring of gloo send/recv pairs an odd number of ranks: module docstring);
+    else `cp_comm_type`. Both forms compute the same pairs and fold them in the same order."""
+    if static:
+        return "all_gather"
+    gloo = str(getattr(cp_group, "backend", "")).lower() == "gloo"
+    if cp_comm_type == "p2p" and gloo and n % 2 == 1:
+        return "all_gather"
+    return cp_comm_type
 
 
 # ---- forward and backward -------------------------------------------------------------------------
@@ -460,7 +482,8 @@ def context_parallel_attn(q, k, v, *, cp_group, cp_global_ranks=None, cp_comm_ty
     Static mode (PIR, ``paddle.enable_static`` / ``paddle.jit.to_static``) runs
     ``cp_comm_type="all_gather"``; ``"p2p"`` is mapped to it there (the same pairs merged in the
     same order: the same result; K and V of the whole sequence on every rank). Static mode needs
-    the shapes of q, k, v known when the program is built.
+    the shapes of q, k, v known when the program is built. ``"p2p"`` over gloo with an odd N is
+    mapped to ``"all_gather"`` too (gloo's send/recv cannot form an odd ring; module docstring).
     """
     static = not paddle.in_dynamic_mode()
     if static and not in_pir_mode():
@@ -526,7 +549,7 @@ def context_parallel_attn(q, k, v, *, cp_group, cp_global_ranks=None, cp_comm_ty
         return cu[1:] - cu[:-1]
 
     on_gpu = not static and "gpu" in str(q.place).lower()
-    comm = "all_gather" if static else cp_comm_type
+    comm = _comm_form(cp_group, n, static, cp_comm_type)
     cfg = _Cfg(group=cp_group, ranks=ranks, n=n, rank=rank, comm=comm, static=static, fmt=qkv_format,
                c=s_loc // 2, b=b, left=left, right=right, scale=scale, dropout=p,
                deterministic=bool(deterministic), backend=backend, len_q=lengths(cu_seqlens_q),
