@@ -184,12 +184,12 @@ def decode_attn(
     if _has_zero_dim(qs) or _has_zero_dim(ks):
         return _decode_without_keys(q, k_cache, v_cache, cache_seqlens, vs[3], k_new, paged, layout,
                                     return_softmax_lse)
-    if paddle.in_dynamic_mode():
-        # Inference only: no backward graph through q / k_new / v_new. The caches are written in
-        # place and must stay the caller's tensors (not detached copies' handles).
-        q = q.detach()
-        k_new = k_new.detach() if k_new is not None else None
-        v_new = v_new.detach() if v_new is not None else None
+    # Inference only: no backward graph through q / k_new / v_new (in a static program built with
+    # trainable parameters upstream, a backward would otherwise ask for the op's missing grad).
+    # The caches are written in place and must stay the caller's tensors (not detached copies).
+    q = q.detach()
+    k_new = k_new.detach() if k_new is not None else None
+    v_new = v_new.detach() if v_new is not None else None
     out, lse, _, _ = _ops_lib.run_op(
         "pte_decode_attn",
         [
@@ -209,4 +209,6 @@ def decode_attn(
         ],
         ["out", "lse", "k_cache_out", "v_cache_out"],
     )
+    out.stop_gradient = True
+    lse.stop_gradient = True
     return (out, lse) if return_softmax_lse else out

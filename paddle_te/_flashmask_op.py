@@ -133,10 +133,7 @@ def flashmask_attention(query, key, value, startend_row_indices=None, *, dropout
                 "startend_row_indices of a sliding window itself)"
             )
         left, right = _flashmask._window_pair(window_size)
-        if not _ops._known(b, s_q, s_kv):
-            raise ValueError("window_size: needs known batch and sequence lengths")
-        startend_row_indices = _window_indices(int(b), int(s_q), int(s_kv), left, 0 if causal else right,
-                                               causal, q)
+        startend_row_indices = _window_indices(q, k, left, 0 if causal else right, causal)
     if startend_row_indices is not None:
         se_shape = _check_startend(startend_row_indices, b, s_q, s_kv, h, h_kv, causal)
         _ops._check_same_place(startend_row_indices, "startend_row_indices", q, "query")
@@ -225,17 +222,23 @@ def _causal_upper(s_q, s_kv):
             > paddle.arange(s_q, dtype="int32").reshape([s_q, 1])).reshape([1, 1, s_q, s_kv])
 
 
-def _window_indices(b, s_q, s_kv, left, right, causal, like):
+def _window_indices(q, k, left, right, causal):
     """The startend_row_indices of window (left, right): key j is seen by rows
-    j - left .. j + right, i.e. rows >= j + left + 1 and (non-causal) rows < j - right are masked."""
+    j - left .. j + right, i.e. rows >= j + left + 1 and (non-causal) rows < j - right are masked.
+    Sizes from q [b, s_q, ...] and k [b, s_kv, ...], read at run time where the program leaves
+    them unknown (static mode with dynamic dims)."""
+    b, s_q, s_kv = _unfused.dim(q, 0), _unfused.dim(q, 1), _unfused.dim(k, 1)
     j = paddle.arange(s_kv, dtype="int64")
-    lts = paddle.clip(j + left + 1, 0, s_q) if left >= 0 else paddle.full([s_kv], s_q, "int64")
-    cols = [lts]
+    rows = paddle.zeros_like(j) + (s_q if isinstance(s_q, int) else s_q.astype("int64"))
+
+    def clamp(x):  # to [0, s_q]
+        return paddle.minimum(paddle.maximum(x, paddle.zeros_like(x)), rows)
+
+    cols = [clamp(j + left + 1) if left >= 0 else rows]
     if not causal:
-        ute = paddle.clip(j - right, 0, s_q) if right >= 0 else paddle.zeros([s_kv], "int64")
-        cols.append(ute)
-    se = paddle.stack(cols, axis=1).astype("int32").reshape([1, 1, s_kv, len(cols)])
+        cols.append(clamp(j - right) if right >= 0 else paddle.zeros_like(j))
+    se = paddle.stack(cols, axis=1).astype("int32").unsqueeze([0, 1])  # [1, 1, s_kv, C]
     se = paddle.expand(se, [b, 1, s_kv, len(cols)])
-    if paddle.in_dynamic_mode() and str(se.place) != str(like.place):
-        se = se._copy_to(like.place, False)
+    if paddle.in_dynamic_mode() and str(se.place) != str(q.place):
+        se = se._copy_to(q.place, False)
     return se

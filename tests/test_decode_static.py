@@ -143,6 +143,76 @@ def _stage_load(outdir):
     print("inference ok", flush=True)
 
 
+def _stage_layers(outdir):
+    """Static graphs of the layers' cache steps and of flashmask_attention's window, with the
+    batch and sequence dims left dynamic (None): the MultiHeadAttention drop-in's steps on Paddle's
+    Cache / StaticCache (decode_attn takes its caches in place: no views), an InplaceCache step's
+    advanced lengths, and the window's column bounds built from the run-time sizes."""
+    del outdir
+    import paddle
+    from paddle.static import InputSpec
+
+    import paddle_te
+
+    E, H, D = 32, 4, 8
+    rng = np.random.default_rng(3)
+    f32 = lambda *s: rng.standard_normal(s).astype("float32")  # noqa: E731
+    mha = paddle_te.nn.MultiHeadAttention(E, H, attn_mask_type="causal")
+    mha.eval()
+
+    class CacheStep(paddle.nn.Layer):
+        def __init__(self, kind):
+            super().__init__()
+            self.mha, self.kind = mha, kind
+
+        def forward(self, x, kc, vc):
+            cache = self.mha.StaticCache(kc, vc) if self.kind else self.mha.Cache(kc, vc)
+            return self.mha(x, x, x, None, cache)[0]
+
+    for kind in (0, 1):
+        spec = [InputSpec([None, 1, E], "float32", "x"), InputSpec([None, H, None, D], "float32", "kc"),
+                InputSpec([None, H, None, D], "float32", "vc")]
+        step = paddle.jit.to_static(CacheStep(kind), input_spec=spec, full_graph=True)
+        for b, s in ((2, 5), (3, 7)):
+            args = [paddle.to_tensor(a) for a in (f32(b, 1, E), f32(b, H, s, D), f32(b, H, s, D))]
+            _close(step(*args).numpy(), CacheStep(kind)(*args).numpy(), f"cache step {kind} b={b}")
+    print("cache steps ok", flush=True)
+
+    lens = np.array([3, 5], "int32")
+    x = f32(2, 2, E)
+    _, c = mha(paddle.to_tensor(x), cache=mha.InplaceCache(paddle.zeros([2, 8, H, D]),
+                                                          paddle.zeros([2, 8, H, D]),
+                                                          paddle.to_tensor(lens)))
+    assert c.seqlens.numpy().tolist() == [5, 7]
+    paddle.enable_static()
+    main, startup = paddle.static.Program(), paddle.static.Program()
+    with paddle.static.program_guard(main, startup):
+        xs = paddle.static.data("x", [None, None, E], "float32")
+        kc, vc = (paddle.static.data(n, [None, 8, H, D], "float32") for n in ("kc", "vc"))
+        ls = paddle.static.data("lens", [None], "int32")
+        smha = paddle_te.nn.MultiHeadAttention(E, H, attn_mask_type="causal")
+        smha.eval()
+        _, c2 = smha(xs, cache=smha.InplaceCache(kc, vc, ls))
+    exe = paddle.static.Executor(paddle.CPUPlace())
+    exe.run(startup)
+    z = np.zeros([2, 8, H, D], "float32")
+    (seqlens,) = exe.run(main, feed={"x": x, "kc": z, "vc": z.copy(), "lens": lens},
+                         fetch_list=[c2.seqlens])
+    assert seqlens.tolist() == [5, 7], seqlens
+    paddle.disable_static()
+    print("inplace lengths ok", flush=True)
+
+    def windowed(q, k, v):
+        return paddle_te.flashmask_attention(q, k, v, causal=True, window_size=2)
+
+    spec = [InputSpec([None, None, H, D], "float32", n) for n in "qkv"]
+    fn = paddle.jit.to_static(windowed, input_spec=spec, full_graph=True)
+    for b, s in ((2, 6), (3, 9)):
+        args = [paddle.to_tensor(f32(b, s, H, D)) for _ in range(3)]
+        _close(fn(*args).numpy(), windowed(*args).numpy(), f"flashmask window b={b} s={s}")
+    print("flashmask window ok", flush=True)
+
+
 def _run_worker(stage, outdir):
     import paddle_te
 
@@ -166,6 +236,12 @@ def test_decode_static_to_static_save_load_inference(tmp_path):
     assert "jit.load ok" in out and "inference ok" in out, out
 
 
+def test_layer_steps_and_windows_in_static_graphs(tmp_path):
+    out = _run_worker("layers", tmp_path)
+    for stage in ("cache steps", "inplace lengths", "flashmask window"):
+        assert f"{stage} ok" in out, out
+
+
 if __name__ == "__main__":
     sys.path.insert(0, HERE)
-    {"build": _stage_static, "load": _stage_load}[sys.argv[1]](sys.argv[2])
+    {"build": _stage_static, "load": _stage_load, "layers": _stage_layers}[sys.argv[1]](sys.argv[2])

@@ -111,7 +111,7 @@ def step(mha, q, key, value, attn_mask, cache, hint, train=False):
                               v_new=v_new, softmax_scale=scale,
                               window_size=(window[0], 0) if causal else None,
                               backend=_decode_backend(mha.backend))
-        return out, InplaceCache(cache.k_cache, cache.v_cache, cache.seqlens + q.shape[1])
+        return out, InplaceCache(cache.k_cache, cache.v_cache, cache.seqlens + _core.dim(q, 1))
 
     # A mask, a non-causal multi-token step or a training step (dropout, gradients): append, then
     # run the general path over the whole buffer with the keys past each length masked out.
@@ -200,7 +200,10 @@ def decodes(mha, q, attn_mask, hint):
 def attend_cache(mha, q, k, v, hint):
     """decode_attn over the concatenated cache k, v [b, h, s_kv, d] (no append): with one query
     row, "every key" and bottom-right causal are the same rule."""
-    k, v = k.transpose([0, 2, 1, 3]), v.transpose([0, 2, 1, 3])
+    # decode_attn takes its caches in place: give it tensors of their own in its layout (a
+    # transposed view is refused as an in-place argument in static graphs, and in dygraph the op
+    # would receive a contiguous copy anyway).
+    k, v = paddle.assign(k.transpose([0, 2, 1, 3])), paddle.assign(v.transpose([0, 2, 1, 3]))
     q, k, v = _core.amp_cast(q, k, v)
     seqlens = paddle.full([_core.dim(k, 0)], _core.dim(k, 1), dtype="int32")
     window = (mha.window_size[0], 0) if hint in CAUSAL_MASK_TYPES else None
