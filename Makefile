@@ -38,7 +38,9 @@ deps: setup
 # the core through CMakeLists.txt (build/paddle_core_*) and links the Paddle glue against it.
 build: deps
 	# CUDA sources are compiled wherever nvcc is (also against a CPU Paddle: the CI build check).
-	PADDLE_TE_WITH_CUDA=$(if $(NVCC),1,0) MAX_JOBS=$(JOBS) $(PY) setup.py build_ext --inplace
+	# The output is kept in build/build.log for tests/test_build.py (compiler diagnostics).
+	mkdir -p build
+	set -o pipefail; PADDLE_TE_WITH_CUDA=$(if $(NVCC),1,0) MAX_JOBS=$(JOBS) $(PY) setup.py build_ext --inplace 2>&1 | tee build/build.log
 
 # The framework-free core, its pybind11 module and the C++ tests (CPU-only here; the GPU machine
 # builds the CUDA core with tools/gpu_check.sh).
