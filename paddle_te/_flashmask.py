@@ -90,12 +90,12 @@ def _runs(col):
 
 def dense_to_startend_row_indices(mask, causal):
     """The ``startend_row_indices`` (int32 ``[b, m, s_kv, C]``, the smallest C that expresses it)
-    of a bool mask ``[b, m, s_q, s_kv]`` (True = masked out). With ``causal=True`` the mask must
-    mask every element above the diagonal (j > i), as the causal rule does: the indices describe
-    exactly the mask given (``startend_row_indices_to_dense`` gives it back). A mask whose masked
-    rows in some column are not what the table expresses raises ``ValueError`` naming
-    ``attn_mask_type="arbitrary"`` (run such masks through ``fused_attn`` / the layers with an
-    arbitrary mask). Dygraph only (reads the mask)."""
+    of a bool mask ``[b, m, s_q, s_kv]`` (True = masked out). With ``causal=True`` the table
+    describes the rows at and below the diagonal (the op masks those above it by the causal rule
+    anyway), so the elements above it are not read: a mask with or without them masked gives the
+    same indices. A mask whose masked rows in some column are not what the table expresses raises
+    ``ValueError`` naming ``attn_mask_type="arbitrary"`` (run such masks through ``fused_attn`` /
+    the layers with an arbitrary mask). Dygraph only (reads the mask)."""
     m = mask.numpy() if isinstance(mask, paddle.Tensor) else np.asarray(mask)
     if m.ndim != 4 or m.dtype != np.bool_:
         raise ValueError(f"mask: expected a bool [b, m, s_q, s_kv] array, got {m.dtype} of shape {list(m.shape)}")
@@ -108,14 +108,8 @@ def dense_to_startend_row_indices(mask, causal):
         )
 
     if causal:
-        # Rows above the diagonal (i < j) are the causal rule's: they must be masked, and the
-        # masked rows at or below it must form one interval.
-        upper = np.arange(s_kv)[None, :] > np.arange(s_q)[:, None]
-        open_upper = np.argwhere(upper & ~m)
-        if len(open_upper):
-            bi, h, i, j = open_upper[0]
-            fail(f"element [{bi}, {h}, {i}, {j}] lies above the diagonal (j > i) and is not "
-                 "masked, which the causal rule masks; pass causal=False")
+        # Rows above the diagonal (i < j) are masked by the causal rule anyway: only rows >= j
+        # count, and their masked rows must form one interval.
         out = np.zeros((b, heads, s_kv, 2), np.int32)
         for bi in range(b):
             for h in range(heads):
