@@ -368,9 +368,13 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   Tensor tKVrQt = thr_kv.partition_fragment_B(sQt);    // dK: B = Q^T
   Tensor tQrdS = thr_dq.partition_fragment_A(sdS);
   Tensor tQrKt = thr_dq.partition_fragment_B(sKt);
-  Tensor tSsdS = thr_sdp.partition_C(sdSt);          // where this thread's dS^T elements go
+  // Where this thread's dS^T and dQ elements go. The swizzle acts on offsets, not on the 64-bit
+  // address (CuTe's default for a swizzled smem pointer): the stores stay shared-memory stores
+  // (STS), and each element pair (adjacent queries of dS^T, adjacent columns of dQ, contiguous in
+  // both layouts) goes as one store.
+  Tensor tSsdS = thr_sdp.partition_C(as_position_independent_swizzle_tensor(sdSt));
   Tensor sdQ = make_tensor(make_smem_ptr(ss.dq.data()), typename Traits::SmemLayoutDQ{});
-  Tensor tdQsdQ = thr_dq.partition_C(sdQ);           // where this thread's dQ elements go
+  Tensor tdQsdQ = thr_dq.partition_C(as_position_independent_swizzle_tensor(sdQ));
 
   Tensor tSrS = partition_fragment_C(mma_sdp, Shape<Int<BN>, Int<BM>>{});
   Tensor tSrdP = partition_fragment_C(mma_sdp, Shape<Int<BN>, Int<BM>>{});
@@ -388,6 +392,21 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   const Dropout drop(p, bi);
   // Keys of this thread (S^T rows), tile-local.
   const int key0 = get<0>(tSc(0)), key1 = get<0>(tSc(2));
+  // Element i of an S^T fragment is (key frag_row(i), query q0 + 8 (i / 4) + i % 2): the thread's
+  // lse and Dsum values are kQBlocks pairs of adjacent queries, loaded as float2 ahead of use
+  // (with dropout, whose keep bits need the registers, read from shared memory where used).
+  constexpr int kQBlocks = decltype(size(tSrS))::value / 4;
+  auto load_stats = [&](const float* row, float2 (&v)[kQBlocks]) {
+    if constexpr (!kDropout) {
+      CUTE_UNROLL
+      for (int j = 0; j < kQBlocks; ++j)
+        v[j] = *reinterpret_cast<const float2*>(row + get<1>(tSc(4 * j)));
+    }
+  };
+  auto stat = [&](const float* row, const float2 (&v)[kQBlocks], int i) {
+    if constexpr (kDropout) return row[get<1>(tSc(i))];
+    return i % 2 ? v[i / 4].y : v[i / 4].x;
+  };
 
   Walk wk(p, bi, n0, steps, total);
   if (!wk.done()) FullBarrier::wait(&ss.kv_full, 0);
@@ -412,6 +431,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       if (wk.cls == 2) bwd_step_columns(FlashMaskView(p, bi, hq), n0 + key0, n0 + key1, &fm_col0, &fm_col1);
     }
     EmptyBarrier::wait(&ss.stat_full[s], it.phase());
+    float2 lse[kQBlocks];
+    load_stats(ss.lse[s], lse);
     warpgroup_wait<1>();  // S^T has landed; dP^T may still be in flight
     gemm_done(tSrS);
 
@@ -424,37 +445,50 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     if constexpr (kFlashMask) {
       if (wk.cls == 2) fm_bits = bwd_masked_bits(fm_col0, fm_col1, m0, tSc);
     }
-    CUTE_UNROLL
-    for (int i = 0; i < size(tSrS); ++i) {
-      const int r = frag_row(i), q = get<1>(tSc(i));
-      const bool vis = (full || (q >= lo[r] && q < hi[r])) && !((fm_bits >> i) & 1u);
-      const float pv = vis ? fast_exp2(fmaf(tSrS(i), scale_log2, -ss.lse[s][q])) : 0.f;
-      tSrS(i) = pv;
-      float pd = pv;
-      if constexpr (kDropout) {
-        const bool keep = drop.keep(hq, m0 + q, n0 + (r ? key1 : key0));
-        keep_bits |= uint32_t(keep) << i;
-        pd = keep ? pv * drop.scale : 0.f;
+    // Branch-free: every element's exponential is computed, and masked steps select; full steps
+    // (most of them) test nothing. With dropout one copy of the loop (registers).
+    auto probs = [&](auto masked) {
+      CUTE_UNROLL
+      for (int i = 0; i < size(tSrS); ++i) {
+        const int r = frag_row(i), q = get<1>(tSc(i));
+        float pv = fast_exp2(fmaf(tSrS(i), scale_log2, -stat(ss.lse[s], lse, i)));
+        if constexpr (decltype(masked)::value)
+          pv = q >= lo[r] && q < hi[r] && !((fm_bits >> i) & 1u) ? pv : 0.f;
+        tSrS(i) = pv;
+        float pd = pv;
+        if constexpr (kDropout) {
+          const bool keep = drop.keep(hq, m0 + q, n0 + (r ? key1 : key0));
+          keep_bits |= uint32_t(keep) << i;
+          pd = keep ? pv * drop.scale : 0.f;
+        }
+        tPrP(i) = Element(pd);
       }
-      tPrP(i) = Element(pd);
-    }
+    };
+    if (kDropout || !full || (kFlashMask && wk.cls == 2))
+      probs(cute::true_type{});
+    else
+      probs(cute::false_type{});
     gemm_issue<false>(mma_kv, tPrP, tKVrdOt(_, _, _, s), tdVrdV);
+    float2 dsum[kQBlocks];
+    load_stats(ss.dsum[s], dsum);
     warpgroup_wait<1>();  // dP^T has landed; dV may still be in flight
     gemm_done(tSrdP);
 
     CUTE_UNROLL
     for (int i = 0; i < size(tSrdP); ++i) {
-      const int q = get<1>(tSc(i));
       float dpv = tSrdP(i);
       if constexpr (kDropout) dpv = (keep_bits >> i) & 1u ? dpv * drop.scale : 0.f;
-      tPrdS(i) = Element(tSrS(i) * (dpv - ss.dsum[s][q]));
+      tPrdS(i) = Element(tSrS(i) * (dpv - stat(ss.dsum[s], dsum, i)));
     }
     // dS into this step's buffer: the other warpgroup may still read the other buffer in its dQ
     // GEMM of step - 1, but none reads this one (it finished step - 2 before the barrier below
     // of step - 1).
     Tensor tSsdS_s = tSsdS(_, _, _, ds_stage);
     CUTE_UNROLL
-    for (int i = 0; i < size(tPrdS); ++i) tSsdS_s(i) = tPrdS(i);
+    for (int i = 0; i < size(tPrdS); i += 2) {
+      const Element pair[2] = {tPrdS(i), tPrdS(i + 1)};
+      *reinterpret_cast<uint32_t*>(&tSsdS_s(i)) = *reinterpret_cast<const uint32_t*>(pair);
+    }
     cutlass::arch::fence_view_async_shared();  // generic-proxy writes, read by wgmma next
 
     named_sync(kBarConsumers, 256);  // all of dS is in shared memory
@@ -468,7 +502,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     // The dQ tile to the writer warp, once it has read the previous one.
     if (it.t > 0) EmptyBarrier::wait(&ss.dq_empty, uint32_t(it.t - 1) & 1u);
     CUTE_UNROLL
-    for (int i = 0; i < size(tdQrdQ); ++i) tdQsdQ(i) = tdQrdQ(i);
+    for (int i = 0; i < size(tdQrdQ); i += 2)
+      *reinterpret_cast<float2*>(&tdQsdQ(i)) = make_float2(tdQrdQ(i), tdQrdQ(i + 1));
     cutlass::arch::fence_view_async_shared();  // visible to the TMA (async proxy)
     EmptyBarrier::arrive(&ss.dq_full);
     warpgroup_wait<0>();

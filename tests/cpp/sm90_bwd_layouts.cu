@@ -1,0 +1,100 @@
+// Host-side check of the sm90 backward's register-to-shared-memory addressing (CuTe layouts are
+// plain integer functions, evaluated here on the CPU; no GPU involved). Built and run by
+// tests/test_sm90_layouts.py with nvcc where nvcc is found.
+//
+// For every consumer thread of BwdTraits<D, T>, it checks what bwd_kernel.h relies on:
+//  * the offset-swizzled views of dS^T and dQ (as_position_independent_swizzle_tensor) put every
+//    element exactly where CuTe's address-swizzled views put it (the mapping the GPU tests
+//    validated before the stores were rewritten);
+//  * the element pairs (2k, 2k + 1) the kernel stores as one 32-bit (dS) or 64-bit (dQ) word are
+//    adjacent in memory and aligned to the word;
+//  * the S^T fragment's element i is (key frag_row(i), query q0 + 8 (i / 4) + i % 2), which the
+//    float2 loads of lse and Dsum assume.
+// Exit status 0 when every check holds; the first failures are printed.
+#define NDEBUG 1
+#include <cstdint>
+#include <cstdio>
+
+#include "cuda/attn/sm90/traits.h"
+
+using namespace cute;
+
+static int g_failures = 0;
+
+#define CHECK(cond, ...)                          \
+  do {                                            \
+    if (!(cond)) {                                \
+      if (g_failures < 10) {                      \
+        std::printf("FAILED %s: ", #cond);        \
+        std::printf(__VA_ARGS__);                 \
+        std::printf("\n");                        \
+      }                                           \
+      ++g_failures;                               \
+    }                                             \
+  } while (0)
+
+template <class Traits>
+void check(const char* name) {
+  using Element = typename Traits::Element;
+  constexpr int BM = Traits::BM, BN = Traits::BN, D = Traits::D;
+  // 1024-byte aligned stand-ins for the shared-memory buffers (the swizzle's period).
+  alignas(1024) static Element ds_buf[cosize_v<typename Traits::SmemLayoutDS>];
+  alignas(1024) static float dq_buf[cosize_v<typename Traits::SmemLayoutDQ>];
+  typename Traits::MmaSdP mma_sdp;
+  typename Traits::MmaDQ mma_dq;
+  int checked = 0;
+  for (int tidx = 0; tidx < Traits::kConsumerThreads; ++tidx) {
+    auto thr_sdp = mma_sdp.get_thread_slice(tidx);
+    auto thr_dq = mma_dq.get_thread_slice(tidx);
+    Tensor sdSt = make_tensor(make_smem_ptr(ds_buf), typename Traits::SmemLayoutDSt{});
+    Tensor by_addr = thr_sdp.partition_C(sdSt);
+    Tensor by_off = thr_sdp.partition_C(as_position_independent_swizzle_tensor(sdSt));
+    static_assert(decltype(size(by_addr))::value == decltype(size(by_off))::value, "");
+    for (int i = 0; i < size(by_off); ++i) {
+      const Element* a = &by_addr(i);
+      const Element* o = &by_off(i);
+      CHECK(a == o, "%s dS thread %d element %d: %td vs %td", name, tidx, i, a - ds_buf, o - ds_buf);
+      if (i % 2 == 0) {
+        CHECK(&by_off(i + 1) == o + 1, "%s dS pair thread %d element %d", name, tidx, i);
+        CHECK(reinterpret_cast<uintptr_t>(o) % 4 == 0, "%s dS alignment thread %d element %d", name,
+              tidx, i);
+      }
+      ++checked;
+    }
+    Tensor sdQ = make_tensor(make_smem_ptr(dq_buf), typename Traits::SmemLayoutDQ{});
+    Tensor q_addr = thr_dq.partition_C(sdQ);
+    Tensor q_off = thr_dq.partition_C(as_position_independent_swizzle_tensor(sdQ));
+    for (int i = 0; i < size(q_off); ++i) {
+      const float* a = &q_addr(i);
+      const float* o = &q_off(i);
+      CHECK(a == o, "%s dQ thread %d element %d: %td vs %td", name, tidx, i, a - dq_buf, o - dq_buf);
+      if (i % 2 == 0) {
+        CHECK(&q_off(i + 1) == o + 1, "%s dQ pair thread %d element %d", name, tidx, i);
+        CHECK(reinterpret_cast<uintptr_t>(o) % 8 == 0, "%s dQ alignment thread %d element %d", name,
+              tidx, i);
+      }
+      ++checked;
+    }
+    Tensor tSc = thr_sdp.partition_C(make_identity_tensor(Shape<Int<BN>, Int<BM>>{}));
+    const int q0 = get<1>(tSc(0));
+    CHECK(q0 % 2 == 0, "%s thread %d: first query %d is odd", name, tidx, q0);
+    for (int i = 0; i < size(tSc); ++i) {
+      const int row = (i >> 1) & 1;  // frag_row (softmax.h)
+      CHECK(get<1>(tSc(i)) == q0 + 8 * (i / 4) + i % 2, "%s thread %d element %d: query %d", name,
+            tidx, i, int(get<1>(tSc(i))));
+      CHECK(get<0>(tSc(i)) == get<0>(tSc(row * 2)), "%s thread %d element %d: key", name, tidx, i);
+    }
+  }
+  (void)D;
+  std::printf("%s: %d element addresses checked\n", name, checked);
+}
+
+int main() {
+  using namespace pte::flash::sm90;
+  check<BwdTraits<128, __nv_bfloat16>>("d128 bf16");
+  check<BwdTraits<128, __half>>("d128 fp16");
+  check<BwdTraits<64, __nv_bfloat16>>("d64 bf16");
+  check<BwdTraits<64, __half>>("d64 fp16");
+  if (g_failures) std::printf("%d failures\n", g_failures);
+  return g_failures ? 1 : 0;
+}
