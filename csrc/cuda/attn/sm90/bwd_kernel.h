@@ -394,17 +394,20 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   const int key0 = get<0>(tSc(0)), key1 = get<0>(tSc(2));
   // Element i of an S^T fragment is (key frag_row(i), query q0 + 8 (i / 4) + i % 2): the thread's
   // lse and Dsum values are kQBlocks pairs of adjacent queries, loaded as float2 ahead of use
-  // (with dropout, whose keep bits need the registers, read from shared memory where used).
-  constexpr int kQBlocks = decltype(size(tSrS))::value / 4;
+  // (with dropout, whose keep bits need the registers, and with BM = 128, whose 32 queries per
+  // thread would take 32 registers each, read from shared memory where used).
+  constexpr int kFrag = decltype(size(tSrS))::value;
+  constexpr int kQBlocks = kFrag / 4;
+  constexpr bool kPreload = !kDropout && BM == 64;
   auto load_stats = [&](const float* row, float2 (&v)[kQBlocks]) {
-    if constexpr (!kDropout) {
+    if constexpr (kPreload) {
       CUTE_UNROLL
       for (int j = 0; j < kQBlocks; ++j)
         v[j] = *reinterpret_cast<const float2*>(row + get<1>(tSc(4 * j)));
     }
   };
   auto stat = [&](const float* row, const float2 (&v)[kQBlocks], int i) {
-    if constexpr (kDropout) return row[get<1>(tSc(i))];
+    if constexpr (!kPreload) return row[get<1>(tSc(i))];
     return i % 2 ? v[i / 4].y : v[i / 4].x;
   };
 
@@ -438,13 +441,18 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
 
     // P^T in place of S^T (float32, for dS) and, dropped and rescaled, as dV's A operand; a
     // select, not a product, zeroes what a key does not see (rows without keys: lse = -inf).
-    uint32_t keep_bits = 0;  // dropout: bit i = element i kept (size(tSrS) = 32)
-    static_assert(decltype(size(tSrS))::value <= 32, "one keep bit per element");
+    using Bits = FragmentBits<kFrag>;
+    Bits keep_bits = 0;  // dropout: bit i = element i kept
     // FlashMask, partial step: bit i = element i masked by the intervals (class-1 steps: none).
-    uint32_t fm_bits = 0;
+    Bits fm_bits = 0;
     if constexpr (kFlashMask) {
       if (wk.cls == 2) fm_bits = bwd_masked_bits(fm_col0, fm_col1, m0, tSc);
     }
+    // dV's A operand: P^T, dropped and rescaled.
+    auto p_operand = [&](int i) {
+      if constexpr (kDropout) return (keep_bits >> i) & 1u ? tSrS(i) * drop.scale : 0.f;
+      return tSrS(i);
+    };
     // Branch-free: every element's exponential is computed, and masked steps select; full steps
     // (most of them) test nothing. With dropout one copy of the loop (registers).
     auto probs = [&](auto masked) {
@@ -455,23 +463,19 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         if constexpr (decltype(masked)::value)
           pv = q >= lo[r] && q < hi[r] && !((fm_bits >> i) & 1u) ? pv : 0.f;
         tSrS(i) = pv;
-        float pd = pv;
-        if constexpr (kDropout) {
-          const bool keep = drop.keep(hq, m0 + q, n0 + (r ? key1 : key0));
-          keep_bits |= uint32_t(keep) << i;
-          pd = keep ? pv * drop.scale : 0.f;
-        }
-        tPrP(i) = Element(pd);
+        if constexpr (kDropout)
+          keep_bits |= Bits(drop.keep(hq, m0 + q, n0 + (r ? key1 : key0))) << i;
+        if constexpr (Traits::kEarlyDv) tPrP(i) = Element(p_operand(i));
       }
     };
     if (kDropout || !full || (kFlashMask && wk.cls == 2))
       probs(cute::true_type{});
     else
       probs(cute::false_type{});
-    gemm_issue<false>(mma_kv, tPrP, tKVrdOt(_, _, _, s), tdVrdV);
+    if constexpr (Traits::kEarlyDv) gemm_issue<false>(mma_kv, tPrP, tKVrdOt(_, _, _, s), tdVrdV);
     float2 dsum[kQBlocks];
     load_stats(ss.dsum[s], dsum);
-    warpgroup_wait<1>();  // dP^T has landed; dV may still be in flight
+    warpgroup_wait<Traits::kEarlyDv ? 1 : 0>();  // dP^T has landed; dV may still be in flight
     gemm_done(tSrdP);
 
     CUTE_UNROLL
@@ -490,6 +494,11 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       *reinterpret_cast<uint32_t*>(&tSsdS_s(i)) = *reinterpret_cast<const uint32_t*>(pair);
     }
     cutlass::arch::fence_view_async_shared();  // generic-proxy writes, read by wgmma next
+    if constexpr (!Traits::kEarlyDv) {
+      CUTE_UNROLL
+      for (int i = 0; i < size(tSrS); ++i) tPrP(i) = Element(p_operand(i));
+      gemm_issue<false>(mma_kv, tPrP, tKVrdOt(_, _, _, s), tdVrdV);
+    }
 
     named_sync(kBarConsumers, 256);  // all of dS is in shared memory
     // dQ before dK: the dQ tile goes to shared memory while dK is still in flight.

@@ -11,6 +11,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include <cute/tensor.hpp>
 
@@ -165,9 +166,9 @@ struct BwdStepWalk<true, BM, BN, Steps> {
 // j0 / j1 (fragment rows 0 / 1, frag_row), fetched right after the step's GEMMs are issued so the
 // load latency hides under them (key_intervals). bwd_masked_bits: bit i set = element i of the
 // thread's S^T fragment (coordinates tSc, m0 the step's first query) is masked by the intervals.
-// One word for the 32 elements, which the backward folds into its visibility select, so masked
-// P^T and dS^T are exactly 0 whatever the arithmetic would give (inf or NaN where a row's lse is
-// -inf).
+// One word for the 32 or 64 elements, which the backward folds into its visibility select, so
+// masked P^T and dS^T are exactly 0 whatever the arithmetic would give (inf or NaN where a row's
+// lse is -inf).
 __device__ __forceinline__ void bwd_step_columns(const FlashMaskView& fm, int64_t j0, int64_t j1,
                                                  flashmask::Intervals* v0,
                                                  flashmask::Intervals* v1) {
@@ -175,17 +176,21 @@ __device__ __forceinline__ void bwd_step_columns(const FlashMaskView& fm, int64_
   *v1 = key_intervals(fm, j1);
 }
 
+template <int kN>
+using FragmentBits = std::conditional_t<(kN <= 32), uint32_t, uint64_t>;  // one bit per element
+
 template <class TC>
-__device__ __forceinline__ uint32_t bwd_masked_bits(const flashmask::Intervals& v0,
-                                                    const flashmask::Intervals& v1, int64_t m0,
-                                                    TC const& tSc) {
+__device__ __forceinline__ auto bwd_masked_bits(const flashmask::Intervals& v0,
+                                                const flashmask::Intervals& v1, int64_t m0,
+                                                TC const& tSc) {
   constexpr int kN = decltype(cute::size(tSc))::value;
-  static_assert(kN <= 32, "one bit per element");
-  uint32_t bits = 0;
+  static_assert(kN <= 64, "one bit per element");
+  using Bits = FragmentBits<kN>;
+  Bits bits = 0;
   CUTE_UNROLL
   for (int i = 0; i < kN; ++i) {
     const int32_t q = int32_t(m0) + cute::get<1>(tSc(i));
-    bits |= uint32_t(FlashMaskView::in_intervals(frag_row(i) ? v1 : v0, q)) << i;
+    bits |= Bits(FlashMaskView::in_intervals(frag_row(i) ? v1 : v0, q)) << i;
   }
   return bits;
 }

@@ -26,7 +26,8 @@ void launch_bwd(const AttnProblem& p, const float* dsum, float* dq_accum, int32_
                 cudaStream_t stream) {
   using namespace cute;
   constexpr int D = Traits::D;
-  static_assert(Traits::BM == kDqTurnRows, "launch.h sizes one turn counter per BM query rows");
+  // launch.h sizes one turn counter per kDqTurnRows query rows: at least one per BM-row tile.
+  static_assert(Traits::BM % kDqTurnRows == 0, "one turn counter per dQ tile at least");
   const int64_t rows_q = p.thd ? p.t_q : p.s_q, rows_kv = p.thd ? p.t_kv : p.s_kv;
   const int64_t rq = rows_q > 0 ? rows_q : 1, rkv = rows_kv > 0 ? rows_kv : 1;
   auto q = gmem_view<Traits>(p, p.q, p.q_st, rq, p.h, p.d);

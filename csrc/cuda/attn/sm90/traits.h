@@ -119,8 +119,8 @@ struct FwdTraits {
 
 
 // The sm90 backward's dK/dV (+ dQ accumulation) kernel: one CTA per (key tile of BN = 128, kv
-// head, sequence); the two consumer warpgroups own 64 keys each and walk the query tiles (BM = 64)
-// of every query head of the GQA group. Products are computed transposed (keys as the M
+// head, sequence); the two consumer warpgroups own 64 keys each and walk the query tiles (BM) of
+// every query head of the GQA group. Products are computed transposed (keys as the M
 // dimension), so P^T and dS^T come out of the S^T / dP^T accumulators already in the A-operand
 // layout of the dV += P^T dO and dK += dS^T Q GEMMs; dS goes through shared memory once, for
 // dQ = dS K, whose float32 tile goes through shared memory to a TMA reduce-add.
@@ -130,7 +130,12 @@ struct BwdTraits {
   using Element = typename CuteElement<T>::type;
   static constexpr int D = D_;
   static constexpr int BN = 128;  // keys per CTA (2 warpgroups x 64)
-  static constexpr int BM = 64;   // queries per step
+  // Queries per step: 64 at D = 128; 128 at D = 64, where a 64-query step gives the GEMMs too
+  // little work per element of the step's elementwise part (measured: 0.77-0.9 x the sm80
+  // family). The S^T / dP^T accumulators then take 64 registers each, so dV is issued only after
+  // dS is computed (kEarlyDv false): P^T in bf16 is not held beside both accumulators.
+  static constexpr int BM = D <= 64 ? 128 : 64;
+  static constexpr bool kEarlyDv = BM == 64;
   static constexpr int kStages = 2;
   static constexpr int kConsumerWGs = 2;
   static constexpr int kConsumerThreads = 256;
