@@ -4,7 +4,8 @@
 // 64 keys each. Per step (query head of the group, query tile of 64):
 //   S^T = K Q^T, dP^T = V dO^T            (wgmma, both operands in shared memory, issued together)
 //   P^T = exp(scale S^T - lse)             (registers, while dP^T is still in flight)
-//   dV += P^T dO                           (wgmma, A from registers; in flight during dS)
+//   dV += P^T dO                           (wgmma, A from registers; in flight during dS at
+//                                          BM = 64, issued after dS at BM = 128: kEarlyDv)
 //   dS^T = P^T o (dP^T - Dsum)             (registers; dropout as in sm80)
 //   dQ = dS K, dK += dS^T Q                (dS staged in shared memory, two buffers)
 //   dQ tile -> shared memory (while dK is in flight) -> TMA reduce-add into the fp32 accumulator
@@ -475,7 +476,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     if constexpr (Traits::kEarlyDv) gemm_issue<false>(mma_kv, tPrP, tKVrdOt(_, _, _, s), tdVrdV);
     float2 dsum[kQBlocks];
     load_stats(ss.dsum[s], dsum);
-    warpgroup_wait<Traits::kEarlyDv ? 1 : 0>();  // dP^T has landed; dV may still be in flight
+    warpgroup_wait<Traits::kEarlyDv ? 1 : 0>();  // dP^T has landed (early dV may be in flight)
     gemm_done(tSrdP);
 
     CUTE_UNROLL
