@@ -153,7 +153,8 @@ def attention_cases(core, A):
     """The fused attention backends this build has, on small shapes that reach their paths:
     padded bshd with GQA, a bottom-right causal window and an empty sequence; packed thd with a
     zero-length sequence (MQA, d = 128); sbhd strides; dropout; packed thd over several key blocks
-    (d = 128: on sm_90 the sm90 backward, whose deterministic mode takes turns between them)."""
+    (d = 128: on sm_90 the sm90 backward, whose deterministic mode takes turns between them); on
+    sm_90, d = 64 forced onto the sm90 backward."""
     backends = [n for n, info in core.backends().items()
                 if n in ("flash", "cudnn") and info["available"]]
     assert backends, core.backends()
@@ -166,6 +167,18 @@ def attention_cases(core, A):
                         "no_mask", (-1, -1), 0.1)
         _attention_case(core, A, backend, "thd", (2, 0, 0, 4, 2, 128), [300, 200], [400, 150],
                         "padding", (-1, -1), 0.0)
+    if "flash" in backends:
+        # d = 64 through the sm90 backward (its 128-query step; `auto` may pick sm80 there), where
+        # the GPU has it: a window, several key blocks in turns, dropout.
+        with scoped_env({"PTE_FLASH_VARIANT": "sm90"}):
+            try:
+                _attention_case(core, A, "flash", "thd", (2, 0, 0, 4, 2, 64), [300, 200],
+                                [400, 150], "padding_causal_bottom_right", (100, 0), 0.0)
+                _attention_case(core, A, "flash", "bshd", (2, 150, 170, 2, 1, 64), None, None,
+                                "causal", (-1, 0), 0.1)
+            except (RuntimeError, ValueError) as e:  # no sm90 kernels below sm_90
+                if "sm90" not in str(e):
+                    raise
 
 
 def decode_cases(core, A):
