@@ -9,7 +9,8 @@
 //  * the element pairs (2k, 2k + 1) the kernel stores as one 32-bit (dS) or 64-bit (dQ) word are
 //    adjacent in memory and aligned to the word;
 //  * the S^T fragment's element i is (key frag_row(i), query q0 + 8 (i / 4) + i % 2), which the
-//    float2 loads of lse and Dsum assume.
+//    float2 loads of lse and Dsum assume;
+//  * the dK/dV epilogue's staging in shared memory is bank-conflict free on both sides.
 // Exit status 0 when every check holds; the first failures are printed.
 #define NDEBUG 1
 #include <cstdint>
@@ -85,7 +86,38 @@ void check(const char* name) {
       CHECK(get<0>(tSc(i)) == get<0>(tSc(row * 2)), "%s thread %d element %d: key", name, tidx, i);
     }
   }
-  (void)D;
+  // The dK/dV epilogue: fragment pairs are (key, col), (key, col + 1) with col even, and its
+  // staging (row-major [BN][D], 16-byte chunks XOR-swizzled by row % 8) takes each warp's 32
+  // pair writes in 32 different banks and each quarter warp's 8 chunk reads in different
+  // 16-byte bank groups.
+  typename Traits::MmaKV mma_kv;
+  auto staged = [](int row, int chunk) { return row * D + ((chunk ^ (row % 8)) * 8); };
+  for (int warp = 0; warp < Traits::kConsumerThreads / 32; ++warp) {
+    for (int i = 0; i < 64; i += 2) {
+      bool bank_used[32] = {};
+      for (int lane = 0; lane < 32; ++lane) {
+        auto thr = mma_kv.get_thread_slice(warp * 32 + lane);
+        Tensor tKVc = thr.partition_C(make_identity_tensor(Shape<Int<BN>, Int<D>>{}));
+        if (i >= size(tKVc)) break;
+        const int row = get<0>(tKVc(i)), col = get<1>(tKVc(i));
+        CHECK(get<0>(tKVc(i + 1)) == row && get<1>(tKVc(i + 1)) == col + 1 && col % 2 == 0,
+              "%s dK/dV pair thread %d element %d", name, warp * 32 + lane, i);
+        const int word = (staged(row, col / 8) + col % 8) * int(sizeof(Element)) / 4;
+        CHECK(!bank_used[word % 32], "%s staging write conflict warp %d element %d", name, warp, i);
+        bank_used[word % 32] = true;
+        ++checked;
+      }
+    }
+  }
+  for (int first = 0; first < BN * D / 8; first += 8) {  // a quarter warp's reads
+    bool group_used[8] = {};
+    for (int c = first; c < first + 8; ++c) {
+      const int row = c / (D / 8), chunk = c % (D / 8);
+      const int group = (staged(row, chunk) * int(sizeof(Element)) / 16) % 8;
+      CHECK(!group_used[group], "%s staging read conflict at chunk %d", name, c);
+      group_used[group] = true;
+    }
+  }
   std::printf("%s: %d element addresses checked\n", name, checked);
 }
 

@@ -522,18 +522,44 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   }
 
   // Epilogue: keys < L_kv get their gradients, padded keys (< s_kv, bshd/sbhd) exact zeros.
-  T* dk = static_cast<T*>(p.grad_k);
-  T* dv = static_cast<T*>(p.grad_v);
-  const int d = int(p.d);
+  // dK (scaled) and dV go through shared memory — the Q and dO stages, which nobody reads once
+  // both warpgroups are past their last step and the producer has loaded nothing more — and
+  // then to global memory as whole 16-byte row pieces (the fragments' 4-byte pairs, stored
+  // directly, left every 32-byte sector half written). Staging: row-major [BN][D] with row r's
+  // 16-byte chunks XOR-swizzled by r % 8, so neither the fragment writes (8 rows x 4 pairs per
+  // warp store) nor the row reads (8 chunks of a row per quarter warp) conflict on banks.
+  static_assert(BN * D * sizeof(Element) <= sizeof(ss.q) && BN * D * sizeof(Element) <= sizeof(ss.dout),
+                "dK and dV staged in the Q and dO stages");
+  static_assert(D % 8 == 0, "16-byte chunks");
+  constexpr int kChunks = D / 8;  // per row
+  Element* stage_k = reinterpret_cast<Element*>(ss.q.data());
+  Element* stage_v = reinterpret_cast<Element*>(ss.dout.data());
+  auto staged = [](int row, int chunk) { return row * D + ((chunk ^ (row % 8)) * 8); };
+  named_sync(kBarConsumers, 256);  // both warpgroups' last GEMMs have drained
+  const float fk = float(p.scale);
   CUTE_UNROLL
   for (int i = 0; i < size(tdKrdK); i += 2) {
-    const int64_t j = n0 + get<0>(tKVc(i));
-    const int col = get<1>(tKVc(i));
+    const int row = get<0>(tKVc(i)), col = get<1>(tKVc(i));
+    const int at = staged(row, col / 8) + col % 8;
+    const Element k2[2] = {Element(tdKrdK(i) * fk), Element(tdKrdK(i + 1) * fk)};
+    const Element v2[2] = {Element(tdVrdV(i)), Element(tdVrdV(i + 1))};
+    *reinterpret_cast<uint32_t*>(stage_k + at) = *reinterpret_cast<const uint32_t*>(k2);
+    *reinterpret_cast<uint32_t*>(stage_v + at) = *reinterpret_cast<const uint32_t*>(v2);
+  }
+  named_sync(kBarConsumers, 256);
+  T* dk = static_cast<T*>(p.grad_k);
+  T* dv = static_cast<T*>(p.grad_v);
+  const int d_chunks = int(p.d) / 8;  // d is a multiple of 8 (flash_api.cu)
+  for (int c = tidx; c < BN * kChunks; c += Traits::kConsumerThreads) {
+    const int row = c / kChunks, chunk = c % kChunks;
+    const int64_t j = n0 + row;
     const bool valid = j < si.L_kv;
-    if ((!valid && (p.thd || j >= p.s_kv)) || col >= d) continue;
-    const float fk = valid ? float(p.scale) : 0.f, fv = valid ? 1.f : 0.f;
-    store_pair(dk + si.kv_offset(p.grad_k_st, bi, j, hk) + col, tdKrdK(i) * fk, tdKrdK(i + 1) * fk);
-    store_pair(dv + si.kv_offset(p.grad_v_st, bi, j, hk) + col, tdVrdV(i) * fv, tdVrdV(i + 1) * fv);
+    if ((!valid && (p.thd || j >= p.s_kv)) || chunk >= d_chunks) continue;
+    const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+    const uint4 gk = valid ? *reinterpret_cast<const uint4*>(stage_k + staged(row, chunk)) : zero;
+    const uint4 gv = valid ? *reinterpret_cast<const uint4*>(stage_v + staged(row, chunk)) : zero;
+    *reinterpret_cast<uint4*>(dk + si.kv_offset(p.grad_k_st, bi, j, hk) + chunk * 8) = gk;
+    *reinterpret_cast<uint4*>(dv + si.kv_offset(p.grad_v_st, bi, j, hk) + chunk * 8) = gv;
   }
 }
 
