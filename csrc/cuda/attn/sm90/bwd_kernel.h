@@ -455,14 +455,21 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       return tSrS(i);
     };
     // Branch-free: every element's exponential is computed, and masked steps select; full steps
-    // (most of them) test nothing. With dropout one copy of the loop (registers).
+    // (most of them) test nothing. With dropout one copy of the loop, the exponential behind the
+    // visibility test as before (ptxas: 0.4-1.9 KB of spills that way, 1.9-4.9 KB branch-free).
     auto probs = [&](auto masked) {
       CUTE_UNROLL
       for (int i = 0; i < size(tSrS); ++i) {
         const int r = frag_row(i), q = get<1>(tSc(i));
-        float pv = fast_exp2(fmaf(tSrS(i), scale_log2, -stat(ss.lse[s], lse, i)));
-        if constexpr (decltype(masked)::value)
-          pv = q >= lo[r] && q < hi[r] && !((fm_bits >> i) & 1u) ? pv : 0.f;
+        float pv;
+        if constexpr (kDropout) {
+          const bool vis = (full || (q >= lo[r] && q < hi[r])) && !((fm_bits >> i) & 1u);
+          pv = vis ? fast_exp2(fmaf(tSrS(i), scale_log2, -stat(ss.lse[s], lse, i))) : 0.f;
+        } else {
+          pv = fast_exp2(fmaf(tSrS(i), scale_log2, -stat(ss.lse[s], lse, i)));
+          if constexpr (decltype(masked)::value)
+            pv = q >= lo[r] && q < hi[r] && !((fm_bits >> i) & 1u) ? pv : 0.f;
+        }
         tSrS(i) = pv;
         if constexpr (kDropout)
           keep_bits |= Bits(drop.keep(hq, m0 + q, n0 + (r ? key1 : key0))) << i;
