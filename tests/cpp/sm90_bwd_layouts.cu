@@ -34,6 +34,26 @@ static int g_failures = 0;
     }                                             \
   } while (0)
 
+// One thread's stores of one tile: the offset-swizzled view (by_off) puts every element where
+// the address-swizzled one (by_addr) does, and element pairs (2k, 2k + 1) are adjacent and
+// aligned to the pair.
+template <class E, class TA, class TO>
+void check_stores(const char* name, const char* what, int tidx, const E* buf, TA&& by_addr,
+                  TO&& by_off, int* checked) {
+  static_assert(decltype(size(by_addr))::value == decltype(size(by_off))::value, "");
+  for (int i = 0; i < size(by_off); ++i) {
+    const E* a = &by_addr(i);
+    const E* o = &by_off(i);
+    CHECK(a == o, "%s %s thread %d element %d: %td vs %td", name, what, tidx, i, a - buf, o - buf);
+    if (i % 2 == 0) {
+      CHECK(&by_off(i + 1) == o + 1, "%s %s pair thread %d element %d", name, what, tidx, i);
+      CHECK(reinterpret_cast<uintptr_t>(o) % (2 * sizeof(E)) == 0,
+            "%s %s alignment thread %d element %d", name, what, tidx, i);
+    }
+    ++*checked;
+  }
+}
+
 template <class Traits>
 void check(const char* name) {
   using Element = typename Traits::Element;
@@ -48,34 +68,11 @@ void check(const char* name) {
     auto thr_sdp = mma_sdp.get_thread_slice(tidx);
     auto thr_dq = mma_dq.get_thread_slice(tidx);
     Tensor sdSt = make_tensor(make_smem_ptr(ds_buf), typename Traits::SmemLayoutDSt{});
-    Tensor by_addr = thr_sdp.partition_C(sdSt);
-    Tensor by_off = thr_sdp.partition_C(as_position_independent_swizzle_tensor(sdSt));
-    static_assert(decltype(size(by_addr))::value == decltype(size(by_off))::value, "");
-    for (int i = 0; i < size(by_off); ++i) {
-      const Element* a = &by_addr(i);
-      const Element* o = &by_off(i);
-      CHECK(a == o, "%s dS thread %d element %d: %td vs %td", name, tidx, i, a - ds_buf, o - ds_buf);
-      if (i % 2 == 0) {
-        CHECK(&by_off(i + 1) == o + 1, "%s dS pair thread %d element %d", name, tidx, i);
-        CHECK(reinterpret_cast<uintptr_t>(o) % 4 == 0, "%s dS alignment thread %d element %d", name,
-              tidx, i);
-      }
-      ++checked;
-    }
     Tensor sdQ = make_tensor(make_smem_ptr(dq_buf), typename Traits::SmemLayoutDQ{});
-    Tensor q_addr = thr_dq.partition_C(sdQ);
-    Tensor q_off = thr_dq.partition_C(as_position_independent_swizzle_tensor(sdQ));
-    for (int i = 0; i < size(q_off); ++i) {
-      const float* a = &q_addr(i);
-      const float* o = &q_off(i);
-      CHECK(a == o, "%s dQ thread %d element %d: %td vs %td", name, tidx, i, a - dq_buf, o - dq_buf);
-      if (i % 2 == 0) {
-        CHECK(&q_off(i + 1) == o + 1, "%s dQ pair thread %d element %d", name, tidx, i);
-        CHECK(reinterpret_cast<uintptr_t>(o) % 8 == 0, "%s dQ alignment thread %d element %d", name,
-              tidx, i);
-      }
-      ++checked;
-    }
+    check_stores(name, "dS", tidx, ds_buf, thr_sdp.partition_C(sdSt),
+                 thr_sdp.partition_C(as_position_independent_swizzle_tensor(sdSt)), &checked);
+    check_stores(name, "dQ", tidx, dq_buf, thr_dq.partition_C(sdQ),
+                 thr_dq.partition_C(as_position_independent_swizzle_tensor(sdQ)), &checked);
     Tensor tSc = thr_sdp.partition_C(make_identity_tensor(Shape<Int<BN>, Int<BM>>{}));
     const int q0 = get<1>(tSc(0));
     CHECK(q0 % 2 == 0, "%s thread %d: first query %d is odd", name, tidx, q0);
