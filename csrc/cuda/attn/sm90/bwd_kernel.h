@@ -321,7 +321,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
 
   const int wg = int(threadIdx.x) / 128;
   if (wg == 0) {
-    cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
+    cutlass::arch::warpgroup_reg_dealloc<RoleRegs<Traits, kFlashMask>::kProducer>();
     if (total > 0) {
       // No step visited (FlashMask): K and V are not even loaded.
       if (kFlashMask ? threadIdx.x < 32 : threadIdx.x == 0) {
@@ -342,7 +342,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     }
     return;
   }
-  cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
+  cutlass::arch::warpgroup_reg_alloc<RoleRegs<Traits, kFlashMask>::kConsumer>();
 
   const int tidx = int(threadIdx.x) - 128;
   typename Traits::MmaSdP mma_sdp;

@@ -213,7 +213,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
 
   const int wg = int(threadIdx.x) / 128;
   if (wg == 0) {
-    cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
+    cutlass::arch::warpgroup_reg_dealloc<RoleRegs<Traits, kFlashMask>::kProducer>();
     // One thread issues every load; with FlashMask its warp walks the visited tiles with it.
     if (kFlashMask ? threadIdx.x < 32 : threadIdx.x == 0) {
       int kv_t = 0, q_t = 0;
@@ -231,7 +231,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     }
     return;
   }
-  cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
+  cutlass::arch::warpgroup_reg_alloc<RoleRegs<Traits, kFlashMask>::kConsumer>();
 
   const int tidx = int(threadIdx.x) - 128;  // 0..255 over both consumer warpgroups
   typename Traits::MmaS mma_s;
