@@ -43,13 +43,13 @@ constexpr bool register_split_fits(int threads, int producer_regs, int consumer_
 }
 
 // The split of a kernel's roles. FlashMask kernels also walk the intervals in the producer warps
-// (flashmask_walk.h), which spill at 24 registers: they take 40 and leave the consumers 232
-// (ptxas, d = 128 bf16: forward 64 -> 0 bytes of spills, backward 448 -> 92); the others keep
-// 24 / 240 (at 232 the backward's consumers would spill).
+// (flashmask_walk.h), which spill at 24 registers: the forward's take 40 and leave the consumers
+// 232 (ptxas, d = 128 bf16: 64 -> 0 bytes of spills); the backward's consumers need their 240
+// (Traits::kFlashMaskProducerRegs), as do all other kernels' (24 / 240).
 template <class Traits, bool kFlashMask>
 struct RoleRegs {
-  static constexpr int kProducer = kFlashMask ? 40 : 24;
-  static constexpr int kConsumer = kFlashMask ? 232 : 240;
+  static constexpr int kProducer = kFlashMask ? Traits::kFlashMaskProducerRegs : 24;
+  static constexpr int kConsumer = kProducer == 40 ? 232 : 240;
   static_assert(register_split_fits(Traits::kThreads, kProducer, Traits::kConsumerThreads,
                                     kConsumer),
                 "setmaxnreg split beyond the launch's registers");
@@ -65,7 +65,9 @@ struct FwdTraits {
   static constexpr int kConsumerWGs = BM / 64;
   static constexpr int kConsumerThreads = 128 * kConsumerWGs;
   static constexpr int kThreads = 128 + kConsumerThreads;
-  // Register split between the roles (setmaxnreg): RoleRegs.
+  // Register split between the roles (setmaxnreg): RoleRegs. With FlashMask the producer warp
+  // walks the intervals too and takes 40 (its consumers then 232).
+  static constexpr int kFlashMaskProducerRegs = 40;
   static_assert(D % 64 == 0, "the sm90 tiles are whole 128-byte swizzle atoms");
 
   using AtomLayoutMNK = cute::Layout<cute::Shape<cute::Int<kConsumerWGs>, cute::_1, cute::_1>>;
@@ -148,6 +150,10 @@ struct BwdTraits {
   static constexpr int kConsumerWGs = 2;
   static constexpr int kConsumerThreads = 256;
   static constexpr int kThreads = 384;
+  // The FlashMask backward keeps 24 / 240 (RoleRegs): with 232 its consumers' wgmmas were
+  // serialized for want of registers (ptxas C7512, d = 128), a worse loss than the producer
+  // warps' spills (ptxas: 448 bytes at d = 128, a few local accesses per step).
+  static constexpr int kFlashMaskProducerRegs = 24;
   static_assert(D % 64 == 0, "the sm90 tiles are whole 128-byte swizzle atoms");
 
   using AtomM2 = cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>;
