@@ -68,6 +68,7 @@ struct Args {
   float scale_log2;  // softmax_scale * log2(e)
   float* part_o;     // [num_splits, b*h*s_q, d_v] (num_splits > 1)
   float* part_lse;   // [num_splits, b*h*s_q]
+  bool fast_copy;    // the tensor-core kernel's fast tile copies (PTE_DECODE_FASTCOPY=0: off)
 };
 
 // Programmatic dependent launch (sm_90+). The attention kernel lets the combine kernel (launched

@@ -183,7 +183,8 @@ __global__ void __launch_bounds__(kThreads) mma_kernel(Args<T> a) {
   //    division per tile, then a compare per pass, as a pass moves kRowsPerPass <= page_size
   //    rows) and reads its page per pass from the block table (the same entry for most lanes).
   const int ch = lane % kChunks;
-  const int fast_end = a.k_new != nullptr ? min(s_hi, old) : s_hi;
+  // (PTE_DECODE_FASTCOPY=0: no tile qualifies.)
+  const int fast_end = !a.fast_copy ? -1 : (a.k_new != nullptr ? min(s_hi, old) : s_hi);
   const bool contiguous = a.block_table == nullptr;
   // (Not with MT = 2 or D = 256: their registers are near 255 already, and the unrolled passes'
   // pages and addresses spilled there (ptxas); they keep the resolving path for paged caches.)
