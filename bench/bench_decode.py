@@ -14,7 +14,8 @@ Timing: every call is captured in a CUDA graph, R calls on R different cache cop
 
 --kernels simt,mma runs paddle_te's attention kernels side by side (PTE_DECODE_KERNEL, read at
 each call, so at capture time for a graph); one column per kernel and page size. An entry may set
-the pipeline and the combine's launch too: mma@PTE_DECODE_PIPELINE=shallow, mma@PTE_DECODE_PDL=0.
+the pipeline and the combine's launch too: mma@PTE_DECODE_PIPELINE=shallow, mma@PTE_DECODE_PDL=0,
+mma@PTE_DECODE_FASTCOPY=0 (every tile through the resolving copy path).
 --splits N forces num_splits (0 = the kernel's automatic choice) to probe the split heuristic.
 
 Prints a markdown table last; --csv writes every measurement; --check compares paddle_te with
@@ -151,7 +152,7 @@ def flex_fn(torch, q, k, v):
 
 
 # Variables a --kernels entry may set after '@' (decode_api.cu reads them at every call).
-KERNEL_VARS = ("PTE_DECODE_PIPELINE", "PTE_DECODE_PDL")
+KERNEL_VARS = ("PTE_DECODE_PIPELINE", "PTE_DECODE_PDL", "PTE_DECODE_FASTCOPY")
 
 
 def set_kernel(kernel):

@@ -26,19 +26,22 @@ from gpu_util import to_numpy64
 
 DTYPES = ("float16", "bfloat16")
 FLOOR = {"float16": 2e-3, "bfloat16": 1e-2}
-# name: (PTE_DECODE_KERNEL, PTE_DECODE_PIPELINE)
-KERNELS = {"simt": ("simt", "auto"), "mma": ("mma", "auto"), "mma-deep": ("mma", "deep")}
+# name: (PTE_DECODE_KERNEL, PTE_DECODE_PIPELINE, PTE_DECODE_FASTCOPY); mma-resolve sends every tile
+# of the tensor-core kernel through the resolving copy path (the fast copies off).
+KERNELS = {"simt": ("simt", "auto", "1"), "mma": ("mma", "auto", "1"),
+           "mma-deep": ("mma", "deep", "1"), "mma-resolve": ("mma", "auto", "0")}
 
 
 @pytest.fixture(params=list(KERNELS))
 def kernel(request, monkeypatch, torch):
     """The attention kernel and pipeline under test (csrc/cuda/decode/decode_api.cu reads the
     variables at every call)."""
-    name, pipeline = KERNELS[request.param]
+    name, pipeline, fast_copy = KERNELS[request.param]
     if pipeline == "deep" and torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("PTE_DECODE_PIPELINE=deep: sized for sm_90's shared memory")
     monkeypatch.setenv("PTE_DECODE_KERNEL", name)
     monkeypatch.setenv("PTE_DECODE_PIPELINE", pipeline)
+    monkeypatch.setenv("PTE_DECODE_FASTCOPY", fast_copy)
     return request.param
 
 

@@ -66,6 +66,13 @@ bool pdl_enabled(int device_id) {
   return device_arch(device_id) >= kSm90 && (v == nullptr || std::strcmp(v, "0") != 0);
 }
 
+// PTE_DECODE_FASTCOPY=0 sends every tile of the tensor-core kernel through the resolving copy
+// path (benchmarks measure what the fast copies save; tests run both); unset or 1: fast copies.
+bool fast_copy_enabled() {
+  const char* v = std::getenv("PTE_DECODE_FASTCOPY");
+  return v == nullptr || std::strcmp(v, "0") != 0;
+}
+
 int64_t group_rows(const DecodeProblem& p) { return (p.h / p.h_kv) * p.s_q; }
 
 template <bool Deep>
@@ -164,6 +171,7 @@ decode::Args<T> make_args(const DecodeProblem& p, const Plan& pl) {
   a.window_left = (p.window_left < 0 || p.window_left >= p.capacity) ? -1 : int(p.window_left);
   a.num_splits = p.num_splits;
   a.scale_log2 = float(p.scale * double(decode::kLog2e));
+  a.fast_copy = fast_copy_enabled();
   if (p.num_splits > 1) {
     const int64_t rows_total = p.b * p.h * p.s_q;
     float* ws = static_cast<float*>(p.workspace);

@@ -68,6 +68,7 @@ struct Args {
   float scale_log2;  // softmax_scale * log2(e)
   float* part_o;     // [num_splits, b*h*s_q, d_v] (num_splits > 1)
   float* part_lse;   // [num_splits, b*h*s_q]
+  bool fast_copy;    // the tensor-core kernel's fast tile copies (PTE_DECODE_FASTCOPY=0: off)
 };
 
 // Programmatic dependent launch (sm_90+). The attention kernel lets the combine kernel (launched
@@ -107,6 +108,45 @@ __device__ __forceinline__ int64_t cache_offset(const Args<T>& a, const Strides&
   if (page < 0 || page >= a.num_pages) return -1;
   return int64_t(page) * st.batch + int64_t(pos % a.page_size) * st.seq + hk * st.head;
 }
+
+// The tensor-core kernel's tile copy layout (decode_mma.cuh): thread (warp, lane) copies 16-byte
+// chunk lane % kChunks of tile rows p * kRowsPerPass + warp * kRpw + lane / kChunks, pass p <
+// BN / kRowsPerPass (kRpw = 32 / kChunks rows per warp and pass). A row's bad-page flag (the row
+// lies on a page outside [0, num_pages): zero-filled and masked) is bit p * kRpw + q of its
+// warp's word, q = lane / kChunks of the lanes that copy it.
+template <int kRpw, int kChunks>
+struct CopyLayout {
+  static constexpr int kRowsPerPass = 4 * kRpw;  // 4 warps
+  // Where tile row kl's flag is: the warp's word and the bit in it.
+  __host__ __device__ static void bad_bit_of_row(int kl, int* warp, int* bit) {
+    const int p = kl / kRowsPerPass, rem = kl % kRowsPerPass;
+    *warp = rem / kRpw;
+    *bit = p * kRpw + rem % kRpw;
+  }
+  // The flags of pass p's rows in a warp, from a ballot over its lanes of "my row is bad" (the
+  // kChunks lanes of a row agree).
+  __host__ __device__ static uint32_t pass_bad_bits(uint32_t ballot, int p) {
+    uint32_t bits = 0;
+    for (int q = 0; q < kRpw; ++q) bits |= ((ballot >> (q * kChunks)) & 1u) << (p * kRpw + q);
+    return bits;
+  }
+};
+
+// A thread's row through a paged cache as the passes move it by `step` <= page_size rows: the
+// page slot (index into the sequence's block_table row) and the row in the page, one division at
+// the start instead of one per pass.
+struct PageWalk {
+  int slot, row;
+  __host__ __device__ PageWalk(int pos, int page_size)
+      : slot(pos / page_size), row(pos % page_size) {}
+  __host__ __device__ void advance(int step, int page_size) {
+    row += step;
+    if (row >= page_size) {
+      row -= page_size;
+      ++slot;
+    }
+  }
+};
 
 // The block's share of its rows' visible keys. The rows of a block are m0 .. m0 + nrows - 1 of
 // the (query position i, group member) pairs m = i * group + g of one kv head, sorted by i; query
