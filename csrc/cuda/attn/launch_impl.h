@@ -45,19 +45,26 @@ void zero_bwd_thd_tails(const AttnProblem& p, cudaStream_t stream) {
   zero_thd_tail(static_cast<T*>(p.grad_v), p.grad_v_st, p.t_kv, p.h_kv, d, p.cu_kv, p.b, stream);
 }
 
-// Dsum = rowsum(dO o O) into the workspace, one warp per row (p.s_q > 0).
+// Dsum = rowsum(dO o O) into the workspace, row_lanes(d) lanes per row (p.s_q > 0).
 template <typename T>
 void launch_bwd_dot(const AttnProblem& p, float* dsum, cudaStream_t stream) {
-  const dim3 grid(unsigned(ceil_div(p.s_q, kDotWarps)), unsigned(p.h), unsigned(p.b));
-  bwd_dot_kernel<T><<<grid, kDotWarps * 32, 0, stream>>>(p, dsum);
+  const int lanes = row_lanes(p.d);
+  const dim3 grid(unsigned(ceil_div(p.s_q, kRowThreads / lanes)), unsigned(p.h), unsigned(p.b));
+  auto kernel = lanes == 8 ? bwd_dot_kernel<T, 8> : lanes == 16 ? bwd_dot_kernel<T, 16>
+                                                                : bwd_dot_kernel<T, 32>;
+  kernel<<<grid, kRowThreads, 0, stream>>>(p, dsum);
   PTE_CUDA_CHECK_LAUNCH();
 }
 
-// dQ = scale * dq_accum (rows of D floats), one warp per row (p.s_q > 0).
+// dQ = scale * dq_accum (rows of D floats), row_lanes(d) lanes per row (p.s_q > 0).
 template <typename T>
 void launch_dq_convert(const AttnProblem& p, const float* dq_accum, int D, cudaStream_t stream) {
-  const dim3 grid(unsigned(ceil_div(p.s_q, kDotWarps)), unsigned(p.h), unsigned(p.b));
-  bwd_dq_convert_kernel<T><<<grid, kDotWarps * 32, 0, stream>>>(p, dq_accum, D);
+  const int lanes = row_lanes(p.d);
+  const dim3 grid(unsigned(ceil_div(p.s_q, kRowThreads / lanes)), unsigned(p.h), unsigned(p.b));
+  auto kernel = lanes == 8    ? bwd_dq_convert_kernel<T, 8>
+                : lanes == 16 ? bwd_dq_convert_kernel<T, 16>
+                              : bwd_dq_convert_kernel<T, 32>;
+  kernel<<<grid, kRowThreads, 0, stream>>>(p, dq_accum, D);
   PTE_CUDA_CHECK_LAUNCH();
 }
 

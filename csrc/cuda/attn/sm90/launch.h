@@ -30,10 +30,11 @@ constexpr bool kFlashMaskPreferred = true;
 // the dispatch uses it only where D is also the sm80 family's pick for d (launch.h's workspace
 // size).
 constexpr int kBwdHdims[] = {64, 128};
-// Where `auto` takes the sm90 backward (in both modes): measured faster than the sm80 one at
-// D = 128 (1.04-1.05x, H200, docs/performance.md) and slower at D = 64 (0.77x), where it runs
-// only when forced.
-constexpr bool bwd_preferred(int D) { return D == 128; }
+// Where `auto` takes the sm90 backward (in both modes): both head dims. Measured side by side on
+// an H200 (2026-12-05, bench/bench_attention.py, docs/performance.md): at D = 128 0.85-0.98x
+// cuDNN, at D = 64 0.86-1.0x cuDNN and 1.5-1.8x the sm80 backward (whose deterministic mode
+// takes twice its default time; the sm90 one 1.1-1.6x).
+constexpr bool bwd_preferred(int D) { return D <= 128; }
 template <int D, typename T>
 void run_bwd(const AttnProblem& p);
 
