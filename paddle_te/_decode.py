@@ -16,8 +16,8 @@ from paddle.jit.marker import unified
 from . import _ops_lib
 from .masks import check_set_window_size
 from ._unfused import dim as _dim
-from .ops import (_check_same_place, _check_tensor, _dtype_name, _has_zero_dim, _is_gpu, _known,
-                  _scale_attr)
+from .ops import (_check_same_place, _check_tensor, _dtype_name, _float_or_inf, _has_zero_dim,
+                  _is_gpu, _known, _scale_attr)
 
 __all__ = ["decode_attn", "DECODE_BACKENDS", "MAX_PAGE_SIZE", "MAX_SPLITS"]
 
@@ -158,7 +158,7 @@ def decode_attn(
         softmax_scale = 1.0 / math.sqrt(d)
     elif isinstance(softmax_scale, bool) or not isinstance(softmax_scale, numbers.Real):
         raise TypeError(f"softmax_scale={softmax_scale!r}: must be a float")
-    elif not math.isfinite(float(softmax_scale)) or float(softmax_scale) <= 0:
+    elif not math.isfinite(_float_or_inf(softmax_scale)) or float(softmax_scale) <= 0:
         raise ValueError(f"softmax_scale={softmax_scale!r}: must be finite and > 0")
     # Decoding is causal (bottom-right): window_size=(left, 0); a right side warns and becomes 0.
     left, _ = check_set_window_size("causal_bottom_right", window_size)

@@ -108,6 +108,8 @@ def _cases():
         ("dpa_qkv_format", lambda: DPA(4, 8, qkv_format="bhsd"), V, "qkv_format='bhsd'"),
         ("dpa_scale_nan", lambda: DPA(4, 8, softmax_scale=math.nan), V, "softmax_scale=nan"),
         ("dpa_scale_bool", lambda: DPA(4, 8, softmax_scale=True), T, "softmax_scale=True"),
+        ("dpa_scale_int_past_float", lambda: DPA(4, 8, softmax_scale=10**400), V, "softmax_scale"),
+        ("dpa_dropout_int_past_float", lambda: DPA(4, 8, attention_dropout=10**400), V, "attention_dropout"),
         ("dpa_deterministic", lambda: DPA(4, 8, deterministic="yes"), T, "deterministic='yes'"),
         ("dpa_backend", lambda: DPA(4, 8, backend="fast"), V, "backend='fast'"),
         # ---- DotProductAttention: forward ---------------------------------------------------
@@ -247,9 +249,11 @@ def _cases():
         ("scale_nan", lambda: fa(q, k, v, softmax_scale=math.nan), V, "softmax_scale"),
         ("scale_inf", lambda: fa(q, k, v, softmax_scale=math.inf), V, "softmax_scale"),
         ("scale_str", lambda: fa(q, k, v, softmax_scale="0.1"), T, "softmax_scale"),
+        ("scale_int_past_float", lambda: fa(q, k, v, softmax_scale=10**400), V, "softmax_scale"),
         ("dropout_one", lambda: fa(q, k, v, dropout=1.0), V, "dropout"),
         ("dropout_negative", lambda: fa(q, k, v, dropout=-0.1), V, "dropout"),
         ("dropout_str", lambda: fa(q, k, v, dropout="0.1"), T, "dropout"),
+        ("dropout_int_past_float", lambda: fa(q, k, v, dropout=10**400), V, "dropout"),
         ("training_not_bool", lambda: fa(q, k, v, training="yes"), T, "training"),
         ("max_seqlen_negative", lambda: fa(q, k, v, max_seqlen_q=-1), V, "max_seqlen_q"),
         ("max_seqlen_float", lambda: fa(q, k, v, max_seqlen_kv=2.5), T, "max_seqlen_kv"),
@@ -288,6 +292,8 @@ def _cases():
                                                      cu_seqlens_kv=cu_kv), V, "cu_seqlens_kv"),
         ("thd_over_max_seqlen", lambda: fa(tq, tk, tv, qkv_format="thd", cu_seqlens_q=cu_q, cu_seqlens_kv=cu_kv,
                                            max_seqlen_q=3), V, "cu_seqlens_q"),
+        ("padded_over_max_seqlen", lambda: fa(q, k, v, attn_mask_type="padding", cu_seqlens_q=pq, cu_seqlens_kv=pkv,
+                                              max_seqlen_kv=2), V, "max_seqlen_kv=2"),
         # ---- masked softmax -----------------------------------------------------------------
         ("softmax_rank", lambda: ops.scaled_softmax(t([3, 4, 5])), V, "x"),
         ("softmax_int", lambda: ops.scaled_softmax(t([2, 3, 4, 5], "int64")), T, "x"),
@@ -420,6 +426,32 @@ def test_bad_input(report, case_id):
         f"{case_id}: raised {rec['exc']}, expected one of {rec['allowed']}: {rec['msg']}")
     assert rec["needle"] in rec["msg"], f"{case_id}: message does not name {rec['needle']!r}: {rec['msg']}"
     assert "Traceback" not in rec["msg"] and len(rec["msg"]) < 2000, f"{case_id}: message is not clean: {rec['msg']}"
+
+
+def test_thd_max_seqlen_past_token_count():
+    """max_seqlen is an upper bound: in thd one past the token count is the token count (the kernels
+    size their grid by it; max_seqlen_q=2**40 kept the CPU kernel busy for hours)."""
+    code = (
+        "import numpy as np, paddle, paddle_te\n"
+        "paddle.set_device('cpu')\n"
+        "rng = np.random.default_rng(0)\n"
+        "q, k, v = (paddle.to_tensor(rng.standard_normal(s).astype('float32')) for s in ([9, 4, 8], [11, 2, 8], [11, 2, 8]))\n"
+        "cu_q, cu_kv = paddle.to_tensor(np.int32([0, 3, 9])), paddle.to_tensor(np.int32([0, 5, 11]))\n"
+        "kw = dict(qkv_format='thd', cu_seqlens_q=cu_q, cu_seqlens_kv=cu_kv, attn_mask_type='causal')\n"
+        "ref = paddle_te.ops.fused_attn(q, k, v, **kw).numpy()\n"
+        "got = paddle_te.ops.fused_attn(q, k, v, max_seqlen_q=2**40, max_seqlen_kv=2**40, **kw).numpy()\n"
+        "assert np.array_equal(got, ref)\n"
+    )
+    env = dict(os.environ)
+    import paddle_te
+
+    pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(paddle_te.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([pkg_root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("fused_attn(thd, max_seqlen_q=2**40) did not finish within 120 s")
+    assert proc.returncode == 0, proc.stderr[-4000:]
 
 
 def test_window_warning_is_userwarning():

@@ -103,7 +103,7 @@ def check_probability(value, name):
     """A dropout probability in [0, 1)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}={value!r}: must be a float in [0, 1)")
-    if not (0.0 <= float(value) < 1.0):
+    if not (0.0 <= ops._float_or_inf(value) < 1.0):
         raise ValueError(f"{name}={value!r}: must be in [0, 1)")
     return float(value)
 
@@ -111,7 +111,7 @@ def check_probability(value, name):
 def check_positive_float(value, name):
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}={value!r}: must be a finite float > 0")
-    if not (math.isfinite(float(value)) and float(value) > 0):
+    if not (math.isfinite(ops._float_or_inf(value)) and float(value) > 0):
         raise ValueError(f"{name}={value!r}: must be a finite float > 0")
     return float(value)
 
