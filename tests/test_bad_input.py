@@ -149,6 +149,24 @@ def _cases():
                                                        cu_seqlens_kv=pkv), T, "cu_seqlens_q"),
         ("dpa_max_seqlen_negative", lambda: dpa("padding")(dq, dk, dk, cu_seqlens_q=pq, cu_seqlens_kv=pkv,
                                                           max_seqlen_q=-4), V, "max_seqlen_q"),
+        ("dpa_value_dtype", lambda: dpa()(dq, dk, t([2, 6, 2, 8], "float64")), T, "value has dtype"),
+        # The bias / arbitrary-mask path reads cu_seqlens itself: same checks as fused_attn.
+        ("dpa_bias_cu_seqlens_over_padded", lambda: dpa("padding")(
+            dq, dk, dk, cu_seqlens_q=i32([0, 9, 12]), cu_seqlens_kv=i32([0, 6, 12]), core_attention_bias=t([5, 6])),
+         V, "cu_seqlens_q"),
+        ("dpa_bias_cu_seqlens_length", lambda: dpa("padding")(
+            dq, dk, dk, cu_seqlens_q=i32([0, 3]), cu_seqlens_kv=i32([0, 6]), core_attention_bias=t([5, 6])),
+         V, "cu_seqlens_q has shape [2]"),
+        ("dpa_bias_cu_seqlens_list", lambda: dpa("padding")(
+            dq, dk, dk, cu_seqlens_q=[0, 3, 5], cu_seqlens_kv=pkv, core_attention_bias=t([5, 6])), T, "cu_seqlens_q"),
+        ("dpa_bias_cu_seqlens_int64", lambda: dpa("padding")(
+            dq, dk, dk, cu_seqlens_q=pq, cu_seqlens_kv=i32([0, 6, 10], "int64"), core_attention_bias=t([5, 6])),
+         T, "cu_seqlens_kv"),
+        ("dpa_bias_max_seqlen_str", lambda: dpa("padding")(
+            dq, dk, dk, cu_seqlens_q=pq, cu_seqlens_kv=pkv, max_seqlen_q="5", core_attention_bias=t([5, 6])),
+         T, "max_seqlen_q"),
+        ("dpa_arbitrary_max_seqlen_negative", lambda: dpa("arbitrary")(dq, dk, dk, b(np.zeros([5, 6])),
+                                                                      max_seqlen_kv=-1), V, "max_seqlen_kv"),
         # ---- MultiHeadAttention ----------------------------------------------------------------
         ("mha_embed_dim", lambda: MHA(0, 4), V, "embed_dim=0"),
         ("mha_num_heads_str", lambda: MHA(16, "4"), T, "num_heads='4'"),
@@ -173,6 +191,21 @@ def _cases():
         ("mha_attn_mask_dtype", lambda: MHA(16, 4)(e, attn_mask=paddle.to_tensor(np.ones([5, 5], np.complex64))),
          T, "attn_mask has dtype"),
         ("mha_cache_type", lambda: MHA(16, 4)(e, cache=(1, 2)), T, "cache"),
+        ("mha_query_int", lambda: MHA(16, 4)(i32(np.zeros([2, 5, 16]))), T, "query has dtype"),
+        ("mha_value_float64", lambda: MHA(16, 4)(e, mem, t([2, 7, 16], "float64")), T, "value has dtype"),
+        ("mha_cache_heads", lambda: MHA(16, 4)(e, cache=MHA.Cache(t([2, 3, 3, 4]), t([2, 3, 3, 4]))),
+         V, "cache.k has shape [2, 3, 3, 4]"),
+        ("mha_cache_rank3", lambda: MHA(16, 4)(e, cache=MHA.Cache(t([2, 4, 12]), t([2, 4, 12]))),
+         V, "cache.k has shape [2, 4, 12]"),
+        ("mha_cache_lengths", lambda: MHA(16, 4)(e, cache=MHA.Cache(t([2, 4, 3, 4]), t([2, 4, 2, 4]))),
+         V, "cache.v has shape [2, 4, 2, 4]"),
+        ("mha_cache_none", lambda: MHA(16, 4)(e, cache=MHA.Cache(None, None)), T, "cache.k"),
+        ("mha_cache_int", lambda: MHA(16, 4)(e, cache=MHA.Cache(i32(np.zeros([2, 4, 3, 4])),
+                                                                 i32(np.zeros([2, 4, 3, 4])))), T, "cache.k has dtype"),
+        ("mha_static_cache_batch", lambda: MHA(16, 4)(e, cache=MHA.StaticCache(t([3, 4, 7, 4]), t([3, 4, 7, 4]))),
+         V, "cache.k has shape [3, 4, 7, 4]"),
+        ("mha_gen_cache_type", lambda: MHA(16, 4).gen_cache(e, type=dict), T, "type="),
+        ("mha_gen_cache_key_none", lambda: MHA(16, 4).gen_cache(None), T, "key"),
         # ---- TransformerLayer ------------------------------------------------------------------
         ("tl_hidden_size", lambda: TL(-16, 32, 4), V, "hidden_size=-16"),
         ("tl_ffn_hidden_size", lambda: TL(16, 0, 4), V, "ffn_hidden_size=0"),
@@ -191,6 +224,10 @@ def _cases():
         ("tl_backend", lambda: TL(16, 32, 4, backend="cudnn9"), V, "backend='cudnn9'"),
         ("tl_hidden_states_width", lambda: TL(16, 32, 4)(t([2, 5, 12])), V, "hidden_states has shape [2, 5, 12]"),
         ("tl_hidden_states_not_tensor", lambda: TL(16, 32, 4)(None), T, "hidden_states"),
+        ("tl_hidden_states_int", lambda: TL(16, 32, 4)(i32(np.zeros([2, 5, 16]))), T, "hidden_states has dtype"),
+        ("tl_hidden_states_float64", lambda: TL(16, 32, 4)(t([2, 5, 16], "float64")), T, "hidden_states has dtype"),
+        ("tl_encoder_output_int", lambda: decoder()(e, encoder_output=i32(np.zeros([2, 7, 16]))), T,
+         "encoder_output has dtype"),
         ("tl_encoder_output_width", lambda: decoder()(e, encoder_output=t([2, 7, 8])), V,
          "encoder_output has shape [2, 7, 8]"),
         ("tl_encoder_output_batch", lambda: decoder()(e, encoder_output=t([3, 7, 16])), V,
