@@ -116,6 +116,9 @@ def decode_attn(
         _check_same_place(t, name, q, "q")
     h_kv = ks[2]
     _dims_match(vs[:3], ks[:3], "v_cache", f"{layout} (k_cache's first three dims)")
+    for name, shape in (("q", qs), ("v_cache", vs)):
+        if _known(shape[3]) and shape[3] == 0:
+            raise ValueError(f"{name} has shape {shape}: the head dim must be > 0")
     if _known(ks[3], d) and ks[3] != d:
         raise ValueError(f"k_cache has head dim {ks[3]}: must equal q's head dim {d}")
     if _known(h, h_kv) and (h_kv < 1 or h % h_kv):
@@ -181,7 +184,8 @@ def decode_attn(
                     f"{name} is a non-contiguous view (strides {list(t.strides)}): the in-place "
                     f"append of k_new/v_new needs a contiguous {layout} cache"
                 )
-    if _has_zero_dim(qs) or _has_zero_dim(ks):
+    if _has_zero_dim(qs) or _has_zero_dim(ks) or paged and _has_zero_dim(bt):
+        # (block_table [b, 0]: no pages, no positions; the op would take it as absent.)
         return _decode_without_keys(q, k_cache, v_cache, cache_seqlens, vs[3], k_new, paged, layout,
                                     return_softmax_lse)
     # Inference only: no backward graph through q / k_new / v_new (in a static program built with

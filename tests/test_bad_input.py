@@ -331,6 +331,21 @@ def _cases():
                                            max_seqlen_q=3), V, "cu_seqlens_q"),
         ("padded_over_max_seqlen", lambda: fa(q, k, v, attn_mask_type="padding", cu_seqlens_q=pq, cu_seqlens_kv=pkv,
                                               max_seqlen_kv=2), V, "max_seqlen_kv=2"),
+        # ---- flashmask_attention ----------------------------------------------------------------
+        ("fm_key_batch", lambda: paddle_te.flashmask_attention(q, t([3, 6, 2, 8]), t([3, 6, 2, 8])),
+         V, "key has shape [3, 6, 2, 8]"),
+        ("fm_value_heads", lambda: paddle_te.flashmask_attention(q, k, t([2, 6, 1, 8])), V, "value has shape [2, 6, 1, 8]"),
+        ("fm_key_head_dim", lambda: paddle_te.flashmask_attention(q, t([2, 6, 2, 4]), v), V, "key has shape [2, 6, 2, 4]"),
+        ("fm_head_dim_zero", lambda: paddle_te.flashmask_attention(t([2, 5, 4, 0]), t([2, 6, 2, 0]), t([2, 6, 2, 0])),
+         V, "query has shape [2, 5, 4, 0]"),
+        # ---- decode_attn ----------------------------------------------------------------------
+        ("decode_v_cache_head_dim_zero", lambda: ops.decode_attn(t([2, 1, 4, 8]), t([2, 10, 2, 8]), t([2, 10, 2, 0]),
+                                                                 i32([3, 5])), V, "v_cache has shape [2, 10, 2, 0]"),
+        ("decode_block_table_no_pages", lambda: ops.decode_attn(t([2, 1, 4, 8]), t([6, 4, 2, 8]), t([6, 4, 2, 8]),
+                                                                i32([3, 5]), block_table=i32(np.zeros([2, 0]))),
+         V, "cache_seqlens"),
+        ("decode_scale_int_past_float", lambda: ops.decode_attn(t([2, 1, 4, 8]), t([2, 10, 2, 8]), t([2, 10, 2, 8]),
+                                                                i32([3, 5]), softmax_scale=10**400), V, "softmax_scale"),
         # ---- masked softmax -----------------------------------------------------------------
         ("softmax_rank", lambda: ops.scaled_softmax(t([3, 4, 5])), V, "x"),
         ("softmax_int", lambda: ops.scaled_softmax(t([2, 3, 4, 5], "int64")), T, "x"),
