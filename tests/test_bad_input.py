@@ -383,6 +383,23 @@ def _cases():
          "attn_mask_type"),
         ("window_policy_below", lambda: paddle_te.masks.check_set_window_size("causal", (-3, 0)), V, "window_size"),
         ("window_policy_bool", lambda: paddle_te.masks.check_set_window_size("no_mask", (True, 1)), V, "window_size"),
+        # ---- FlashMask builders and converters (paddle_te.masks) ------------------------------
+        ("fm_dense_causal_str", lambda: paddle_te.masks.startend_row_indices_to_dense(
+            i32(np.full([1, 1, 4, 2], 4)), 4, "no"), T, "causal='no'"),
+        ("fm_dense_float_bounds", lambda: paddle_te.masks.startend_row_indices_to_dense(t([1, 1, 4, 1]), 4, True),
+         T, "startend_row_indices has dtype"),
+        ("fm_to_bounds_causal_str", lambda: paddle_te.masks.dense_to_startend_row_indices(
+            b(np.zeros([1, 1, 4, 4])), "False"), T, "causal='False'"),
+        ("doc_mask_none", lambda: paddle_te.masks.document_mask(None), T, "cu_seqlens"),
+        ("doc_mask_float", lambda: paddle_te.masks.document_mask([0.0, 2.5, 5.0]), T, "cu_seqlens"),
+        ("doc_mask_seq_len_short", lambda: paddle_te.masks.causal_document_mask([0, 3, 5], seq_len=2), V, "seq_len=2"),
+        ("doc_mask_seq_len_str", lambda: paddle_te.masks.document_mask([0, 3, 5], seq_len="8"), V, "seq_len='8'"),
+        ("prefix_lm_float", lambda: paddle_te.masks.prefix_lm_document_mask([0, 3, 5], [1.5, 1]), T, "prefix_lengths"),
+        ("share_question_none", lambda: paddle_te.masks.share_question_mask(None), V, "segments"),
+        ("share_question_empty_doc", lambda: paddle_te.masks.share_question_mask([[]]), V, "segments"),
+        ("sliding_window_seq_len_negative", lambda: paddle_te.masks.sliding_window_mask(-1, 2), V, "seq_len=-1"),
+        ("sliding_window_batch_zero", lambda: paddle_te.masks.sliding_window_mask(8, 2, batch_size=0), V, "batch_size=0"),
+        ("sliding_window_causal_str", lambda: paddle_te.masks.sliding_window_mask(8, 2, causal="no"), T, "causal"),
         # ---- static mode: shape/dtype checks without values -----------------------------
         ("static_q_rank", lambda: static_call(lambda: fa(paddle.static.data("q", [2, 5, 32]),
                                                            paddle.static.data("k", [2, 6, 2, 8]),
