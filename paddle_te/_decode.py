@@ -16,8 +16,8 @@ from paddle.jit.marker import unified
 from . import _ops_lib
 from .masks import check_set_window_size
 from ._unfused import dim as _dim
-from .ops import (_check_same_place, _check_tensor, _dtype_name, _has_zero_dim, _is_gpu, _known,
-                  _scale_attr)
+from .ops import (_check_same_place, _check_tensor, _dtype_name, _float_or_inf, _has_zero_dim,
+                  _is_gpu, _known, _scale_attr)
 
 __all__ = ["decode_attn", "DECODE_BACKENDS", "MAX_PAGE_SIZE", "MAX_SPLITS"]
 
@@ -116,6 +116,9 @@ def decode_attn(
         _check_same_place(t, name, q, "q")
     h_kv = ks[2]
     _dims_match(vs[:3], ks[:3], "v_cache", f"{layout} (k_cache's first three dims)")
+    for name, shape in (("q", qs), ("v_cache", vs)):
+        if _known(shape[3]) and shape[3] == 0:
+            raise ValueError(f"{name} has shape {shape}: the head dim must be > 0")
     if _known(ks[3], d) and ks[3] != d:
         raise ValueError(f"k_cache has head dim {ks[3]}: must equal q's head dim {d}")
     if _known(h, h_kv) and (h_kv < 1 or h % h_kv):
@@ -158,7 +161,7 @@ def decode_attn(
         softmax_scale = 1.0 / math.sqrt(d)
     elif isinstance(softmax_scale, bool) or not isinstance(softmax_scale, numbers.Real):
         raise TypeError(f"softmax_scale={softmax_scale!r}: must be a float")
-    elif not math.isfinite(float(softmax_scale)) or float(softmax_scale) <= 0:
+    elif not math.isfinite(_float_or_inf(softmax_scale)) or float(softmax_scale) <= 0:
         raise ValueError(f"softmax_scale={softmax_scale!r}: must be finite and > 0")
     # Decoding is causal (bottom-right): window_size=(left, 0); a right side warns and becomes 0.
     left, _ = check_set_window_size("causal_bottom_right", window_size)
@@ -181,7 +184,8 @@ def decode_attn(
                     f"{name} is a non-contiguous view (strides {list(t.strides)}): the in-place "
                     f"append of k_new/v_new needs a contiguous {layout} cache"
                 )
-    if _has_zero_dim(qs) or _has_zero_dim(ks):
+    if _has_zero_dim(qs) or _has_zero_dim(ks) or paged and _has_zero_dim(bt):
+        # (block_table [b, 0]: no pages, no positions; the op would take it as absent.)
         return _decode_without_keys(q, k_cache, v_cache, cache_seqlens, vs[3], k_new, paged, layout,
                                     return_softmax_lse)
     # Inference only: no backward graph through q / k_new / v_new (in a static program built with

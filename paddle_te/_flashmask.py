@@ -42,6 +42,23 @@ def check_c(C, causal, name="startend_row_indices", shape=None):
         raise ValueError(f"{name}{where} C = {C} with causal={bool(causal)} must be {allowed} (SPEC §9)")
 
 
+def _check_causal(causal):
+    if not isinstance(causal, (bool, np.bool_)):
+        raise TypeError(f"causal={causal!r}: must be a bool")
+    return bool(causal)
+
+
+def _seq_len(seq_len, rows):
+    """seq_len of a builder: an int >= the tokens of every cu_seqlens row (None: those tokens);
+    fewer would give column bounds past the sequence."""
+    need = max(int(r[-1]) for r in rows)
+    if seq_len is None:
+        return need
+    if isinstance(seq_len, bool) or not isinstance(seq_len, numbers.Integral) or seq_len < need:
+        raise ValueError(f"seq_len={seq_len!r}: must be an int >= cu_seqlens[-1] = {need}")
+    return int(seq_len)
+
+
 def _masked_rows(se, s_q, causal):
     """bool [b, m, s_q, s_kv] from int tensor se [b, m, s_kv, C] (paddle ops: dygraph and static)."""
     C = int(se.shape[-1])
@@ -65,12 +82,18 @@ def _masked_rows(se, s_q, causal):
 def startend_row_indices_to_dense(startend_row_indices, s_q, causal):
     """bool ``[b, m, s_q, s_kv]``, True = masked out: the exact mask ``flashmask_attention``
     applies, including the causal rule when ``causal`` (for debugging and tests)."""
+    causal = _check_causal(causal)
     se = startend_row_indices
     if not isinstance(se, paddle.Tensor):
-        se = paddle.to_tensor(np.asarray(se, dtype=np.int32))
+        arr = np.asarray(se)
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise TypeError(f"startend_row_indices: expected int32 [b, m, s_kv, C] values, got {arr.dtype}")
+        se = paddle.to_tensor(arr.astype(np.int32))
+    elif se.dtype not in (paddle.int32, paddle.int64):
+        raise TypeError(f"startend_row_indices has dtype {se.dtype}: must be int32")
     if len(se.shape) != 4:
         raise ValueError(f"startend_row_indices has shape {list(se.shape)}: expected [b, m, s_kv, C]")
-    if not isinstance(s_q, numbers.Integral) or s_q < 0:
+    if isinstance(s_q, bool) or not isinstance(s_q, numbers.Integral) or s_q < 0:
         raise ValueError(f"s_q={s_q!r}: must be an int >= 0")
     masked = _masked_rows(se, int(s_q), causal)
     if causal:
@@ -96,6 +119,7 @@ def dense_to_startend_row_indices(mask, causal):
     same indices. A mask whose masked rows in some column are not what the table expresses raises
     ``ValueError`` naming ``attn_mask_type="arbitrary"`` (run such masks through ``fused_attn`` /
     the layers with an arbitrary mask). Dygraph only (reads the mask)."""
+    causal = _check_causal(causal)
     m = mask.numpy() if isinstance(mask, paddle.Tensor) else np.asarray(mask)
     if m.ndim != 4 or m.dtype != np.bool_:
         raise ValueError(f"mask: expected a bool [b, m, s_q, s_kv] array, got {m.dtype} of shape {list(m.shape)}")
@@ -156,13 +180,20 @@ def _batch_of(cu_seqlens, name="cu_seqlens"):
     """A list of int64 arrays (one cu_seqlens per batch row) from one 1-D sequence or a list/2-D."""
     if isinstance(cu_seqlens, paddle.Tensor):
         cu_seqlens = cu_seqlens.numpy()
+    if not isinstance(cu_seqlens, (list, tuple, np.ndarray)):
+        raise TypeError(f"{name} is a {type(cu_seqlens).__name__}: must be a list, numpy array or "
+                        "paddle.Tensor of ints")
     arr = cu_seqlens
     if isinstance(arr, np.ndarray) and arr.ndim == 2:
-        rows = [np.asarray(r, np.int64) for r in arr]
+        rows = [np.asarray(r) for r in arr]
     elif len(arr) > 0 and not isinstance(arr[0], numbers.Integral) and np.ndim(arr[0]) == 1:
-        rows = [np.asarray(r, np.int64) for r in arr]
+        rows = [np.asarray(r) for r in arr]
     else:
-        rows = [np.asarray(arr, np.int64)]
+        rows = [np.asarray(arr)]
+    for r in rows:
+        if r.size and not np.issubdtype(r.dtype, np.integer):
+            raise TypeError(f"{name}={r.tolist()}: must hold ints")
+    rows = [r.astype(np.int64) for r in rows]
     for r in rows:
         if r.ndim != 1 or len(r) < 2 or r[0] != 0 or np.any(np.diff(r) < 0):
             raise ValueError(f"{name}={r.tolist()}: must start at 0 and be non-decreasing, >= 2 entries")
@@ -189,7 +220,7 @@ def causal_document_mask(cu_seqlens, seq_len=None):
     """Causal attention within documents packed back to back (``cu_seqlens`` of one batch row, or
     a list of them): int32 ``[b, 1, s, 1]`` for ``causal=True`` (LTS = the document's end)."""
     rows = _batch_of(cu_seqlens)
-    s = int(seq_len if seq_len is not None else rows[0][-1])
+    s = _seq_len(seq_len, rows)
     return _out([_doc_extents(cu, s)[1][:, None] for cu in rows])
 
 
@@ -197,7 +228,7 @@ def document_mask(cu_seqlens, seq_len=None):
     """Bidirectional attention within documents: int32 ``[b, 1, s, 2]`` for ``causal=False``
     (LTS = the document's end, UTE = its start)."""
     rows = _batch_of(cu_seqlens)
-    s = int(seq_len if seq_len is not None else rows[0][-1])
+    s = _seq_len(seq_len, rows)
     return _out([np.stack(_doc_extents(cu, s)[::-1], axis=1) for cu in rows])
 
 
@@ -207,13 +238,15 @@ def prefix_lm_document_mask(cu_seqlens, prefix_lengths, seq_len=None):
     ``[b, 1, s, 2]`` for ``causal=False``. ``prefix_lengths``: one int per document (per batch
     row: a list of lists)."""
     rows = _batch_of(cu_seqlens)
-    s = int(seq_len if seq_len is not None else rows[0][-1])
+    s = _seq_len(seq_len, rows)
     prefix = prefix_lengths if len(rows) > 1 else [prefix_lengths]
     if len(prefix) != len(rows):
         raise ValueError(f"prefix_lengths: {len(prefix)} rows for {len(rows)} cu_seqlens rows")
     out = []
     for cu, pl in zip(rows, prefix):
-        pl = np.asarray(pl, np.int64).reshape(-1)
+        pl = np.asarray(pl).reshape(-1)
+        if pl.size and not np.issubdtype(pl.dtype, np.integer):
+            raise TypeError(f"prefix_lengths={pl.tolist()}: must hold ints")
         if len(pl) != len(cu) - 1 or np.any(pl < 0) or np.any(pl > np.diff(cu)):
             raise ValueError(f"prefix_lengths={pl.tolist()}: one value in [0, document length] per "
                              f"document of cu_seqlens={cu.tolist()}")
@@ -231,7 +264,18 @@ def share_question_mask(segments, seq_len=None):
     ``causal=True``: int32 ``[b, 1, s, 2]`` (answer k's columns mask [its end, s), the question's
     [the document's end, s)). ``segments``: per document a list of lengths
     ``[question, answer_1, answer_2, ...]`` (per batch row: a list of those lists)."""
-    batch = segments if segments and isinstance(segments[0][0], (list, tuple)) else [segments]
+    def is_doc(doc):
+        return isinstance(doc, (list, tuple)) and len(doc) >= 1 and all(
+            isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 0 for n in doc)
+
+    nested = isinstance(segments, (list, tuple)) and segments and isinstance(segments[0], (list, tuple)) \
+        and segments[0] and isinstance(segments[0][0], (list, tuple))
+    batch = segments if nested else [segments]
+    if not all(isinstance(row, (list, tuple)) and row and all(is_doc(d) for d in row) for row in batch):
+        raise ValueError(
+            f"segments={segments!r}: must be a list of documents, each [question, answer_1, ...] "
+            "lengths (ints >= 0); per batch row a list of those lists"
+        )
     totals = [sum(sum(doc) for doc in row) for row in batch]
     s = int(seq_len if seq_len is not None else max(totals))
     out = []
@@ -262,6 +306,10 @@ def sliding_window_mask(seq_len, window_size, causal=True, cu_seqlens=None, batc
     (``(w, w)``) or ``(left, right)``; query i sees key j iff i - left <= j <= i + right (right = 0
     with ``causal=True``). int32 ``[b, 1, s, 1]`` (causal) or ``[b, 1, s, 2]``."""
     left, right = _window_pair(window_size)
+    causal = _check_causal(causal)
+    for arg, value, low in (("seq_len", seq_len, 0), ("batch_size", batch_size, 1)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+            raise ValueError(f"{arg}={value!r}: must be an int >= {low}")
     s = int(seq_len)
     rows = _batch_of(cu_seqlens) if cu_seqlens is not None else [np.asarray([0, s], np.int64)] * batch_size
     out = []

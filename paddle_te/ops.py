@@ -112,10 +112,19 @@ def _check_bool(value, name):
     return bool(value)
 
 
+def _float_or_inf(value):
+    """float(value) for a Real; an int past the float range (10**400) is +-inf instead of an
+    OverflowError, so that the range checks below name the argument."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
 def _check_scale(value, name):
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}={value!r}: must be a float")
-    value = float(value)
+    value = _float_or_inf(value)
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name}={value!r}: must be finite and > 0")
     return value
@@ -124,7 +133,7 @@ def _check_scale(value, name):
 def _check_dropout(value):
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"dropout={value!r}: must be a float in [0, 1)")
-    value = float(value)
+    value = _float_or_inf(value)
     if not (0.0 <= value < 1.0):
         raise ValueError(f"dropout={value!r}: must be in [0, 1)")
     return value
@@ -227,7 +236,10 @@ def _check_cu_seqlens(cu, name, qkv_format, batch, padded_len, total, max_seqlen
         i = int(np.argmax(lens > padded_len))
         raise ValueError(f"{name}: sequence {i} has length {lens[i]} > the padded sequence length {padded_len}")
     if max_seqlen is not None and lens.size and lens.max() > max_seqlen:
-        raise ValueError(f"{name}: sequence {int(np.argmax(lens))} has length {lens.max()} > max_seqlen {max_seqlen}")
+        max_name = name.replace("cu_seqlens", "max_seqlen")
+        raise ValueError(
+            f"{name}: sequence {int(np.argmax(lens))} has length {lens.max()} > {max_name}={max_seqlen}"
+        )
     return vals
 
 
@@ -428,6 +440,14 @@ def fused_attn(
                 f"{missing}=None: required with {given} when q and kv lengths differ ({s_q} vs {s_kv})"
             )
         cu_seqlens_q = cu_seqlens_kv = cu_seqlens_q if cu_seqlens_q is not None else cu_seqlens_kv
+    if qkv_format == "thd":
+        # No sequence holds more tokens than the tensor: a larger bound is the token count. The
+        # kernels size their grid by max_seqlen (row blocks per sequence), so max_seqlen_q=2**40
+        # hung the CPU kernel on empty blocks and would overflow a CUDA grid.
+        if max_seqlen_q is not None and _known(s_q):
+            max_seqlen_q = min(max_seqlen_q, s_q)
+        if max_seqlen_kv is not None and _known(s_kv):
+            max_seqlen_kv = min(max_seqlen_kv, s_kv)
     if cu_seqlens_q is not None:
         cu_q_vals = _check_cu_seqlens(cu_seqlens_q, "cu_seqlens_q", qkv_format, b, s_q, s_q, max_seqlen_q, q)
         cu_kv_vals = _check_cu_seqlens(cu_seqlens_kv, "cu_seqlens_kv", qkv_format, b, s_kv, s_kv, max_seqlen_kv, q)

@@ -108,6 +108,8 @@ def _cases():
         ("dpa_qkv_format", lambda: DPA(4, 8, qkv_format="bhsd"), V, "qkv_format='bhsd'"),
         ("dpa_scale_nan", lambda: DPA(4, 8, softmax_scale=math.nan), V, "softmax_scale=nan"),
         ("dpa_scale_bool", lambda: DPA(4, 8, softmax_scale=True), T, "softmax_scale=True"),
+        ("dpa_scale_int_past_float", lambda: DPA(4, 8, softmax_scale=10**400), V, "softmax_scale"),
+        ("dpa_dropout_int_past_float", lambda: DPA(4, 8, attention_dropout=10**400), V, "attention_dropout"),
         ("dpa_deterministic", lambda: DPA(4, 8, deterministic="yes"), T, "deterministic='yes'"),
         ("dpa_backend", lambda: DPA(4, 8, backend="fast"), V, "backend='fast'"),
         # ---- DotProductAttention: forward ---------------------------------------------------
@@ -147,6 +149,24 @@ def _cases():
                                                        cu_seqlens_kv=pkv), T, "cu_seqlens_q"),
         ("dpa_max_seqlen_negative", lambda: dpa("padding")(dq, dk, dk, cu_seqlens_q=pq, cu_seqlens_kv=pkv,
                                                           max_seqlen_q=-4), V, "max_seqlen_q"),
+        ("dpa_value_dtype", lambda: dpa()(dq, dk, t([2, 6, 2, 8], "float64")), T, "value has dtype"),
+        # The bias / arbitrary-mask path reads cu_seqlens itself: same checks as fused_attn.
+        ("dpa_bias_cu_seqlens_over_padded", lambda: dpa("padding")(
+            dq, dk, dk, cu_seqlens_q=i32([0, 9, 12]), cu_seqlens_kv=i32([0, 6, 12]), core_attention_bias=t([5, 6])),
+         V, "cu_seqlens_q"),
+        ("dpa_bias_cu_seqlens_length", lambda: dpa("padding")(
+            dq, dk, dk, cu_seqlens_q=i32([0, 3]), cu_seqlens_kv=i32([0, 6]), core_attention_bias=t([5, 6])),
+         V, "cu_seqlens_q has shape [2]"),
+        ("dpa_bias_cu_seqlens_list", lambda: dpa("padding")(
+            dq, dk, dk, cu_seqlens_q=[0, 3, 5], cu_seqlens_kv=pkv, core_attention_bias=t([5, 6])), T, "cu_seqlens_q"),
+        ("dpa_bias_cu_seqlens_int64", lambda: dpa("padding")(
+            dq, dk, dk, cu_seqlens_q=pq, cu_seqlens_kv=i32([0, 6, 10], "int64"), core_attention_bias=t([5, 6])),
+         T, "cu_seqlens_kv"),
+        ("dpa_bias_max_seqlen_str", lambda: dpa("padding")(
+            dq, dk, dk, cu_seqlens_q=pq, cu_seqlens_kv=pkv, max_seqlen_q="5", core_attention_bias=t([5, 6])),
+         T, "max_seqlen_q"),
+        ("dpa_arbitrary_max_seqlen_negative", lambda: dpa("arbitrary")(dq, dk, dk, b(np.zeros([5, 6])),
+                                                                      max_seqlen_kv=-1), V, "max_seqlen_kv"),
         # ---- MultiHeadAttention ----------------------------------------------------------------
         ("mha_embed_dim", lambda: MHA(0, 4), V, "embed_dim=0"),
         ("mha_num_heads_str", lambda: MHA(16, "4"), T, "num_heads='4'"),
@@ -171,6 +191,21 @@ def _cases():
         ("mha_attn_mask_dtype", lambda: MHA(16, 4)(e, attn_mask=paddle.to_tensor(np.ones([5, 5], np.complex64))),
          T, "attn_mask has dtype"),
         ("mha_cache_type", lambda: MHA(16, 4)(e, cache=(1, 2)), T, "cache"),
+        ("mha_query_int", lambda: MHA(16, 4)(i32(np.zeros([2, 5, 16]))), T, "query has dtype"),
+        ("mha_value_float64", lambda: MHA(16, 4)(e, mem, t([2, 7, 16], "float64")), T, "value has dtype"),
+        ("mha_cache_heads", lambda: MHA(16, 4)(e, cache=MHA.Cache(t([2, 3, 3, 4]), t([2, 3, 3, 4]))),
+         V, "cache.k has shape [2, 3, 3, 4]"),
+        ("mha_cache_rank3", lambda: MHA(16, 4)(e, cache=MHA.Cache(t([2, 4, 12]), t([2, 4, 12]))),
+         V, "cache.k has shape [2, 4, 12]"),
+        ("mha_cache_lengths", lambda: MHA(16, 4)(e, cache=MHA.Cache(t([2, 4, 3, 4]), t([2, 4, 2, 4]))),
+         V, "cache.v has shape [2, 4, 2, 4]"),
+        ("mha_cache_none", lambda: MHA(16, 4)(e, cache=MHA.Cache(None, None)), T, "cache.k"),
+        ("mha_cache_int", lambda: MHA(16, 4)(e, cache=MHA.Cache(i32(np.zeros([2, 4, 3, 4])),
+                                                                 i32(np.zeros([2, 4, 3, 4])))), T, "cache.k has dtype"),
+        ("mha_static_cache_batch", lambda: MHA(16, 4)(e, cache=MHA.StaticCache(t([3, 4, 7, 4]), t([3, 4, 7, 4]))),
+         V, "cache.k has shape [3, 4, 7, 4]"),
+        ("mha_gen_cache_type", lambda: MHA(16, 4).gen_cache(e, type=dict), T, "type="),
+        ("mha_gen_cache_key_none", lambda: MHA(16, 4).gen_cache(None), T, "key"),
         # ---- TransformerLayer ------------------------------------------------------------------
         ("tl_hidden_size", lambda: TL(-16, 32, 4), V, "hidden_size=-16"),
         ("tl_ffn_hidden_size", lambda: TL(16, 0, 4), V, "ffn_hidden_size=0"),
@@ -189,6 +224,10 @@ def _cases():
         ("tl_backend", lambda: TL(16, 32, 4, backend="cudnn9"), V, "backend='cudnn9'"),
         ("tl_hidden_states_width", lambda: TL(16, 32, 4)(t([2, 5, 12])), V, "hidden_states has shape [2, 5, 12]"),
         ("tl_hidden_states_not_tensor", lambda: TL(16, 32, 4)(None), T, "hidden_states"),
+        ("tl_hidden_states_int", lambda: TL(16, 32, 4)(i32(np.zeros([2, 5, 16]))), T, "hidden_states has dtype"),
+        ("tl_hidden_states_float64", lambda: TL(16, 32, 4)(t([2, 5, 16], "float64")), T, "hidden_states has dtype"),
+        ("tl_encoder_output_int", lambda: decoder()(e, encoder_output=i32(np.zeros([2, 7, 16]))), T,
+         "encoder_output has dtype"),
         ("tl_encoder_output_width", lambda: decoder()(e, encoder_output=t([2, 7, 8])), V,
          "encoder_output has shape [2, 7, 8]"),
         ("tl_encoder_output_batch", lambda: decoder()(e, encoder_output=t([3, 7, 16])), V,
@@ -247,9 +286,11 @@ def _cases():
         ("scale_nan", lambda: fa(q, k, v, softmax_scale=math.nan), V, "softmax_scale"),
         ("scale_inf", lambda: fa(q, k, v, softmax_scale=math.inf), V, "softmax_scale"),
         ("scale_str", lambda: fa(q, k, v, softmax_scale="0.1"), T, "softmax_scale"),
+        ("scale_int_past_float", lambda: fa(q, k, v, softmax_scale=10**400), V, "softmax_scale"),
         ("dropout_one", lambda: fa(q, k, v, dropout=1.0), V, "dropout"),
         ("dropout_negative", lambda: fa(q, k, v, dropout=-0.1), V, "dropout"),
         ("dropout_str", lambda: fa(q, k, v, dropout="0.1"), T, "dropout"),
+        ("dropout_int_past_float", lambda: fa(q, k, v, dropout=10**400), V, "dropout"),
         ("training_not_bool", lambda: fa(q, k, v, training="yes"), T, "training"),
         ("max_seqlen_negative", lambda: fa(q, k, v, max_seqlen_q=-1), V, "max_seqlen_q"),
         ("max_seqlen_float", lambda: fa(q, k, v, max_seqlen_kv=2.5), T, "max_seqlen_kv"),
@@ -288,6 +329,23 @@ def _cases():
                                                      cu_seqlens_kv=cu_kv), V, "cu_seqlens_kv"),
         ("thd_over_max_seqlen", lambda: fa(tq, tk, tv, qkv_format="thd", cu_seqlens_q=cu_q, cu_seqlens_kv=cu_kv,
                                            max_seqlen_q=3), V, "cu_seqlens_q"),
+        ("padded_over_max_seqlen", lambda: fa(q, k, v, attn_mask_type="padding", cu_seqlens_q=pq, cu_seqlens_kv=pkv,
+                                              max_seqlen_kv=2), V, "max_seqlen_kv=2"),
+        # ---- flashmask_attention ----------------------------------------------------------------
+        ("fm_key_batch", lambda: paddle_te.flashmask_attention(q, t([3, 6, 2, 8]), t([3, 6, 2, 8])),
+         V, "key has shape [3, 6, 2, 8]"),
+        ("fm_value_heads", lambda: paddle_te.flashmask_attention(q, k, t([2, 6, 1, 8])), V, "value has shape [2, 6, 1, 8]"),
+        ("fm_key_head_dim", lambda: paddle_te.flashmask_attention(q, t([2, 6, 2, 4]), v), V, "key has shape [2, 6, 2, 4]"),
+        ("fm_head_dim_zero", lambda: paddle_te.flashmask_attention(t([2, 5, 4, 0]), t([2, 6, 2, 0]), t([2, 6, 2, 0])),
+         V, "query has shape [2, 5, 4, 0]"),
+        # ---- decode_attn ----------------------------------------------------------------------
+        ("decode_v_cache_head_dim_zero", lambda: ops.decode_attn(t([2, 1, 4, 8]), t([2, 10, 2, 8]), t([2, 10, 2, 0]),
+                                                                 i32([3, 5])), V, "v_cache has shape [2, 10, 2, 0]"),
+        ("decode_block_table_no_pages", lambda: ops.decode_attn(t([2, 1, 4, 8]), t([6, 4, 2, 8]), t([6, 4, 2, 8]),
+                                                                i32([3, 5]), block_table=i32(np.zeros([2, 0]))),
+         V, "cache_seqlens"),
+        ("decode_scale_int_past_float", lambda: ops.decode_attn(t([2, 1, 4, 8]), t([2, 10, 2, 8]), t([2, 10, 2, 8]),
+                                                                i32([3, 5]), softmax_scale=10**400), V, "softmax_scale"),
         # ---- masked softmax -----------------------------------------------------------------
         ("softmax_rank", lambda: ops.scaled_softmax(t([3, 4, 5])), V, "x"),
         ("softmax_int", lambda: ops.scaled_softmax(t([2, 3, 4, 5], "int64")), T, "x"),
@@ -325,6 +383,23 @@ def _cases():
          "attn_mask_type"),
         ("window_policy_below", lambda: paddle_te.masks.check_set_window_size("causal", (-3, 0)), V, "window_size"),
         ("window_policy_bool", lambda: paddle_te.masks.check_set_window_size("no_mask", (True, 1)), V, "window_size"),
+        # ---- FlashMask builders and converters (paddle_te.masks) ------------------------------
+        ("fm_dense_causal_str", lambda: paddle_te.masks.startend_row_indices_to_dense(
+            i32(np.full([1, 1, 4, 2], 4)), 4, "no"), T, "causal='no'"),
+        ("fm_dense_float_bounds", lambda: paddle_te.masks.startend_row_indices_to_dense(t([1, 1, 4, 1]), 4, True),
+         T, "startend_row_indices has dtype"),
+        ("fm_to_bounds_causal_str", lambda: paddle_te.masks.dense_to_startend_row_indices(
+            b(np.zeros([1, 1, 4, 4])), "False"), T, "causal='False'"),
+        ("doc_mask_none", lambda: paddle_te.masks.document_mask(None), T, "cu_seqlens"),
+        ("doc_mask_float", lambda: paddle_te.masks.document_mask([0.0, 2.5, 5.0]), T, "cu_seqlens"),
+        ("doc_mask_seq_len_short", lambda: paddle_te.masks.causal_document_mask([0, 3, 5], seq_len=2), V, "seq_len=2"),
+        ("doc_mask_seq_len_str", lambda: paddle_te.masks.document_mask([0, 3, 5], seq_len="8"), V, "seq_len='8'"),
+        ("prefix_lm_float", lambda: paddle_te.masks.prefix_lm_document_mask([0, 3, 5], [1.5, 1]), T, "prefix_lengths"),
+        ("share_question_none", lambda: paddle_te.masks.share_question_mask(None), V, "segments"),
+        ("share_question_empty_doc", lambda: paddle_te.masks.share_question_mask([[]]), V, "segments"),
+        ("sliding_window_seq_len_negative", lambda: paddle_te.masks.sliding_window_mask(-1, 2), V, "seq_len=-1"),
+        ("sliding_window_batch_zero", lambda: paddle_te.masks.sliding_window_mask(8, 2, batch_size=0), V, "batch_size=0"),
+        ("sliding_window_causal_str", lambda: paddle_te.masks.sliding_window_mask(8, 2, causal="no"), T, "causal"),
         # ---- static mode: shape/dtype checks without values -----------------------------
         ("static_q_rank", lambda: static_call(lambda: fa(paddle.static.data("q", [2, 5, 32]),
                                                            paddle.static.data("k", [2, 6, 2, 8]),
@@ -420,6 +495,32 @@ def test_bad_input(report, case_id):
         f"{case_id}: raised {rec['exc']}, expected one of {rec['allowed']}: {rec['msg']}")
     assert rec["needle"] in rec["msg"], f"{case_id}: message does not name {rec['needle']!r}: {rec['msg']}"
     assert "Traceback" not in rec["msg"] and len(rec["msg"]) < 2000, f"{case_id}: message is not clean: {rec['msg']}"
+
+
+def test_thd_max_seqlen_past_token_count():
+    """max_seqlen is an upper bound: in thd one past the token count is the token count (the kernels
+    size their grid by it; max_seqlen_q=2**40 kept the CPU kernel busy for hours)."""
+    code = (
+        "import numpy as np, paddle, paddle_te\n"
+        "paddle.set_device('cpu')\n"
+        "rng = np.random.default_rng(0)\n"
+        "q, k, v = (paddle.to_tensor(rng.standard_normal(s).astype('float32')) for s in ([9, 4, 8], [11, 2, 8], [11, 2, 8]))\n"
+        "cu_q, cu_kv = paddle.to_tensor(np.int32([0, 3, 9])), paddle.to_tensor(np.int32([0, 5, 11]))\n"
+        "kw = dict(qkv_format='thd', cu_seqlens_q=cu_q, cu_seqlens_kv=cu_kv, attn_mask_type='causal')\n"
+        "ref = paddle_te.ops.fused_attn(q, k, v, **kw).numpy()\n"
+        "got = paddle_te.ops.fused_attn(q, k, v, max_seqlen_q=2**40, max_seqlen_kv=2**40, **kw).numpy()\n"
+        "assert np.array_equal(got, ref)\n"
+    )
+    env = dict(os.environ)
+    import paddle_te
+
+    pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(paddle_te.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([pkg_root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("fused_attn(thd, max_seqlen_q=2**40) did not finish within 120 s")
+    assert proc.returncode == 0, proc.stderr[-4000:]
 
 
 def test_window_warning_is_userwarning():

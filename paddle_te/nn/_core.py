@@ -87,6 +87,19 @@ def amp_cast(*tensors):
 
 
 # ---- argument validation of the layers (SPEC §7: name the argument, its value, what is allowed) --
+def check_input_dtype(x, name, layer_dtype):
+    """An input of a layer with parameters (Linear, LayerNorm): a float tensor in the parameters'
+    dtype -- Paddle's kernels take no other and fail with an internal message -- or, under
+    `paddle.amp.auto_cast`, any float dtype (autocast casts it)."""
+    if not is_float(x):
+        raise TypeError(f"{name} has dtype {x.dtype}: allowed float16, bfloat16, float32, float64")
+    if not paddle.amp.is_autocast_enabled() and x.dtype != layer_dtype:
+        raise TypeError(
+            f"{name} has dtype {x.dtype}: must be the layer's parameter dtype {layer_dtype} (cast "
+            f"the input or the layer, or run under paddle.amp.auto_cast)"
+        )
+
+
 def check_positive_int(value, name):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name}={value!r}: must be a positive int")
@@ -103,7 +116,7 @@ def check_probability(value, name):
     """A dropout probability in [0, 1)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}={value!r}: must be a float in [0, 1)")
-    if not (0.0 <= float(value) < 1.0):
+    if not (0.0 <= ops._float_or_inf(value) < 1.0):
         raise ValueError(f"{name}={value!r}: must be in [0, 1)")
     return float(value)
 
@@ -111,7 +124,7 @@ def check_probability(value, name):
 def check_positive_float(value, name):
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}={value!r}: must be a finite float > 0")
-    if not (math.isfinite(float(value)) and float(value) > 0):
+    if not (math.isfinite(ops._float_or_inf(value)) and float(value) > 0):
         raise ValueError(f"{name}={value!r}: must be a finite float > 0")
     return float(value)
 

@@ -239,6 +239,7 @@ class DotProductAttention(nn.Layer):
                 f"types take sequence lengths"
             )
         seq_axis = 1 if fmt == "bshd" else 0
+        self._check_unfused_seqlens(query, key, cu_q, cu_kv, max_q, max_kv, seq_axis)
         s_q, s_kv = _core.dim(query, seq_axis), _core.dim(key, seq_axis)
         len_q = len_kv = None
         if given(cu_q):
@@ -369,6 +370,8 @@ class DotProductAttention(nn.Layer):
                 raise TypeError(
                     f"{name} has dtype {t.dtype}: allowed float16, bfloat16, float32, float64"
                 )
+            if t.dtype != query.dtype:
+                raise TypeError(f"{name} has dtype {t.dtype}: must equal query's {query.dtype}")
         h_axis = nd - 2
         hq = _core.static_dim(query, h_axis)
         if hq is not None and hq != self.num_attention_heads:
@@ -408,6 +411,23 @@ class DotProductAttention(nn.Layer):
                     raise ValueError(
                         f"{name} has shape {list(t.shape)}: batch {bb} must equal query's {bq}"
                     )
+
+    @paddle.jit.not_to_static
+    def _check_unfused_seqlens(self, query, key, cu_q, cu_kv, max_q, max_kv, seq_axis):
+        """The unfused path (bias / arbitrary mask) reads cu_seqlens as they are: check them and
+        max_seqlen as fused_attn does (values where that needs no device->host copy)."""
+        b = _core.static_dim(query, 1 - seq_axis)
+        for side, cu, t, bound in (("q", cu_q, query, max_q), ("kv", cu_kv, key, max_kv)):
+            bound = ops._check_optional_int(bound, f"max_seqlen_{side}")
+            s = _core.static_dim(t, seq_axis)
+            if bound is not None and s is not None and bound > s:
+                raise ValueError(f"max_seqlen_{side}={bound}: exceeds the padded sequence length {s}")
+            if given(cu_q) or given(cu_kv):
+                if not given(cu):
+                    raise ValueError(f"cu_seqlens_{side}=None: required with cu_seqlens_"
+                                     f"{'kv' if side == 'q' else 'q'} in a cross-attention call")
+                ops._check_cu_seqlens(cu, f"cu_seqlens_{side}", self.qkv_format, b, s, s,
+                                      bound if bound is not None else s, query)
 
     @paddle.jit.not_to_static
     def _check_padding_mask(self, mask, query, key):

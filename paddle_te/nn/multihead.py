@@ -138,10 +138,15 @@ class MultiHeadAttention(paddle.nn.MultiHeadAttention):
         With `max_length` (type `Cache` only): an `InplaceCache` whose buffers
         `[b, max_length, num_heads, head_dim]` are allocated once; each incremental step appends
         its keys and values in place (`paddle_te.ops.decode_attn`) instead of concatenating."""
+        _core.check_tensor(key, "key")
+        if type not in (self.Cache, self.StaticCache):
+            raise TypeError(
+                f"type={type!r}: must be MultiHeadAttention.Cache or MultiHeadAttention.StaticCache"
+            )
         if max_length is not None:
             if type != self.Cache:
-                raise ValueError("gen_cache(max_length=...) preallocates a Cache; a StaticCache "
-                                 "does not grow")
+                raise ValueError("type=StaticCache with max_length: gen_cache(max_length=...) "
+                                 "preallocates a Cache; a StaticCache does not grow")
             return _kv_cache.gen_inplace_cache(self, key, value, max_length)
         if type == self.StaticCache:
             return self.StaticCache(*self.compute_kv(key, value))
@@ -232,6 +237,7 @@ class MultiHeadAttention(paddle.nn.MultiHeadAttention):
                     f"{name} has shape {list(t.shape)}: its last dim must be "
                     f"{width_name}={width}"
                 )
+            _core.check_input_dtype(t, name, self.q_proj.weight.dtype)
         b = _core.static_dim(query, 0)
         for name, t in () if static else (("key", key), ("value", value)):
             bb = _core.static_dim(t, 0)
@@ -240,6 +246,8 @@ class MultiHeadAttention(paddle.nn.MultiHeadAttention):
         s_k, s_v = (None, None) if static else (_core.static_dim(key, 1), _core.static_dim(value, 1))
         if s_k is not None and s_v is not None and s_k != s_v:
             raise ValueError(f"value has shape {list(value.shape)}: length {s_v} must equal key's {s_k}")
+        if isinstance(cache, (self.Cache, self.StaticCache)):
+            self._check_cache(cache, b)
         if not given(attn_mask):
             return
         _core.check_tensor(attn_mask, "attn_mask")
@@ -262,6 +270,32 @@ class MultiHeadAttention(paddle.nn.MultiHeadAttention):
         _core.check_broadcastable(
             attn_mask, "attn_mask", [b, self.num_heads, _core.static_dim(query, 1), s_kv],
             "[batch_size, num_heads, query_length, key_length]")
+
+    @paddle.jit.not_to_static
+    def _check_cache(self, cache, b):
+        """A Cache / StaticCache: k and v [b, num_heads, length, head_dim] of one length, in the
+        dtype of the keys they join (else paddle.concat / the op fail with Paddle's messages)."""
+        kind = type(cache).__name__
+        want = [b, self.num_heads, None, self.head_dim]
+        lengths = []
+        for part in ("k", "v"):
+            name = f"cache.{part}"
+            t = _core.check_tensor(getattr(cache, part), name)
+            shape = list(t.shape)
+            if len(shape) != 4 or any(
+                w is not None and d is not None and d >= 0 and d != w for d, w in zip(shape, want)
+            ):
+                raise ValueError(
+                    f"{name} has shape {shape}: a {kind} holds [batch_size, num_heads, length, "
+                    f"head_dim] = {_core._show(want)}"
+                )
+            _core.check_input_dtype(t, name, self.k_proj.weight.dtype)
+            lengths.append(_core.static_dim(t, 2))
+        if None not in lengths and lengths[0] != lengths[1]:
+            raise ValueError(
+                f"cache.v has shape {list(cache.v.shape)}: its length {lengths[1]} must equal "
+                f"cache.k's {lengths[0]}"
+            )
 
     def _fused(self, q, k, v, kv_layout, attn_mask, hint, decode=True):
         if kv_layout == "bhsd" and decode and _kv_cache.decodes(self, q, attn_mask, hint):

@@ -158,6 +158,7 @@ class TransformerLayer(nn.Layer):
                     f"{name} has shape {list(t.shape)}: must be [b, s, hidden_size="
                     f"{self.hidden_size}]"
                 )
+            _core.check_input_dtype(t, name, self.fc1.weight.dtype)
         if given(encoder_output):
             b, b_enc = _core.static_dim(hidden_states, 0), _core.static_dim(encoder_output, 0)
             if b is not None and b_enc is not None and b != b_enc:
