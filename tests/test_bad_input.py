@@ -71,6 +71,34 @@ def _cases():
         finally:
             paddle.disable_static()
 
+    def static_run(build, feed):
+        """Build a program with `build()` (inputs from paddle.static.data) and run it on `feed`:
+        errors the ops find only in the values (at Executor.run)."""
+        paddle.enable_static()
+        try:
+            main = paddle.static.Program()
+            with paddle.static.program_guard(main, paddle.static.Program()):
+                out = build()
+            exe = paddle.static.Executor(paddle.CPUPlace())
+            return exe.run(main, feed=feed, fetch_list=[out])
+        finally:
+            paddle.disable_static()
+
+    def static_thd(cu_q):
+        def build():
+            sq = paddle.static.data("q", [-1, 2, 8])
+            cu = paddle.static.data("cu", [3], "int32")
+            return ops.fused_attn(sq, sq, sq, qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
+                                  max_seqlen_q=8, max_seqlen_kv=8)
+        return static_run(build, {"q": np.ones([8, 2, 8], "float32"), "cu": np.int32(cu_q)})
+
+    def static_masked_softmax(mask_shape):
+        def build():
+            return ops.scaled_masked_softmax(paddle.static.data("x", [-1, 3, 4, 5]),
+                                             paddle.static.data("m", [-1, 1, -1, -1], "bool"))
+        return static_run(build, {"x": np.ones([2, 3, 4, 5], "float32"),
+                                  "m": np.zeros(mask_shape, bool)})
+
     nn = paddle_te.nn
     DPA, MHA, TL = nn.DotProductAttention, nn.MultiHeadAttention, nn.TransformerLayer
     dq, dk = t([2, 5, 4, 8]), t([2, 6, 2, 8])  # DPA(4, 8, num_gqa_groups=2): b=2, s_q=5, s_kv=6
@@ -411,6 +439,11 @@ def _cases():
             cu_seqlens_kv=paddle.static.data("ck", [-1], "int32"))), T, "cu_seqlens_q"),
         ("static_mask_dtype", lambda: static_call(lambda: ops.scaled_masked_softmax(
             paddle.static.data("x", [-1, 3, 4, 5]), paddle.static.data("m", [-1, 1, 4, 5], "int32"))), T, "mask"),
+        # ---- static mode: values checked by the ops at Executor.run (the message must survive
+        # Paddle's executor, which reported every non-Paddle exception as 'std::exception') ----
+        ("static_run_cu_seqlens_decreasing", lambda: static_thd([0, 5, 3]), V, "cu_seqlens_q"),
+        ("static_run_cu_seqlens_past_tokens", lambda: static_thd([0, 5, 9]), V, "cu_seqlens_q"),
+        ("static_run_softmax_mask_shape", lambda: static_masked_softmax([2, 1, 4, 6]), V, "mask"),
         # ---- the C++ ops themselves (Python checks bypassed) ------------------------------
         ("raw_op_q_rank", lambda: raw_attn(t([2, 5, 32]), k, v), V, "q"),
         ("raw_op_heads", lambda: raw_attn(q, t([2, 6, 3, 8]), t([2, 6, 3, 8])), V, "heads"),
@@ -499,7 +532,8 @@ def test_bad_input(report, case_id):
 
 def test_thd_max_seqlen_past_token_count():
     """max_seqlen is an upper bound: in thd one past the token count is the token count (the kernels
-    size their grid by it; max_seqlen_q=2**40 kept the CPU kernel busy for hours)."""
+    size their grid by it; max_seqlen_q=2**40 kept the CPU kernel busy for hours), in dygraph and
+    in a static program whose token count is unknown until it runs (the op bounds it)."""
     code = (
         "import numpy as np, paddle, paddle_te\n"
         "paddle.set_device('cpu')\n"
@@ -510,6 +544,18 @@ def test_thd_max_seqlen_past_token_count():
         "ref = paddle_te.ops.fused_attn(q, k, v, **kw).numpy()\n"
         "got = paddle_te.ops.fused_attn(q, k, v, max_seqlen_q=2**40, max_seqlen_kv=2**40, **kw).numpy()\n"
         "assert np.array_equal(got, ref)\n"
+        # Static mode: the token count is unknown when the program is built (only the op can bound it).
+        "paddle.enable_static()\n"
+        "main = paddle.static.Program()\n"
+        "with paddle.static.program_guard(main, paddle.static.Program()):\n"
+        "    sq, sk, sv = (paddle.static.data(n, [-1, h, 8]) for n, h in (('q', 4), ('k', 2), ('v', 2)))\n"
+        "    cq, ck = paddle.static.data('cq', [3], 'int32'), paddle.static.data('ck', [3], 'int32')\n"
+        "    out = paddle_te.ops.fused_attn(sq, sk, sv, qkv_format='thd', cu_seqlens_q=cq, cu_seqlens_kv=ck,\n"
+        "                                   attn_mask_type='causal', max_seqlen_q=2**40, max_seqlen_kv=2**40)\n"
+        "exe = paddle.static.Executor(paddle.CPUPlace())\n"
+        "got, = exe.run(main, feed={'q': q.numpy(), 'k': k.numpy(), 'v': v.numpy(), 'cq': cu_q.numpy(),\n"
+        "                           'ck': cu_kv.numpy()}, fetch_list=[out])\n"
+        "assert np.allclose(got, ref, atol=1e-6)\n"
     )
     env = dict(os.environ)
     import paddle_te

@@ -1,5 +1,6 @@
 // C API for fused attention: validate every argument, resolve the layout into a pte::AttnProblem,
 // pick a backend, and dispatch. Kernels below this point trust the problem they are given.
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -164,8 +165,10 @@ AttnProblem resolve(const pte_attn_params_t& p, bool backward) {
     pr.t_q = q.s;
     pr.t_kv = k.s;
     // max_seqlen is an upper bound; without one the token count is always safe (no host sync).
-    pr.s_q = p.max_seqlen_q > 0 ? p.max_seqlen_q : q.s;
-    pr.s_kv = p.max_seqlen_kv > 0 ? p.max_seqlen_kv : k.s;
+    // One past the token count bounds nothing more (no sequence is longer) and would only add
+    // empty row blocks: a max_seqlen of 2^40 walked 2^34 of them on the CPU.
+    pr.s_q = p.max_seqlen_q > 0 ? std::min(p.max_seqlen_q, q.s) : q.s;
+    pr.s_kv = p.max_seqlen_kv > 0 ? std::min(p.max_seqlen_kv, k.s) : k.s;
     check_cu_seqlens(p.cu_seqlens_q, "cu_seqlens_q", pr.b, pr.s_q, pr.t_q, true, p.q);
     check_cu_seqlens(p.cu_seqlens_kv, "cu_seqlens_kv", pr.b, pr.s_kv, pr.t_kv, true, p.q);
     PTE_CHECK(p.cu_seqlens_kv.shape[0] == p.cu_seqlens_q.shape[0], "cu_seqlens_kv has shape ",

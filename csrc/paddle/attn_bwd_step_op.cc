@@ -19,11 +19,11 @@ namespace {
 // words are refused here; fill_attn_params parses the rest.
 void check_step_attrs(const AttnAttrs& a) {
   if (a.qkv_format != "bshd" && a.qkv_format != "sbhd")
-    PD_THROW("[paddle_te:invalid_argument] qkv_format=\"", a.qkv_format,
+    PTE_OP_THROW("[paddle_te:invalid_argument] qkv_format=\"", a.qkv_format,
              "\": allowed \"bshd\", \"sbhd\"");
   const std::string& m = a.mask_type;
   if (m != "no_mask" && m != "padding" && m != "causal" && m != "padding_causal")
-    PD_THROW("[paddle_te:invalid_argument] mask_type=\"", m,
+    PTE_OP_THROW("[paddle_te:invalid_argument] mask_type=\"", m,
              "\": allowed \"no_mask\", \"padding\", \"causal\", \"padding_causal\"");
 }
 

@@ -16,7 +16,7 @@ pte_backend_t parse_decode_backend(const std::string& s) {
   if (s == "auto") return PTE_BACKEND_AUTO;
   if (s == "flash") return PTE_BACKEND_FLASH;
   if (s == "cpu") return PTE_BACKEND_CPU;
-  PD_THROW("[paddle_te:invalid_argument] backend=\"", s,
+  PTE_OP_THROW("[paddle_te:invalid_argument] backend=\"", s,
            "\": decode_attn takes \"auto\", \"flash\", \"cpu\"");
 }
 

@@ -8,8 +8,23 @@
 #include <string>
 #include <vector>
 
+#include "paddle/common/enforce.h"
 #include "paddle/extension.h"
 #include "paddle_te/paddle_te.h"
+
+// Raise an op's error. Paddle's static-graph executor passes the text of its own exception type
+// (EnforceNotMet) on to Python and reports any other one, PD_THROW's included, as
+// "RuntimeError: 'std::exception'": a bad argument found at Executor.run lost its message. The
+// Python side (paddle_te/_ops_lib.py) reads the status tag at the start of the text either way.
+#define PTE_OP_THROW(...)                                                                    \
+  throw ::common::enforce::EnforceNotMet(                                                    \
+      ::common::ErrorSummary(::common::ErrorCode::INVALID_ARGUMENT,                          \
+                             ::common::ErrorMessage(__VA_ARGS__).to_string()),                \
+      __FILE__, __LINE__)
+#define PTE_OP_CHECK(cond, ...) \
+  do {                          \
+    if (!(cond)) PTE_OP_THROW(__VA_ARGS__); \
+  } while (0)
 
 namespace pte_paddle {
 
@@ -30,11 +45,11 @@ inline const char* status_tag(pte_status_t s) {
   }
 }
 
-// Throw (PD_THROW -> Python exception) when a C API call failed. `what` names the op.
+// Throw (PTE_OP_THROW -> Python exception) when a C API call failed. `what` names the op.
 inline void check_status(pte_status_t s, const char* what) {
   if (s == PTE_SUCCESS) return;
   const char* msg = pte_last_error();
-  PD_THROW(std::string(status_tag(s)) + what + ": " + (msg && *msg ? msg : "unknown error"));
+  PTE_OP_THROW(std::string(status_tag(s)) + what + ": " + (msg && *msg ? msg : "unknown error"));
 }
 
 // A word of one of the C API's vocabularies (pte_qkv_format_parse, pte_mask_type_parse,
@@ -43,7 +58,7 @@ template <typename E>
 E parse_word(pte_status_t (*parse)(const char*, E*), const std::string& s, const char* extra = "") {
   E value{};
   if (parse(s.c_str(), &value) != PTE_SUCCESS)
-    PD_THROW("[paddle_te:invalid_argument] ", pte_last_error(), extra);
+    PTE_OP_THROW("[paddle_te:invalid_argument] ", pte_last_error(), extra);
   return value;
 }
 
@@ -64,7 +79,7 @@ inline pte_dtype_t to_pte_dtype(paddle::DataType t) {
     case paddle::DataType::BOOL:
       return PTE_BOOL;
     default:
-      PD_THROW("[paddle_te:invalid_argument] unsupported tensor dtype ",
+      PTE_OP_THROW("[paddle_te:invalid_argument] unsupported tensor dtype ",
                phi::DataTypeToString(t),
                ": allowed float32, float64, float16, bfloat16, int32, int64, bool");
   }
@@ -86,7 +101,7 @@ inline pte_tensor_t to_pte(const paddle::Tensor& x) {
   if (!x.initialized()) return t;  // absent: data == NULL, ndim == 0
 
   const auto dims = x.shape();
-  PD_CHECK(static_cast<int>(dims.size()) <= PTE_MAX_DIMS,
+  PTE_OP_CHECK(static_cast<int>(dims.size()) <= PTE_MAX_DIMS,
            "[paddle_te:invalid_argument] tensor rank ", dims.size(), " exceeds ", PTE_MAX_DIMS);
   t.dtype = to_pte_dtype(x.dtype());
   t.ndim = static_cast<int32_t>(dims.size());
@@ -148,7 +163,7 @@ inline double parse_scale(const std::string& s, const char* name) {
   const char* begin = s.c_str();
   char* end = nullptr;
   const double v = std::strtod(begin, &end);
-  PD_CHECK(!s.empty() && end == begin + s.size(),
+  PTE_OP_CHECK(!s.empty() && end == begin + s.size(),
            "[paddle_te:invalid_argument] ", name, "=\"", s, "\": not a number");
   return v;  // finiteness and sign are checked by the core, which names the argument
 }
