@@ -370,7 +370,8 @@ class DotProductAttention(nn.Layer):
                 raise TypeError(
                     f"{name} has dtype {t.dtype}: allowed float16, bfloat16, float32, float64"
                 )
-            if t.dtype != query.dtype:
+            # (Under auto_cast, float32 inputs join the autocast dtype: amp_cast below.)
+            if t.dtype != query.dtype and not paddle.amp.is_autocast_enabled():
                 raise TypeError(f"{name} has dtype {t.dtype}: must equal query's {query.dtype}")
         h_axis = nd - 2
         hq = _core.static_dim(query, h_axis)
