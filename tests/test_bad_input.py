@@ -120,6 +120,16 @@ def _cases():
         ("mha_attn_mask_not_broadcastable", lambda: MHA(16, 4)(e, attn_mask=b(np.ones([2, 1, 5, 9]))),
          V, "attn_mask has shape [2, 1, 5, 9]"),
         ("tl_enc_dec_window", lambda: decoder(enc_dec_window_size=(-3, 0)), V, "enc_dec_window_size=(-3, 0)"),
+        # ---- padding masks that are not right padding: named as the caller passed them ------
+        ("dpa_padding_mask_q_holes", lambda: dpa("padding")(
+            dq, dk, dk, (b(np.tile([0, 1, 0, 0, 0], (2, 1)).reshape(2, 1, 1, 5)), pad_kv)),
+         V, "attention_mask[0] (mask_q): not a right-padding mask"),
+        ("dpa_padding_mask_kv_left", lambda: dpa("padding")(
+            dq, dk, dk, (b(np.zeros([2, 1, 1, 5])), b(np.tile([1, 0, 0, 0, 0, 0], (2, 1)).reshape(2, 1, 1, 6)))),
+         V, "attention_mask[1] (mask_kv): not a right-padding mask"),
+        ("mha_padding_hint_holes", lambda: MHA(16, 4, attn_mask_type="padding")(
+            e, attn_mask=b(np.tile([1, 0, 1, 1, 1], (2, 1)).reshape(2, 1, 1, 5))),
+         V, "attn_mask: not a right-padding mask"),
         # ---- DotProductAttention: constructor ---------------------------------------------
         ("dpa_heads_zero", lambda: DPA(0, 8), V, "num_attention_heads=0"),
         ("dpa_heads_float", lambda: DPA(4.0, 8), T, "num_attention_heads=4.0"),

@@ -200,7 +200,8 @@ class DotProductAttention(nn.Layer):
 
         if given(mask_q):
             # Padding mask -> cu_seqlens; the padded sizes are exact upper bounds (no sync).
-            cu_q, cu_kv = _mask_to_cu_seqlens(mask_q, mask_kv)
+            cu_q, cu_kv = _mask_to_cu_seqlens(mask_q, mask_kv, self._padding_mask_names(
+                attention_mask))
             seq_axis = 1 if fmt == "bshd" else 0
             if not given(max_q):
                 max_q = _core.static_dim(query, seq_axis)
@@ -430,6 +431,13 @@ class DotProductAttention(nn.Layer):
                 ops._check_cu_seqlens(cu, f"cu_seqlens_{side}", self.qkv_format, b, s, s,
                                       bound if bound is not None else s, query)
 
+    def _padding_mask_names(self, mask):
+        """What the caller calls the (mask_q, mask_kv) pair of `mask`, for conversion errors."""
+        name = self._mask_name
+        if isinstance(mask, (tuple, list)):
+            return (f"{name}[0] (mask_q)", f"{name}[1] (mask_kv)")
+        return (name, name)
+
     @paddle.jit.not_to_static
     def _check_padding_mask(self, mask, query, key):
         """A padding mask: a bool [b, 1, 1, s] / [b, 1, s_q, s_kv] tensor or a (mask_q, mask_kv)
@@ -488,13 +496,13 @@ def _check_mask_dims(mask, name, want, desc):
             raise ValueError(f"{name} has shape {shape}: expected {desc} = {wanted} for this call")
 
 
-def _mask_to_cu_seqlens(mask_q, mask_kv):
+def _mask_to_cu_seqlens(mask_q, mask_kv, names):
     """The padding mask -> cu_seqlens conversion in a function of its own. In dygraph it may
     check the mask on the host (paddle_te.masks.set_mask_check), which under paddle.jit.to_static's
     default (SOT) mode breaks the graph; a break in the middle of forward() made the resumed
     forward fail inside SOT (UnboundLocalError '___graph_fn_saved_orig_1', Paddle 3.3.1), a break
     inside a helper does not."""
-    return _core.padding_mask_to_cu_seqlens(mask_q, mask_kv)
+    return _core.padding_mask_to_cu_seqlens(mask_q, mask_kv, names)
 
 
 def _check_bool_4d(m, name):
