@@ -20,11 +20,11 @@ namespace {
 void check_step_attrs(const AttnAttrs& a) {
   if (a.qkv_format != "bshd" && a.qkv_format != "sbhd")
     PTE_OP_THROW("[paddle_te:invalid_argument] qkv_format=\"", a.qkv_format,
-             "\": allowed \"bshd\", \"sbhd\"");
+                 "\": allowed \"bshd\", \"sbhd\"");
   const std::string& m = a.mask_type;
   if (m != "no_mask" && m != "padding" && m != "causal" && m != "padding_causal")
     PTE_OP_THROW("[paddle_te:invalid_argument] mask_type=\"", m,
-             "\": allowed \"no_mask\", \"padding\", \"causal\", \"padding_causal\"");
+                 "\": allowed \"no_mask\", \"padding\", \"causal\", \"padding_causal\"");
 }
 
 std::vector<paddle::Tensor> AttnBwdStep(

@@ -61,8 +61,9 @@ inline void fill_attn_params(pte_attn_params_t* p, const AttnAttrs& a, const pad
   // seed_offset: int64 [2] = {seed, offset}, drawn from Paddle's generator in Python. On the GPU
   // the kernels read it on the device (no host sync); on the CPU we read the two values.
   PTE_OP_CHECK(seed_offset.dtype() == paddle::DataType::INT64 && seed_offset.numel() == 2,
-           "[paddle_te:invalid_argument] seed_offset: must be an int64 tensor of 2 elements, got ",
-           phi::DataTypeToString(seed_offset.dtype()), " with ", seed_offset.numel(), " elements");
+               "[paddle_te:invalid_argument] seed_offset: must be an int64 tensor of 2 "
+               "elements, got ", phi::DataTypeToString(seed_offset.dtype()), " with ",
+               seed_offset.numel(), " elements");
   if (on_gpu(q) && on_gpu(seed_offset)) {
     p->seed_offset_device = seed_offset.data<int64_t>();
   } else {

@@ -17,7 +17,7 @@ pte_backend_t parse_decode_backend(const std::string& s) {
   if (s == "flash") return PTE_BACKEND_FLASH;
   if (s == "cpu") return PTE_BACKEND_CPU;
   PTE_OP_THROW("[paddle_te:invalid_argument] backend=\"", s,
-           "\": decode_attn takes \"auto\", \"flash\", \"cpu\"");
+               "\": decode_attn takes \"auto\", \"flash\", \"cpu\"");
 }
 
 // out [b, s_q, h, d_v]; lse float32 [b, h, s_q]. A q or cache of the wrong rank gets `bad`

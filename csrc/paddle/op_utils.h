@@ -16,13 +16,15 @@
 // (EnforceNotMet) on to Python and reports any other one, PD_THROW's included, as
 // "RuntimeError: 'std::exception'": a bad argument found at Executor.run lost its message. The
 // Python side (paddle_te/_ops_lib.py) reads the status tag at the start of the text either way.
-#define PTE_OP_THROW(...)                                                                    \
+// The error code picks Paddle's Python type: INVALID_ARGUMENT a ValueError, EXTERNAL an OSError
+// (what PD_THROW gave in dygraph, kept for CUDA and internal failures).
+#define PTE_OP_THROW_CODE(code, ...)                                                          \
   throw ::common::enforce::EnforceNotMet(                                                    \
-      ::common::ErrorSummary(::common::ErrorCode::INVALID_ARGUMENT,                          \
-                             ::common::ErrorMessage(__VA_ARGS__).to_string()),                \
+      ::common::ErrorSummary(code, ::common::ErrorMessage(__VA_ARGS__).to_string()),          \
       __FILE__, __LINE__)
-#define PTE_OP_CHECK(cond, ...) \
-  do {                          \
+#define PTE_OP_THROW(...) PTE_OP_THROW_CODE(::common::ErrorCode::INVALID_ARGUMENT, __VA_ARGS__)
+#define PTE_OP_CHECK(cond, ...)             \
+  do {                                      \
     if (!(cond)) PTE_OP_THROW(__VA_ARGS__); \
   } while (0)
 
@@ -49,7 +51,12 @@ inline const char* status_tag(pte_status_t s) {
 inline void check_status(pte_status_t s, const char* what) {
   if (s == PTE_SUCCESS) return;
   const char* msg = pte_last_error();
-  PTE_OP_THROW(std::string(status_tag(s)) + what + ": " + (msg && *msg ? msg : "unknown error"));
+  const std::string text =
+      std::string(status_tag(s)) + what + ": " + (msg && *msg ? msg : "unknown error");
+  const bool callers_fault = s == PTE_ERROR_INVALID_ARGUMENT || s == PTE_ERROR_NOT_SUPPORTED;
+  PTE_OP_THROW_CODE(callers_fault ? ::common::ErrorCode::INVALID_ARGUMENT
+                                  : ::common::ErrorCode::EXTERNAL,
+                    text);
 }
 
 // A word of one of the C API's vocabularies (pte_qkv_format_parse, pte_mask_type_parse,
@@ -80,8 +87,8 @@ inline pte_dtype_t to_pte_dtype(paddle::DataType t) {
       return PTE_BOOL;
     default:
       PTE_OP_THROW("[paddle_te:invalid_argument] unsupported tensor dtype ",
-               phi::DataTypeToString(t),
-               ": allowed float32, float64, float16, bfloat16, int32, int64, bool");
+                   phi::DataTypeToString(t),
+                   ": allowed float32, float64, float16, bfloat16, int32, int64, bool");
   }
 }
 
@@ -102,7 +109,7 @@ inline pte_tensor_t to_pte(const paddle::Tensor& x) {
 
   const auto dims = x.shape();
   PTE_OP_CHECK(static_cast<int>(dims.size()) <= PTE_MAX_DIMS,
-           "[paddle_te:invalid_argument] tensor rank ", dims.size(), " exceeds ", PTE_MAX_DIMS);
+               "[paddle_te:invalid_argument] tensor rank ", dims.size(), " exceeds ", PTE_MAX_DIMS);
   t.dtype = to_pte_dtype(x.dtype());
   t.ndim = static_cast<int32_t>(dims.size());
   int64_t stride = 1;
@@ -164,7 +171,7 @@ inline double parse_scale(const std::string& s, const char* name) {
   char* end = nullptr;
   const double v = std::strtod(begin, &end);
   PTE_OP_CHECK(!s.empty() && end == begin + s.size(),
-           "[paddle_te:invalid_argument] ", name, "=\"", s, "\": not a number");
+               "[paddle_te:invalid_argument] ", name, "=\"", s, "\": not a number");
   return v;  // finiteness and sign are checked by the core, which names the argument
 }
 
