@@ -558,6 +558,13 @@ def mask_to_cu_seqlens(mask, mask_kv=None, *, check=True):
     ``check=False`` skips that check: the op writes its verdict on the device and nobody reads it,
     so a GPU call makes no device->host copy (the layers' choice, ``paddle_te.masks.set_mask_check``).
     With ``check=True`` on the GPU, reading the verdict is one device->host copy."""
+    return _mask_to_cu_seqlens(mask, mask_kv, check, ("mask", "mask_kv"))
+
+
+@unified
+def _mask_to_cu_seqlens(mask, mask_kv, check, names):
+    """mask_to_cu_seqlens; `names`: what the caller calls `mask` and `mask_kv` (a layer's
+    "attention_mask"), for the message of a mask that is not right padding."""
     check = _check_bool(check, "check")
     shape = _check_tensor(mask, "mask", ranks=(4,), dtypes=("bool",))
     b = shape[0]
@@ -576,7 +583,7 @@ def mask_to_cu_seqlens(mask, mask_kv=None, *, check=True):
         _check_same_place(mask_kv, "mask_kv", mask, "mask")
     empty_kv = mask_kv is not None and _has_zero_dim(mask_kv.shape)
     if _has_zero_dim(shape) or empty_kv:
-        return _cu_seqlens_of_empty_masks(mask, mask_kv, check)
+        return _cu_seqlens_of_empty_masks(mask, mask_kv, check, names)
     cu_q, cu_kv, valid = _ops_lib.run_op(
         "pte_mask_to_cu_seqlens",
         [("mask", mask), ("mask_kv", mask_kv)],
@@ -584,11 +591,11 @@ def mask_to_cu_seqlens(mask, mask_kv=None, *, check=True):
         ["cu_seqlens_q", "cu_seqlens_kv", "valid"],
     )
     if check and paddle.in_dynamic_mode() and int(valid.numpy().reshape(-1)[0]) == 0:
-        name = "mask"
+        name = names[0]
         if mask_kv is not None:  # which of the two (the error path only: one more call)
             alone = _ops_lib.run_op("pte_mask_to_cu_seqlens", [("mask", mask), ("mask_kv", None)],
                                     [], ["cu_seqlens_q", "cu_seqlens_kv", "valid"])[2]
-            name = "mask_kv" if int(alone.numpy().reshape(-1)[0]) else "mask"
+            name = names[1] if int(alone.numpy().reshape(-1)[0]) else names[0]
         raise ValueError(
             f"{name}: not a right-padding mask (left padding, holes, or a full mask that is not the "
             "outer OR of a q and a kv padding mask); use attn_mask_type=\"arbitrary\" with the mask "
@@ -597,7 +604,7 @@ def mask_to_cu_seqlens(mask, mask_kv=None, *, check=True):
     return cu_q, cu_kv
 
 
-def _cu_seqlens_of_empty_masks(mask, mask_kv, check):
+def _cu_seqlens_of_empty_masks(mask, mask_kv, check, names):
     """mask_to_cu_seqlens where a mask has no elements (the op cannot take it, see the module
     doc). An empty mask gives every sequence of its side length 0 (with b = 0: cu_seqlens [0]);
     with mask_kv, the other side, if not empty, comes from the op on that mask alone (the
@@ -605,9 +612,9 @@ def _cu_seqlens_of_empty_masks(mask, mask_kv, check):
     n = _unfused.dim(mask, 0) + 1  # b + 1 (a 0-D tensor in static mode when b is unknown)
     cu_q, cu_kv = _zeros_on([n], "int32", mask), _zeros_on([n], "int32", mask)
     if mask_kv is not None and not _has_zero_dim(mask_kv.shape):  # mask [b, 1, 1, 0]: no queries
-        cu_kv = mask_to_cu_seqlens(mask_kv, check=check)[1]
+        cu_kv = _mask_to_cu_seqlens(mask_kv, None, check, (names[1], names[1]))[1]
     elif mask_kv is not None and not _has_zero_dim(mask.shape):  # mask_kv [b, 1, 1, 0]: no keys
-        cu_q = mask_to_cu_seqlens(mask, check=check)[0]
+        cu_q = _mask_to_cu_seqlens(mask, None, check, names)[0]
     return cu_q, cu_kv
 
 

@@ -169,13 +169,13 @@ def mask_check():
 
 def _layer_calls(monkeypatch):
     calls = []
-    real = paddle_te.ops.mask_to_cu_seqlens
+    real = paddle_te.ops._mask_to_cu_seqlens  # what the layers call (with their mask names)
 
-    def spy(*a, check=True, **k):
+    def spy(mask, mask_kv, check, names):
         calls.append(check)
-        return real(*a, check=check, **k)
+        return real(mask, mask_kv, check, names)
 
-    monkeypatch.setattr(paddle_te.ops, "mask_to_cu_seqlens", spy)
+    monkeypatch.setattr(paddle_te.ops, "_mask_to_cu_seqlens", spy)
     return calls
 
 

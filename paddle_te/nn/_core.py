@@ -188,11 +188,4 @@ def padding_mask_to_cu_seqlens(mask, mask_kv=None, names=("mask", "mask_kv")):
     be a graph break under SOT). `names`: what the layer's caller called `mask` and `mask_kv`
     (e.g. "attention_mask"), for the message of a mask that is not right padding."""
     check = paddle.in_dynamic_mode() and layer_checks_mask(_on_gpu(mask))
-    try:
-        return ops.mask_to_cu_seqlens(mask, mask_kv, check=check)
-    except ValueError as e:
-        msg = str(e)
-        for op_name, name in zip(("mask_kv: ", "mask: "), names[::-1]):
-            if msg.startswith(op_name) and "right-padding" in msg:
-                raise ValueError(f"{name}: {msg[len(op_name):]}") from None
-        raise
+    return ops._mask_to_cu_seqlens(mask, mask_kv, check, names)

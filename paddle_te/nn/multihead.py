@@ -355,7 +355,7 @@ class MultiHeadAttention(paddle.nn.MultiHeadAttention):
             mask_q = paddle.zeros([b, 1, 1, s_q], dtype="bool")
             return _core.padding_mask_to_cu_seqlens(mask_q, mask_kv, ("attn_mask", "attn_mask"))
         return _core.padding_mask_to_cu_seqlens(_core.expand_bool(masked, [b, 1, s_q, s_kv]),
-                                                names=("attn_mask", "attn_mask"))
+                                                None, ("attn_mask", "attn_mask"))
 
     def _unfused(self, q, k, v, kv_layout, attn_mask, hint):
         q = q.transpose([0, 2, 1, 3])  # [b, h, s_q, d]
