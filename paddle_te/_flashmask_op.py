@@ -112,17 +112,8 @@ def flashmask_attention(query, key, value, startend_row_indices=None, *, dropout
         _ops._check_same_place(t, n, q, "query")
     b, s_q, h, d = qs
     s_kv, h_kv = ks[1], ks[2]
-    known = _ops._known
-    for n, shape in (("key", ks), ("value", vs)):
-        if known(shape[0], b) and shape[0] != b:
-            raise ValueError(f"{n} has shape {shape}: batch {shape[0]} must equal query's batch {b}")
-    if known(vs[1], s_kv) and vs[1] != s_kv or known(vs[2], h_kv) and vs[2] != h_kv:
-        raise ValueError(f"value has shape {vs}: its length and heads must equal key's {ks[:3]}")
-    if known(ks[3], d) and ks[3] != d:
-        raise ValueError(f"key has shape {ks}: head dim {ks[3]} must equal query's head dim {d}")
-    for n, shape in (("query", qs), ("value", vs)):
-        if known(shape[3]) and shape[3] == 0:
-            raise ValueError(f"{n} has shape {shape}: the head dim must be > 0")
+    _ops._check_qkv_dims({"query": qs, "key": ks, "value": vs},
+                         {"query": tuple(qs), "key": tuple(ks), "value": tuple(vs)})
     if _ops._known(h, h_kv) and (h_kv == 0 or h % h_kv):
         raise ValueError(f"key has {h_kv} heads: must divide query's {h} heads (GQA/MQA groups)")
     causal = _ops._check_bool(causal, "causal")

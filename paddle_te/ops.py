@@ -197,6 +197,31 @@ def _zeros_on(shape, dtype, like):
 # ------------------------------------------------------------------------------------------------
 # fused attention
 # ------------------------------------------------------------------------------------------------
+def _check_qkv_dims(shapes, dims, batched=True):
+    """What q, k and v must agree on: k and v one length and one head count, k q's head dim,
+    every batch q's (`batched`: not thd), head dims > 0. `shapes` {name: shape} and `dims` {name:
+    (b, s, h, d)} in the order q, k, v, under the caller's names (fused_attn's q / k / v,
+    flashmask_attention's query / key / value)."""
+    (nq, (b, _, _, d)), (nk, (b_k, s_kv, h_kv, d_k)), (nv, (b_v, s_v, h_v, d_v)) = dims.items()
+    if batched:
+        for name, bb in ((nk, b_k), (nv, b_v)):
+            if _known(b, bb) and bb != b:
+                raise ValueError(
+                    f"{name} has shape {shapes[name]}: batch {bb} must equal {nq}'s batch {b}")
+    if _known(s_kv, s_v) and s_v != s_kv:
+        raise ValueError(
+            f"{nv} has shape {shapes[nv]}: its sequence length {s_v} must equal {nk}'s {s_kv}")
+    if _known(h_kv, h_v) and h_v != h_kv:
+        raise ValueError(
+            f"{nv} has shape {shapes[nv]}: {h_v} heads must equal {nk}'s {h_kv} heads")
+    if _known(d, d_k) and d_k != d:
+        raise ValueError(
+            f"{nk} has shape {shapes[nk]}: head dim {d_k} must equal {nq}'s head dim {d}")
+    for name, dim in ((nq, d), (nv, d_v)):
+        if _known(dim) and dim == 0:
+            raise ValueError(f"{name} has shape {shapes[name]}: the head dim must be > 0")
+
+
 def _layout_dims(shape, qkv_format):
     """(b, s, h, d) of a q/k/v shape in qkv_format; b is None for thd."""
     if qkv_format == "bshd":
@@ -385,24 +410,13 @@ def fused_attn(
     b, s_q, h, d = _layout_dims(shapes["q"], qkv_format)
     b_k, s_kv, h_kv, d_k = _layout_dims(shapes["k"], qkv_format)
     b_v, s_v, h_v, d_v = _layout_dims(shapes["v"], qkv_format)
-    if qkv_format != "thd":
-        for name, bb in (("k", b_k), ("v", b_v)):
-            if _known(b, bb) and bb != b:
-                raise ValueError(f"{name} has shape {shapes[name]}: batch {bb} must equal q's batch {b}")
-    if _known(s_kv, s_v) and s_v != s_kv:
-        raise ValueError(f"v has shape {shapes['v']}: its sequence length {s_v} must equal k's {s_kv}")
-    if _known(h_kv, h_v) and h_v != h_kv:
-        raise ValueError(f"v has shape {shapes['v']}: {h_v} heads must equal k's {h_kv} heads")
+    _check_qkv_dims(shapes, {"q": (b, s_q, h, d), "k": (b_k, s_kv, h_kv, d_k),
+                             "v": (b_v, s_v, h_v, d_v)}, batched=qkv_format != "thd")
     if _known(h, h_kv) and (h_kv == 0 and h != 0 or h_kv != 0 and h % h_kv != 0):
         raise ValueError(
             f"k has shape {shapes['k']}: its {h_kv} heads must divide q's {h} heads (GQA/MQA: query "
             f"head i uses kv head i // (h / h_kv))"
         )
-    if _known(d, d_k) and d_k != d:
-        raise ValueError(f"k has shape {shapes['k']}: head dim {d_k} must equal q's head dim {d}")
-    for name, dim in (("q", d), ("v", d_v)):
-        if _known(dim) and dim == 0:
-            raise ValueError(f"{name} has shape {shapes[name]}: the head dim must be > 0")
     if softmax_scale is None:
         if not _known(d):
             raise ValueError("softmax_scale=None needs a known head dim of q; pass softmax_scale")
